@@ -1,0 +1,209 @@
+"""Load SAT and HF checkpoints into a model, strictly: every key, shape and dtype is checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cogvlm.checkpoints import hf_format, sat_format
+from cogvlm.errors import CheckpointError
+from cogvlm.models.builders import build_model
+from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.models.config import CogVLMConfig
+from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
+from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict, unshard_state_dicts
+
+CheckpointFormat = Literal["sat", "hf"]
+_SHOWN_KEYS = 8
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a checkpoint is, its format, its config and (SAT) its model-parallel size."""
+
+    path: Path
+    format: CheckpointFormat
+    config: CogVLMConfig
+    model_parallel_size: int = 1
+
+
+def detect_format(path: Path) -> CheckpointFormat:
+    """`sat` for a directory with model_config.json, `hf` for one with config.json."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if (path / sat_format.MODEL_CONFIG_FILE).is_file():
+        return "sat"
+    if (path / hf_format.CONFIG_FILE).is_file():
+        return "hf"
+    raise CheckpointError(
+        f"{path}: neither {sat_format.MODEL_CONFIG_FILE} (SAT) nor {hf_format.CONFIG_FILE} (HF) found"
+    )
+
+
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in tensors.items()}
+
+
+def _read_sat(path: Path, tp: TensorParallel) -> tuple[CheckpointInfo, dict[str, torch.Tensor], list]:
+    checkpoint = sat_format.open_sat_checkpoint(path)
+    if checkpoint.model_parallel_size == tp.size:
+        shards = [sat_format.load_sat_weights(checkpoint.weight_files[tp.rank])]
+    else:
+        shards = [sat_format.load_sat_weights(file) for file in checkpoint.weight_files]
+    config = sat_format.config_from_sat(
+        checkpoint.raw_config,
+        source=str(path / sat_format.MODEL_CONFIG_FILE),
+        state_shapes=_shapes(shards[0]),
+    )
+    info = CheckpointInfo(path, "sat", config, checkpoint.model_parallel_size)
+    return info, shards[0], shards if len(shards) > 1 else []
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Read only a checkpoint's config (a CogAgent SAT config may need the weight shapes too)."""
+    path = Path(path)
+    if detect_format(path) == "hf":
+        config = hf_format.config_from_hf(
+            sat_format.read_json(path / hf_format.CONFIG_FILE), str(path / "config.json")
+        )
+        return CheckpointInfo(path, "hf", config)
+    return _read_sat(path, NO_PARALLEL)[0]
+
+
+def read_checkpoint(
+    path: str | Path, tp: TensorParallel = NO_PARALLEL
+) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
+    """A checkpoint's info and this rank's state dict (SAT keys), resharded to `tp` if needed."""
+    path = Path(path)
+    if detect_format(path) == "hf":
+        info = read_checkpoint_info(path)
+        return info, _reshard(hf_format.load_hf_weights(path), [], info, tp)
+    info, state_dict, all_shards = _read_sat(path, tp)
+    return info, _reshard(state_dict, all_shards, info, tp)
+
+
+def _reshard(
+    state_dict, all_shards: list, info: CheckpointInfo, tp: TensorParallel
+) -> dict[str, torch.Tensor]:
+    if info.model_parallel_size == tp.size:
+        return state_dict
+    rules = collect_shard_rules(build_model(info.config, device="meta"))
+    whole = unshard_state_dicts(all_shards, rules) if all_shards else state_dict
+    return shard_state_dict(whole, rules, tp.rank, tp.size) if tp.is_parallel else whole
+
+
+def _computed_buffer_keys(model: nn.Module) -> set[str]:
+    keys = set()
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name in getattr(module, "computed_buffers", ()):
+            keys.add(f"{prefix}.{name}" if prefix else name)
+    return keys
+
+
+def _mixins_to_init_from_base(model: nn.Module, missing: set[str]) -> tuple[list[str], set[str]]:
+    names, covered = [], set()
+    for name, mixin in getattr(model, "mixins", {}).items():
+        if not mixin.can_init_from_base:
+            continue
+        derivable = {
+            f"mixins.{name}.{key}"
+            for key in mixin.state_dict()
+            if key.startswith(mixin.base_derived_prefixes)
+        }
+        if derivable and derivable <= missing:
+            names.append(name)
+            covered |= derivable
+    return names, covered
+
+
+def _list(keys) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f", … ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def _check_tensor(key: str, tensor: torch.Tensor, expected: torch.Tensor, source: str, tp_size: int) -> None:
+    if tuple(tensor.shape) != tuple(expected.shape):
+        raise CheckpointError(
+            f"checkpoint {source}: key {key} has shape {tuple(tensor.shape)}, "
+            f"expected {tuple(expected.shape)}" + (f" for tp_size={tp_size}" if tp_size > 1 else "")
+        )
+    if expected.is_floating_point() and not tensor.is_floating_point():
+        raise CheckpointError(
+            f"checkpoint {source}: key {key} has dtype {tensor.dtype}, expected a floating-point tensor"
+        )
+
+
+def load_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, tp_size: int = 1
+) -> None:
+    """Copy `state_dict` into `model`, failing on any missing, unexpected, mis-shaped or mis-typed key.
+
+    Recomputable buffers (rotary frequencies) may be absent; so may the keys of a mixin that declares
+    `init_from_base` (its weights are then derived from the base model's).
+    """
+    expected = model.state_dict(keep_vars=True)
+    unexpected = set(state_dict) - set(expected)
+    if unexpected:
+        raise CheckpointError(f"checkpoint {source}: unexpected keys {_list(unexpected)}")
+    missing = set(expected) - set(state_dict) - _computed_buffer_keys(model)
+    init_names, covered = _mixins_to_init_from_base(model, missing)
+    if missing - covered:
+        raise CheckpointError(f"checkpoint {source}: missing keys {_list(missing - covered)}")
+    for key, tensor in state_dict.items():
+        _check_tensor(key, tensor, expected[key], source, tp_size)
+    model.load_state_dict(dict(state_dict), strict=False)
+    for name in init_names:
+        model.mixins[name].init_from_base(model)
+
+
+def reset_computed_buffers(model: nn.Module) -> None:
+    """Recompute every buffer that is a pure function of the config (after a meta-device build)."""
+    for module in model.modules():
+        if hasattr(module, "reset_computed_buffers"):
+            module.reset_computed_buffers()
+
+
+def checkpoint_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The dtype of the checkpoint's floating-point weights."""
+    return next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    tp: TensorParallel = NO_PARALLEL,
+) -> tuple[VisionLanguageModel, CheckpointInfo]:
+    """Build the model a checkpoint describes and load its weights (dtype None keeps the checkpoint's)."""
+    info, state_dict = read_checkpoint(path, tp)
+    model = build_model(info.config, tp, device="meta")
+    model.to(dtype or checkpoint_dtype(state_dict))
+    model.to_empty(device=device)
+    reset_computed_buffers(model)
+    load_weights(model, state_dict, str(info.path), tp.size)
+    return model.eval(), info
+
+
+def load_model_from_state_dict(
+    config: CogVLMConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    tp: TensorParallel = NO_PARALLEL,
+) -> VisionLanguageModel:
+    """Build a model for `config` and load a flat state dict with SAT keys (e.g. a .safetensors file)."""
+    model = build_model(config, tp, device="meta")
+    model.to(dtype or checkpoint_dtype(state_dict))
+    model.to_empty(device=device)
+    reset_computed_buffers(model)
+    load_weights(model, state_dict, source, tp.size)
+    return model.eval()

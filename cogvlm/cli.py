@@ -1,0 +1,97 @@
+"""The `cogvlm` command: parses arguments into each feature's config and calls that feature."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from cogvlm.errors import CogVLMError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _dtype(args: argparse.Namespace) -> torch.dtype | None:
+    if args.bf16 and args.fp16:
+        raise CogVLMError("--bf16 and --fp16 are mutually exclusive")
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every command that loads a model shares (named as in the reference CLI)."""
+    parser.add_argument("--from_pretrained", required=True, help="checkpoint directory (SAT or HF format)")
+    parser.add_argument(
+        "--local_tokenizer",
+        default=None,
+        help="tokenizer.model file, its directory, or an HF repo id in the local cache",
+    )
+    parser.add_argument(
+        "--version", default=None, choices=["base", "chat", "chat_old", "vqa"], help="prompt format"
+    )
+    parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
+    parser.add_argument("--fp16", action="store_true", help="run in float16")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """One question about one image; prints the answer."""
+    from cogvlm.api import load
+    from cogvlm.inference.generate import GenerationConfig
+    from cogvlm.inference.sampling import SamplingConfig
+
+    session = load(
+        args.from_pretrained,
+        dtype=_dtype(args),
+        device=args.device,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+    )
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    generation = GenerationConfig(
+        max_length=args.max_length,
+        end_token_ids=(session.tokenizer.eos_id,),
+        sampling=sampling,
+        seed=args.seed,
+    )
+    result = session.chat(args.image or None, args.query, generation=generation)
+    print(result.response)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="cogvlm", description="CogVLM and CogAgent visual-language models")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    chat = commands.add_parser("chat", help="answer a question about an image")
+    add_model_arguments(chat)
+    chat.add_argument("--image", default="", help="image path (empty: text only)")
+    chat.add_argument("--query", required=True, help="the question")
+    chat.add_argument(
+        "--max_length", type=int, default=2048, help="total tokens: prompt, image slots and answer"
+    )
+    chat.add_argument("--top_p", type=float, default=0.4)
+    chat.add_argument("--top_k", type=int, default=1)
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.set_defaults(handler=run_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cogvlm` console script."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (CogVLMError, ValueError, FileNotFoundError) as error:
+        if args.debug:
+            raise
+        print(f"cogvlm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

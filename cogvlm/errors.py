@@ -1,0 +1,25 @@
+"""Project errors: each names the file, key, shape or value at fault and what was expected."""
+
+
+class CogVLMError(Exception):
+    """Base class of every error the project raises on bad input."""
+
+
+class CheckpointError(CogVLMError, ValueError):
+    """A checkpoint is missing, malformed, or does not fit the model."""
+
+
+class ImageError(CogVLMError, ValueError):
+    """An image file or buffer cannot be decoded safely."""
+
+
+class TokenizerError(CogVLMError, ValueError):
+    """A tokenizer model cannot be found or loaded."""
+
+
+class ConfigError(CogVLMError, ValueError):
+    """A configuration field has an invalid value."""
+
+
+class PromptTooLongError(CogVLMError, ValueError):
+    """A prompt does not fit in the context length."""

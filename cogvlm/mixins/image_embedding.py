@@ -1,0 +1,83 @@
+"""The image side of CogVLM (`mixins.eva`): vision tower, GLU adapter and boi/eoi embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cogvlm.mixins.gated_mlp import swiglu
+from cogvlm.models.config import CogVLMConfig
+from cogvlm.models.context import ForwardContext
+from cogvlm.models.eva import build_eva
+from cogvlm.models.mixin import Mixin
+from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
+
+
+class GLUAdapter(nn.Module):
+    """Maps vision features to LLM width: `linear_proj` -> LayerNorm -> GELU -> SwiGLU (replicated)."""
+
+    def __init__(self, in_features: int, hidden_size: int, inner_hidden_size: int) -> None:
+        super().__init__()
+        self.linear_proj = nn.Linear(in_features, hidden_size, bias=False)
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.dense_h_to_4h = nn.Linear(hidden_size, inner_hidden_size, bias=False)
+        self.gate_proj = nn.Linear(hidden_size, inner_hidden_size, bias=False)
+        self.dense_4h_to_h = nn.Linear(inner_hidden_size, hidden_size, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden_states = F.gelu(self.norm1(self.linear_proj(features)))
+        return swiglu(self.gate_proj, self.dense_h_to_4h, self.dense_4h_to_h, hidden_states)
+
+
+class ImageMixin(Mixin):
+    """Encodes `ctx.pixel_values` and writes `[boi, image tokens, eoi]` into the image slots.
+
+    `has_pos_embed` adds CogAgent's learned table (`pos_embed`) to the tower output before the adapter.
+    """
+
+    hook_modes = {"embed_tokens": "replace"}
+
+    def __init__(
+        self, config: CogVLMConfig, tp: TensorParallel = NO_PARALLEL, *, has_pos_embed: bool = False
+    ) -> None:
+        super().__init__()
+        llm, vision = config.llm, config.vision
+        self.vit_model = build_eva(vision, tp)
+        self.linear_proj = GLUAdapter(vision.transformer.hidden_size, llm.hidden_size, llm.inner_hidden_size)
+        self.boi = nn.Parameter(torch.zeros(1, 1, llm.hidden_size))
+        self.eoi = nn.Parameter(torch.zeros(1, 1, llm.hidden_size))
+        if has_pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(vision.num_patches, vision.transformer.hidden_size))
+        else:
+            self.pos_embed = None
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tower's output without CLS: [images, patches, vision width]."""
+        return self.vit_model(None, ForwardContext(pixel_values=pixel_values)).logits[:, 1:]
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image embeddings at LLM width: [images, patches, hidden]."""
+        features = self.vision_features(pixel_values)
+        if self.pos_embed is not None:
+            features = features + self.pos_embed
+        return self.linear_proj(features)
+
+    def embed_tokens(self, transformer, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        embeddings = transformer.word_embeddings(input_ids)  # [batch, seq, hidden]
+        if ctx.pixel_values is None:
+            return embeddings
+        if ctx.image_embed_mask is None:
+            raise ValueError("pixel_values were given without image_embed_mask marking the image slots")
+        image_embeds = self.encode_images(ctx.pixel_values)
+        count = image_embeds.shape[0]
+        slots = torch.cat(
+            [self.boi.expand(count, -1, -1), image_embeds, self.eoi.expand(count, -1, -1)], dim=1
+        )
+        expected = int(ctx.image_embed_mask.sum())
+        if expected != slots.shape[0] * slots.shape[1]:
+            raise ValueError(
+                f"image_embed_mask marks {expected} slots but {count} image(s) "
+                f"fill {slots.shape[0] * slots.shape[1]}"
+            )
+        return embeddings.masked_scatter(ctx.image_embed_mask.unsqueeze(-1), slots.to(embeddings.dtype))

@@ -1,0 +1,101 @@
+"""CogVLM's visual expert: separate attention projections and MLP weights for image tokens.
+
+Tokens in `ctx.vision_token_mask` (boi and the image patches, not eoi) use the `vision_*` weights,
+every other token the language weights. Decoding steps carry no mask: all language.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from cogvlm.mixins.gated_mlp import GatedMLP, swiglu
+from cogvlm.mixins.rotary import Rotary
+from cogvlm.mixins.routing import route_tokens
+from cogvlm.models.config import TransformerConfig
+from cogvlm.models.context import ForwardContext
+from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
+from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+
+def _per_layer(count: int, build) -> nn.ModuleList:
+    return nn.ModuleList(build() for _ in range(count))
+
+
+class VisionExpertMLP(GatedMLP):
+    """The SwiGLU MLP with a second set of weights (`vision_*`) for image tokens."""
+
+    hook_modes = {"mlp": "replace"}
+    can_init_from_base = True
+    base_derived_prefixes = ("vision_",)
+
+    def __init__(self, config: TransformerConfig, tp: TensorParallel = NO_PARALLEL) -> None:
+        super().__init__(config, tp)
+        hidden, inner, layers = config.hidden_size, config.inner_hidden_size, config.num_layers
+        self.vision_dense_h_to_4h_list = _per_layer(
+            layers, lambda: ColumnParallelLinear(hidden, inner, bias=False, tp=tp)
+        )
+        self.vision_dense_4h_to_h_list = _per_layer(
+            layers, lambda: RowParallelLinear(inner, hidden, bias=False, tp=tp)
+        )
+        self.vision_gate_proj = _per_layer(
+            layers, lambda: ColumnParallelLinear(hidden, inner, bias=False, tp=tp)
+        )
+
+    def mlp(self, layer, layer_index: int, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        language = functools.partial(self.language_mlp, layer, layer_index)
+        vision = functools.partial(
+            swiglu,
+            self.vision_gate_proj[layer_index],
+            self.vision_dense_h_to_4h_list[layer_index],
+            self.vision_dense_4h_to_h_list[layer_index],
+        )
+        return route_tokens(hidden_states, ctx.vision_token_mask, language, vision)
+
+    @torch.no_grad()
+    def init_from_base(self, model: nn.Module) -> None:
+        """Copy the language MLP weights into the vision expert."""
+        for index, layer in enumerate(model.transformer.layers):
+            self.vision_dense_h_to_4h_list[index].weight.copy_(layer.mlp.dense_h_to_4h.weight)
+            self.vision_dense_4h_to_h_list[index].weight.copy_(layer.mlp.dense_4h_to_h.weight)
+            self.vision_gate_proj[index].weight.copy_(self.gate_proj[index].weight)
+
+
+class VisionExpertAttention(Rotary):
+    """Rotary attention whose QKV and output projections are routed between the two experts."""
+
+    hook_modes = {"qkv_projection": "replace", "rotate_qk": "replace", "attention_output": "replace"}
+    can_init_from_base = True
+    base_derived_prefixes = ("vision_",)
+
+    def __init__(self, config: TransformerConfig, tp: TensorParallel = NO_PARALLEL) -> None:
+        super().__init__(config)
+        hidden, width, layers = config.hidden_size, config.attention_width, config.num_layers
+        self.vision_query_key_value_list = _per_layer(
+            layers, lambda: ColumnParallelLinear(hidden, 3 * width, bias=False, tp=tp, parts=3)
+        )
+        self.vision_dense_list = _per_layer(
+            layers, lambda: RowParallelLinear(width, hidden, bias=False, tp=tp)
+        )
+
+    def qkv_projection(self, layer, layer_index: int, hidden_states: torch.Tensor, ctx: ForwardContext):
+        return route_tokens(
+            hidden_states,
+            ctx.vision_token_mask,
+            layer.attention.query_key_value,
+            self.vision_query_key_value_list[layer_index],
+        )
+
+    def attention_output(self, layer, layer_index: int, context: torch.Tensor, ctx: ForwardContext):
+        return route_tokens(
+            context, ctx.vision_token_mask, layer.attention.dense, self.vision_dense_list[layer_index]
+        )
+
+    @torch.no_grad()
+    def init_from_base(self, model: nn.Module) -> None:
+        """Copy the language attention projections into the vision expert."""
+        for index, layer in enumerate(model.transformer.layers):
+            self.vision_query_key_value_list[index].weight.copy_(layer.attention.query_key_value.weight)
+            self.vision_dense_list[index].weight.copy_(layer.attention.dense.weight)

@@ -1,0 +1,59 @@
+"""What one forward pass knows besides the hidden states: positions, masks, images, caches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from cogvlm.nn.attention import split_heads
+
+if TYPE_CHECKING:
+    from cogvlm.nn.kv_cache import KVCache
+
+
+@dataclass
+class CrossMemory:
+    """Encoder outputs for cross-attention and, per layer, their keys and values once computed.
+
+    Keeping one `CrossMemory` across decoding steps computes each layer's cross K/V once per image
+    instead of once per step.
+    """
+
+    encoder_outputs: torch.Tensor  # [batch, encoder_seq, encoder_hidden]
+    key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def key_value(
+        self, layer_index: int, cross_attention: torch.nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return this layer's cross keys and values [batch, heads, encoder_seq, head_dim]."""
+        cached = self.key_values.get(layer_index)
+        if cached is None:
+            fused = cross_attention.key_value(self.encoder_outputs)  # [batch, encoder_seq, 2 * width]
+            key, value = fused.chunk(2, dim=-1)
+            cached = (
+                split_heads(key, cross_attention.head_dim),
+                split_heads(value, cross_attention.head_dim),
+            )
+            if not torch.is_grad_enabled():
+                self.key_values[layer_index] = cached
+        return cached
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """Everything a hook may read during one forward pass.
+
+    Masks are bool tensors [batch, seq]. `attention_mask` (bool [batch, 1, seq, keys], True = may
+    attend) overrides the layer's causal or full default; left-padded batches pass one.
+    """
+
+    position_ids: torch.Tensor | None = None  # [batch, seq]
+    attention_mask: torch.Tensor | None = None
+    vision_token_mask: torch.Tensor | None = None  # tokens routed to the vision experts
+    image_embed_mask: torch.Tensor | None = None  # slots overwritten by [boi, image, eoi]
+    pixel_values: torch.Tensor | None = None  # [images, 3, px, px]
+    cross_pixel_values: torch.Tensor | None = None  # [images, 3, cross_px, cross_px]
+    cross_memory: CrossMemory | None = None
+    kv_cache: KVCache | None = None

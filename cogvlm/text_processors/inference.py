@@ -1,0 +1,64 @@
+"""Inference inputs for a prompt: token ids, image masks and position ids (official `..._inference`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cogvlm.text_processors.image_slots import (
+    TextEncoder,
+    check_image_length,
+    encode_with_markers,
+    expand_markers,
+    image_masks,
+    position_ids_from_rope_mask,
+)
+
+__all__ = ["TextInputs", "build_inference_inputs", "position_ids_from_rope_mask"]
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """Model inputs for one prompt; every tensor is [1, seq]."""
+
+    input_ids: torch.Tensor  # long
+    image_embed_mask: torch.Tensor  # bool: boi, image tokens, eoi
+    vision_expert_mask: torch.Tensor  # bool: boi and image tokens
+    image_rope_mask: torch.Tensor  # bool: image tokens
+    position_ids: torch.Tensor  # long
+    image_positions: tuple[int, ...]  # index of each image's eoi slot
+
+    @property
+    def seq_len(self) -> int:
+        """Number of tokens."""
+        return self.input_ids.shape[1]
+
+    @property
+    def num_images(self) -> int:
+        """Number of `<EOI>` markers that were expanded."""
+        return len(self.image_positions)
+
+
+def build_inference_inputs(tokenizer: TextEncoder, prompt: str, image_length: int) -> TextInputs:
+    """Token ids and masks for `prompt`, as the official inference text processor builds them.
+
+    ids = [BOS] + ids(text before the first `<EOI>`) + for every `<EOI>`: `image_length + 2` slots of id 0
+    followed by ids(text up to the next marker). Each piece is encoded separately, so each gets the
+    sentencepiece dummy prefix. No EOS. A prompt without `<EOI>` is text-only (no slots, all masks false);
+    unlike the official processor it is not re-wrapped in a template, so build it with `build_prompt`.
+    """
+    check_image_length(image_length)
+    ids, eoi_positions = expand_markers(
+        [tokenizer.bos_id, *encode_with_markers(tokenizer, prompt)], image_length
+    )
+    masks = image_masks(len(ids), eoi_positions, image_length)
+    rope = torch.tensor([masks.image_rope_mask], dtype=torch.bool)  # [1, seq]
+    return TextInputs(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        image_embed_mask=torch.tensor([masks.image_embed_mask], dtype=torch.bool),
+        vision_expert_mask=torch.tensor([masks.vision_expert_mask], dtype=torch.bool),
+        image_rope_mask=rope,
+        position_ids=position_ids_from_rope_mask(rope),
+        image_positions=eoi_positions,
+    )

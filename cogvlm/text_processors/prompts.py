@@ -1,0 +1,116 @@
+"""Prompt templates of the official CogVLM/CogAgent code (`--version`), and response extraction.
+
+`<EOI>` marks where the image goes; it is always at the start. A history is a sequence of
+`(query, response)` pairs, oldest first. `base` and `vqa` ignore the history, as the official code does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, cast, get_args
+
+IMAGE_MARKER = "<EOI>"
+END_OF_TEXT = "</s>"
+
+PromptVersion = Literal["base", "chat", "chat_old", "vqa"]
+PROMPT_VERSIONS: tuple[PromptVersion, ...] = get_args(PromptVersion)
+
+History = Sequence[tuple[str, str]] | Sequence[Sequence[str]]
+
+_SEPARATORS: dict[PromptVersion, str] = {
+    "base": "<unk>",  # the image placeholders decode to <unk>, so a base reply echoes the query
+    "chat": "[/INST]",
+    "chat_old": " Answer:",
+    "vqa": " Short answer:",
+}
+
+
+def check_version(version: str) -> PromptVersion:
+    """Return `version` as a `PromptVersion`, or raise a ValueError that lists the valid names."""
+    if version not in PROMPT_VERSIONS:
+        valid = ", ".join(PROMPT_VERSIONS)
+        raise ValueError(f"unknown prompt version {version!r}; expected one of: {valid}")
+    return cast(PromptVersion, version)
+
+
+def _turns(history: History) -> list[tuple[str, str]]:
+    """History as a list of (query, response) pairs, checking each has two strings."""
+    turns = []
+    for index, turn in enumerate(history):
+        if len(turn) != 2 or not all(isinstance(part, str) for part in turn):
+            raise ValueError(
+                f"history turn {index} must be a (query, response) pair of strings, got {turn!r}"
+            )
+        turns.append((turn[0], turn[1]))
+    return turns
+
+
+def _chat(query: str, turns: list[tuple[str, str]]) -> str:
+    """LLaMA-2 style `[INST]` template (ends with a space, which becomes its own token)."""
+    past = "".join(f"{q} [/INST] {r} [INST] " for q, r in turns)
+    return f"{IMAGE_MARKER} [INST] {past}{query} [/INST] "
+
+
+def _chat_old(query: str, turns: list[tuple[str, str]]) -> str:
+    """Question/Answer template."""
+    past = "".join(f"{q} Answer: {r}\nQuestion: " for q, r in turns)
+    return f"{IMAGE_MARKER}Question: {past}{query} Answer:"
+
+
+def build_prompt(version: str, query: str, history: History = (), has_image: bool = True) -> str:
+    """The official prompt for `query` after `history`; without an image the `<EOI>` marker is left out."""
+    name = check_version(version)
+    turns = _turns(history)
+    if name == "base":
+        prompt = IMAGE_MARKER + query
+    elif name == "chat":
+        prompt = _chat(query, turns)
+    elif name == "chat_old":
+        prompt = _chat_old(query, turns)
+    else:
+        prompt = f"{IMAGE_MARKER}Question: {query} Short answer:"
+    return prompt if has_image else prompt.removeprefix(IMAGE_MARKER)
+
+
+def response_separator(version: str) -> str:
+    """The string after whose last occurrence the model's reply starts."""
+    return _SEPARATORS[check_version(version)]
+
+
+def extract_response(decoded_text: str, version: str) -> str:
+    """The reply in a decoded full sequence: drop `</s>`, keep the text after the last separator, strip."""
+    text = decoded_text.replace(END_OF_TEXT, "")
+    return text.split(response_separator(version))[-1].strip()
+
+
+HfModelFamily = Literal["cogvlm", "cogagent"]
+
+
+def sat_version_for_hf_template(family: HfModelFamily, template_version: str) -> PromptVersion:
+    """The SAT prompt version whose text equals a Hugging Face `template_version` of that model family.
+
+    HF CogAgent uses the SAT names and texts (without `<EOI>`; its image tokens follow BOS). HF CogVLM
+    renames them: its "chat" is the Question/Answer format, SAT `chat_old`; "base" and "vqa" keep their
+    names, but HF CogVLM's vqa keeps the history (`Question: q Short answer: r\\n` per turn), which no SAT
+    version does, so the two agree only for a single-turn vqa prompt (see `build_hf_prompt`).
+    """
+    if family == "cogagent":
+        return check_version(template_version)
+    if family != "cogvlm":
+        raise ValueError(f"unknown HF model family {family!r}; expected 'cogvlm' or 'cogagent'")
+    mapping: dict[str, PromptVersion] = {"base": "base", "chat": "chat_old", "vqa": "vqa"}
+    if template_version not in mapping:
+        raise ValueError(
+            f"unknown HF CogVLM template_version {template_version!r}; expected one of: {', '.join(mapping)}"
+        )
+    return mapping[template_version]
+
+
+def build_hf_prompt(family: HfModelFamily, template_version: str, query: str, history: History = ()) -> str:
+    """The prompt text the HF remote code builds (no `<EOI>`: the image tokens are inserted after BOS)."""
+    version = sat_version_for_hf_template(family, template_version)
+    turns = _turns(history)
+    if family == "cogvlm" and version == "vqa":
+        past = "".join(f"Question: {q} Short answer: {r}\n" for q, r in turns)
+        return f"{past}Question: {query} Short answer:"
+    return build_prompt(version, query, turns, has_image=False)

@@ -1,0 +1,69 @@
+"""Golden model folders with checkpoints, and their per-case tensors (discovered from the files)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cogvlm.checkpoints.loading import load_model
+from cogvlm.models.builders import BUILDERS
+from tests.golden import golden_dir, load_json, model_dirs
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Model folders that hold a SAT checkpoint and model_info.json."""
+    return [d for d in model_dirs() if (d / "sat_checkpoint").is_dir() and (d / "model_info.json").is_file()]
+
+
+def model_class(model_dir: Path) -> str:
+    """The SAT model class recorded for a golden model folder."""
+    return load_json(model_dir / "model_info.json")["model_class"]
+
+
+def require_builder(model_dir: Path) -> None:
+    """Skip (naming the class) when this package cannot build the folder's model class yet."""
+    name = model_class(model_dir)
+    if name not in BUILDERS:
+        pytest.skip(f"{model_dir.name}: no builder for {name} in this package yet")
+
+
+@functools.cache
+def golden_model(model_dir: Path):
+    """The golden SAT checkpoint, loaded once per test session (float32, eval mode)."""
+    model, _ = load_model(model_dir / "sat_checkpoint")
+    return model
+
+
+@functools.cache
+def cases(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-case tensors of cases.safetensors: {case: {name: tensor}} (training cases excluded)."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(model_dir / "cases.safetensors").items():
+        case, name = key.split(".", 1)
+        grouped.setdefault(case, {})[name] = tensor
+    return {case: tensors for case, tensors in grouped.items() if "logits" in tensors}
+
+
+@functools.cache
+def image_inputs(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The golden pixel values of a model folder."""
+    return load_file(model_dir / "image_inputs.safetensors")
+
+
+def forward_cases() -> list[tuple[Path, str]]:
+    """(model folder, case) for every prompt case with reference logits."""
+    return [(d, case) for d in checkpoint_dirs() for case in sorted(cases(d))]
+
+
+def forward_case_id(item: tuple[Path, str]) -> str:
+    """`<model>/<case>` for pytest ids."""
+    return f"{item[0].name}/{item[1]}"
+
+
+def tokenizer_file() -> Path:
+    """The shared golden tokenizer."""
+    return golden_dir() / "tokenizer.model"

@@ -1,0 +1,1 @@
+"""Tests of cogvlm.image_processors."""

@@ -1,0 +1,1 @@
+"""Tests of cogvlm.text_processors."""
