@@ -60,11 +60,8 @@ def run_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="cogvlm", description="CogVLM and CogAgent visual-language models")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_chat_parser(commands) -> None:
+    """`cogvlm chat`."""
     chat = commands.add_parser("chat", help="answer a question about an image")
     add_model_arguments(chat)
     chat.add_argument("--image", default="", help="image path (empty: text only)")
@@ -77,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.8)
     chat.add_argument("--seed", type=int, default=None)
     chat.set_defaults(handler=run_chat)
+
+
+# One entry per subcommand; each adds its parser and sets `handler`.
+SUBCOMMANDS = (add_chat_parser,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="cogvlm", description="CogVLM and CogAgent visual-language models")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_parser in SUBCOMMANDS:
+        add_parser(commands)
     return parser
 
 
