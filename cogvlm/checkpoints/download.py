@@ -19,11 +19,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urljoin
 
-from cogvlm.errors import DownloadError
+from cogvlm.errors import ConfigError, DownloadError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_SAT_HOME = "~/.sat_models"
@@ -33,6 +33,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 10
 _RETRYABLE_STATUS = (408, 425, 429, 500, 502, 503, 504)
 _TRUTHY = ("1", "true", "yes", "on")
+_BAR_WIDTH = 24
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
@@ -52,10 +53,12 @@ class DownloadConfig:
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):
-            raise DownloadError(f"endpoint {self.endpoint!r} must be an http:// or https:// URL")
+            raise ConfigError(
+                f"DownloadConfig: endpoint={self.endpoint!r} must be an http:// or https:// URL"
+            )
         if self.max_retries < 0 or self.timeout_s <= 0:
-            raise DownloadError(
-                f"max_retries={self.max_retries} and timeout_s={self.timeout_s} must be >= 0, > 0"
+            raise ConfigError(
+                f"DownloadConfig: max_retries={self.max_retries} must be >= 0, timeout_s={self.timeout_s} > 0"
             )
 
     @classmethod
@@ -109,17 +112,17 @@ def notify(config: DownloadConfig, message: str) -> None:
 
 
 class Progress:
-    """A text progress bar on stderr: percentage, bytes, rate; redrawn at most every `interval_s`."""
+    """A progress bar on stderr: bar, percentage, bytes and rate; redrawn in place on a terminal.
 
-    def __init__(self, label: str, total: int | None, done: int, enabled: bool, interval_s: float = 0.5):
+    On a terminal it is redrawn at most every 0.5 s; in a log (not a terminal) one line is written at most
+    every 10 s, so a 35 GB download does not flood it.
+    """
+
+    def __init__(self, label: str, total: int | None, done: int, enabled: bool):
         self.label, self.total, self.done, self.enabled = label, total, done, enabled
-        self.interval_s, self.started, self.shown_at, self.start_done = (
-            interval_s,
-            time.monotonic(),
-            0.0,
-            done,
-        )
         self.is_tty = sys.stderr.isatty()
+        self.interval_s = 0.5 if self.is_tty else 10.0
+        self.started, self.start_done, self.shown_at = time.monotonic(), done, 0.0
 
     def update(self, count: int) -> None:
         """Add `count` bytes and redraw if enough time has passed."""
@@ -136,14 +139,20 @@ class Progress:
             return
         self.shown_at = time.monotonic()
         rate = (self.done - self.start_done) / max(self.shown_at - self.started, 1e-6)
-        percent = f"{100.0 * self.done / self.total:5.1f}% " if self.total else ""
-        of_total = f"/{_human(self.total)}" if self.total else ""
-        line = f"{self.label}: {percent}{_human(self.done)}{of_total} {_human(rate)}/s"
+        if self.total:
+            filled = min(_BAR_WIDTH, _BAR_WIDTH * self.done // self.total)
+            bar = "#" * filled + "." * (_BAR_WIDTH - filled)
+            percent = 100.0 * self.done / self.total
+            amount = f"[{bar}] {percent:5.1f}% {human_bytes(self.done)}/{human_bytes(self.total)}"
+        else:
+            amount = human_bytes(self.done)
+        line = f"{self.label}: {amount} {human_bytes(rate)}/s"
         end = "\n" if final or not self.is_tty else ""
         print(("\r" if self.is_tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
-def _human(count: float) -> str:
+def human_bytes(count: float) -> str:
+    """A byte count in B, KB, MB, GB or TB (powers of 1000), one decimal."""
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1000:
             return f"{count:.1f} {unit}"
@@ -203,8 +212,8 @@ class _PartialFile:
     path: Path
     size_bytes: int | None
     sha256: str | None
-    hasher: object = None
-    hashed: int = 0
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    hashed: int = 0  # bytes of the file that `hasher` has seen
 
     @property
     def meta_path(self) -> Path:
@@ -223,7 +232,7 @@ class _PartialFile:
             self.reset()
             self.meta_path.write_text(json.dumps(expected))
             return 0
-        if self.hasher is None or self.hashed != length:
+        if self.hashed != length:
             self.hasher, self.hashed = hashlib.sha256(), 0
             with open(self.path, "rb") as handle:
                 while chunk := handle.read(CHUNK_BYTES):
@@ -262,7 +271,9 @@ def _expected(url: str, remote: RemoteFile, sha256: str | None, size_bytes: int 
 def _check_free_space(directory: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise DownloadError(f"{directory}: {what} needs {_human(needed)} but only {_human(free)} is free")
+        raise DownloadError(
+            f"{directory}: {what} needs {human_bytes(needed)} but only {human_bytes(free)} is free"
+        )
 
 
 def _transfer(remote: RemoteFile, part: _PartialFile, progress: Progress, config: DownloadConfig) -> None:
@@ -286,6 +297,8 @@ def _transfer(remote: RemoteFile, part: _PartialFile, progress: Progress, config
                 _check_free_space(part.path.parent, body_bytes, f"downloading {remote.url}")
             _write_body(response, part, progress)
     except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # nothing after `offset`: the file is complete, verification decides
+            return
         _raise_http(remote.location, error.code, error.reason)
     except _NETWORK_ERRORS as error:
         raise _TransientError(f"{remote.location}: {error}") from error

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cogvlm.checkpoints import sat_format
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry
-from cogvlm.checkpoints.download import DownloadConfig
+from cogvlm.checkpoints.download import DownloadConfig, human_bytes
 from cogvlm.checkpoints.resolve import cached_hf_repo
 
 
@@ -67,15 +67,6 @@ def catalog_status(config: DownloadConfig) -> list[CatalogStatus]:
     return statuses
 
 
-def _human(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
 def listing_as_dict(config: DownloadConfig) -> dict:
     """The listing as plain JSON-ready data."""
     return {
@@ -106,7 +97,7 @@ def render_listing(config: DownloadConfig, as_json: bool = False) -> str:
     if as_json:
         return json.dumps(data, indent=2)
     lines = [f"Local checkpoints in {data['sat_home']}:"]
-    lines += [f"  {c['name']:<40} {c['format']:<7} {_human(c['size_bytes']):>10}" for c in data["local"]]
+    lines += [f"  {c['name']:<40} {c['format']:<7} {human_bytes(c['size_bytes']):>10}" for c in data["local"]]
     if not data["local"]:
         lines.append("  (none)")
     lines += ["", "Catalog (downloadable):"]

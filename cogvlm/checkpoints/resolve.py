@@ -46,12 +46,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig |
 
 
 def _looks_like_path(text: str) -> bool:
-    return (
-        text.startswith(("/", ".", "~"))
-        or text.count("/") > 1
-        or text.endswith("/")
-        or os.sep in text.strip("/")
-    )
+    windows_separator = os.sep != "/" and os.sep in text
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or text.endswith("/") or windows_separator
 
 
 def fetch_named(name: str, config: DownloadConfig) -> Path:

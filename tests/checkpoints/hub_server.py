@@ -147,8 +147,7 @@ def _handler_for(hub: HubServer):
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             else:
                 self.send_response(200)
-            if not hub.redirect:
-                self._hub_headers(served)
+            self._hub_headers(served)  # huggingface_hub follows same-host redirects and reads them here
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
@@ -164,7 +163,10 @@ def _handler_for(hub: HubServer):
             repo_id, kind = "/".join(parts[:2]), parts[2] if len(parts) > 2 else ""
             names = sorted(name for repo, name in hub.files if repo == repo_id)
             if not names:
-                return self.send_error(404, "Repository not found")
+                self.send_response(404, "Repository not found")
+                self.send_header("X-Error-Code", "RepoNotFound")  # what the Hub sends; clients key on it
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             if kind == "revision":
                 body = {"id": repo_id, "sha": COMMIT, "siblings": [{"rfilename": n} for n in names]}
             elif kind == "tree":

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from cogvlm.checkpoints.download import DownloadConfig, fetch_file, probe_remote
-from cogvlm.errors import DownloadError
+from cogvlm.errors import ConfigError, DownloadError
 from tests.checkpoints.bundles import corrupt
 from tests.checkpoints.hub_server import HubServer
 
@@ -34,7 +34,7 @@ def test_download_follows_the_redirect_verifies_and_shows_progress(tmp_path, cap
         assert hub.gets[hub.blob_path(served)] == 1
     assert path.read_bytes() == DATA
     assert _leftovers(tmp_path / "out") == [FILE]
-    assert "blob.bin: 100.0% 1.0 MB/1.0 MB" in capsys.readouterr().err
+    assert "blob.bin: [########################] 100.0% 1.0 MB/1.0 MB" in capsys.readouterr().err
 
 
 def test_probe_reads_the_hub_checksum_and_size_from_the_redirect(tmp_path):
@@ -160,5 +160,5 @@ def test_settings_come_from_the_environment_and_flags_override_them(tmp_path):
 
 
 def test_endpoint_must_be_an_http_url(tmp_path):
-    with pytest.raises(DownloadError, match="must be an http:// or https:// URL"):
+    with pytest.raises(ConfigError, match="endpoint='ftp://mirror' must be an http:// or https:// URL"):
         DownloadConfig(sat_home=tmp_path, endpoint="ftp://mirror")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import torch
 
 from cogvlm import api
 from cogvlm.checkpoints.download import DownloadConfig
+from cogvlm.checkpoints.hf_format import save_hf_checkpoint
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.errors import CheckpointError, DownloadError
@@ -68,7 +70,7 @@ def test_catalog_name_is_downloaded_extracted_and_loads(tmp_path, bundle, golden
         again = resolve_checkpoint(NAME, _config(home, hub))
         assert hub.gets[hub.blob_path(served)] == 1
     assert path == again == home / NAME
-    assert f"{ARCHIVE}: 100.0%" in capsys.readouterr().err
+    assert re.search(rf"{re.escape(ARCHIVE)}: \[#+\] 100\.0% 1\.\d MB/1\.\d MB", capsys.readouterr().err)
     files = {p.relative_to(GOLDEN_SAT).as_posix() for p in GOLDEN_SAT.rglob("*")}
     assert _tree(home) == sorted({f"{NAME}/{f}" for f in files} | {NAME, ".locks", f".locks/{NAME}.lock"})
     _assert_golden_weights(path, golden_state)
@@ -230,3 +232,52 @@ def test_unknown_name_and_missing_path_are_clear_errors(tmp_path):
         resolve_checkpoint(tmp_path / "absent" / "dir", config)
     with pytest.raises(CheckpointError, match=r"no such checkpoint directory"):
         resolve_checkpoint("./not-here", config)
+
+
+@pytest.fixture(scope="module")
+def hf_files(tmp_path_factory) -> dict[str, bytes]:
+    """The golden checkpoint in HF format (three safetensors shards and an index), plus a remote-code file."""
+    directory = tmp_path_factory.mktemp("hf") / "cogvlm-chat-hf"
+    model, info = load_model(GOLDEN_SAT)
+    save_hf_checkpoint(directory, info.config, model.state_dict(), max_shard_bytes=600_000)
+    files = {path.name: path.read_bytes() for path in directory.iterdir()}
+    return {**files, "modeling_cogvlm.py": b"raise SystemExit('remote code must not be fetched')\n"}
+
+
+def test_hf_repo_id_is_fetched_into_the_hf_cache_and_honoured_offline(tmp_path, hf_files, golden_state):
+    pytest.importorskip("huggingface_hub")
+    config = _config(tmp_path / "sat_home", hf_cache_dir=tmp_path / "hf_cache")
+    with HubServer() as hub:
+        config = DownloadConfig(
+            sat_home=config.sat_home, endpoint=hub.endpoint, hf_cache_dir=config.hf_cache_dir
+        )
+        for name, data in hf_files.items():
+            hub.add_file("THUDM/cogvlm-chat-hf", name, data)
+        path = resolve_checkpoint("THUDM/cogvlm-chat-hf", config)
+        fetched = sum(hub.gets.values())
+        by_catalog_name = resolve_checkpoint("cogvlm-chat-hf", config)
+        assert sum(hub.gets.values()) == fetched
+    assert fetched == len(hf_files) - 1
+    assert path == by_catalog_name
+    assert path.is_relative_to(tmp_path / "hf_cache")
+    assert sorted(p.name for p in path.iterdir()) == sorted(set(hf_files) - {"modeling_cogvlm.py"})
+    offline = DownloadConfig(sat_home=config.sat_home, is_offline=True, hf_cache_dir=config.hf_cache_dir)
+    assert resolve_checkpoint("THUDM/cogvlm-chat-hf", offline) == path
+    _assert_golden_weights(path, golden_state)
+
+
+def test_hf_repo_offline_and_not_cached_is_a_clear_error(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    config = _config(tmp_path / "sat_home", is_offline=True, hf_cache_dir=tmp_path / "hf_cache")
+    with pytest.raises(
+        DownloadError, match="THUDM/cogagent-chat-hf: not in the Hugging Face cache and offline"
+    ):
+        resolve_checkpoint("cogagent-chat-hf", config)
+
+
+def test_unknown_hf_repository_is_a_clear_error(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    with HubServer() as hub:
+        config = DownloadConfig(sat_home=tmp_path, endpoint=hub.endpoint, hf_cache_dir=tmp_path / "hf_cache")
+        with pytest.raises(DownloadError, match="someone/absent: no such repository at http://127.0.0.1"):
+            resolve_checkpoint("someone/absent", config)
