@@ -87,9 +87,11 @@ def download_lock(config: DownloadConfig, name: str) -> Iterator[None]:
 
 
 def check_sat_directory(directory: Path) -> None:
-    """Fail unless `directory` is a readable SAT checkpoint (config, `latest`, every shard's index)."""
+    """Fail unless `directory` is a readable SAT layout (config JSON, `latest`, every shard's index).
+
+    The config's meaning is left to the loader, so a checkpoint this version cannot build is still kept.
+    """
     checkpoint = sat_format.open_sat_checkpoint(directory)
-    sat_format.config_from_sat(checkpoint.raw_config, source=str(directory / sat_format.MODEL_CONFIG_FILE))
     for path in checkpoint.weight_files:
         sat_format.load_sat_weights(path)  # memory-mapped: reads the index, not the 35 GB
 

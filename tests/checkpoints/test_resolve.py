@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cogvlm import api
+from cogvlm import api, cli
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.hf_format import save_hf_checkpoint
 from cogvlm.checkpoints.loading import load_model
@@ -246,11 +246,8 @@ def hf_files(tmp_path_factory) -> dict[str, bytes]:
 
 def test_hf_repo_id_is_fetched_into_the_hf_cache_and_honoured_offline(tmp_path, hf_files, golden_state):
     pytest.importorskip("huggingface_hub")
-    config = _config(tmp_path / "sat_home", hf_cache_dir=tmp_path / "hf_cache")
     with HubServer() as hub:
-        config = DownloadConfig(
-            sat_home=config.sat_home, endpoint=hub.endpoint, hf_cache_dir=config.hf_cache_dir
-        )
+        config = _config(tmp_path / "sat_home", hub, hf_cache_dir=tmp_path / "hf_cache")
         for name, data in hf_files.items():
             hub.add_file("THUDM/cogvlm-chat-hf", name, data)
         path = resolve_checkpoint("THUDM/cogvlm-chat-hf", config)
@@ -278,6 +275,24 @@ def test_hf_repo_offline_and_not_cached_is_a_clear_error(tmp_path):
 def test_unknown_hf_repository_is_a_clear_error(tmp_path):
     pytest.importorskip("huggingface_hub")
     with HubServer() as hub:
-        config = DownloadConfig(sat_home=tmp_path, endpoint=hub.endpoint, hf_cache_dir=tmp_path / "hf_cache")
+        config = _config(tmp_path, hub, hf_cache_dir=tmp_path / "hf_cache")
         with pytest.raises(DownloadError, match="someone/absent: no such repository at http://127.0.0.1"):
             resolve_checkpoint("someone/absent", config)
+
+
+def test_hf_repo_without_huggingface_hub_names_the_extra_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
+    with pytest.raises(
+        DownloadError, match=r"THUDM/cogvlm-chat-hf .* needs huggingface_hub: pip install 'cogvlm\[hub\]'"
+    ):
+        resolve_checkpoint("THUDM/cogvlm-chat-hf", _config(tmp_path))
+
+
+def test_cli_download_reports_failures_in_one_line(tmp_path, capsys):
+    home = str(tmp_path / "sat_home")
+    assert cli.main(["download", "cogvlm-nope", "--sat_home", home]) == 2
+    assert capsys.readouterr().err.startswith("cogvlm download: error: 'cogvlm-nope': no directory ")
+    assert cli.main(["download", "cogagent-vqa", "--sat_home", home, "--offline"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("cogvlm download: error: cogagent-vqa: not in ") and "offline mode is on" in error
+    assert len(error.strip().splitlines()) == 1
