@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.loading import CheckpointInfo, load_model
+from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -109,12 +111,15 @@ def load(
     device: torch.device | str = "cpu",
     local_tokenizer: str | None = None,
     version: str | None = None,
+    download: DownloadConfig | None = None,
 ) -> CogVLM:
-    """Load a SAT or HF checkpoint directory with its tokenizer and prompt format.
+    """Load a SAT or HF checkpoint with its tokenizer and prompt format.
 
+    `path` is a directory, a catalog name (found in or downloaded to $SAT_HOME) or a Hugging Face repo id;
+    `download` says where and how (default: from the environment, see `DownloadConfig.from_environment`).
     The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
     """
-    path = Path(path).expanduser()
+    path = resolve_checkpoint(path, download)
     model, info = load_model(path, dtype=dtype, device=device)
     chosen = version or info.config.text_processor_version or DEFAULT_VERSION
     if version and info.config.text_processor_version and version != info.config.text_processor_version:

@@ -19,9 +19,37 @@ def _dtype(args: argparse.Namespace) -> torch.dtype | None:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
 
 
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where checkpoints are kept and fetched from; the flags override the environment variables."""
+    parser.add_argument(
+        "--sat_home", default=None, help="checkpoint folder (default $SAT_HOME, else ~/.sat_models)"
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="Hub-compatible server or mirror (default $COGVLM_ENDPOINT, $HF_ENDPOINT, https://huggingface.co)",
+    )
+    parser.add_argument(
+        "--offline", action="store_true", help="never download (also COGVLM_OFFLINE=1 or HF_HUB_OFFLINE=1)"
+    )
+
+
+def download_config(args: argparse.Namespace, **settings):
+    """The `DownloadConfig` of the environment, overridden by the download flags and `settings`."""
+    from cogvlm.checkpoints.download import DownloadConfig
+
+    return DownloadConfig.from_environment(
+        sat_home=args.sat_home, endpoint=args.endpoint, is_offline=args.offline or None, **settings
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every command that loads a model shares (named as in the reference CLI)."""
-    parser.add_argument("--from_pretrained", required=True, help="checkpoint directory (SAT or HF format)")
+    parser.add_argument(
+        "--from_pretrained",
+        required=True,
+        help="checkpoint: a directory (SAT or HF format), a catalog name (`cogvlm list`) or an HF repo id",
+    )
     parser.add_argument(
         "--local_tokenizer",
         default=None,
@@ -33,6 +61,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
     parser.add_argument("--fp16", action="store_true", help="run in float16")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_download_arguments(parser)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -47,6 +76,7 @@ def run_chat(args: argparse.Namespace) -> int:
         device=args.device,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        download=download_config(args),
     )
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     generation = GenerationConfig(
@@ -76,8 +106,84 @@ def add_chat_parser(commands) -> None:
     chat.set_defaults(handler=run_chat)
 
 
+def run_download(args: argparse.Namespace) -> int:
+    """Fetch each named checkpoint (if missing) and print where it is."""
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+
+    config = download_config(args, keep_archive=args.keep_archive)
+    for name in args.names:
+        print(resolve_checkpoint(name, config))
+    return 0
+
+
+def add_download_parser(commands) -> None:
+    """`cogvlm download`."""
+    download = commands.add_parser("download", help="download checkpoints into SAT_HOME or the HF cache")
+    download.add_argument(
+        "names", nargs="+", metavar="NAME", help="catalog name (`cogvlm list`) or HF repo id"
+    )
+    download.add_argument("--keep_archive", action="store_true", help="keep <name>.zip in SAT_HOME")
+    add_download_arguments(download)
+    download.set_defaults(handler=run_download)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the local checkpoints and the catalog."""
+    from cogvlm.checkpoints.listing import render_listing
+
+    print(render_listing(download_config(args), as_json=args.json))
+    return 0
+
+
+def add_list_parser(commands) -> None:
+    """`cogvlm list`."""
+    listing = commands.add_parser("list", help="checkpoints in SAT_HOME and in the catalog")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_download_arguments(listing)
+    listing.set_defaults(handler=run_list)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert a checkpoint between the SAT and HF formats."""
+    from pathlib import Path
+
+    from cogvlm.checkpoints.convert import ConvertConfig, convert_checkpoint, parse_byte_size
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+
+    source = resolve_checkpoint(args.from_pretrained, download_config(args))
+    config = ConvertConfig(
+        source=source,
+        output=Path(args.output),
+        target_format=args.to,
+        max_shard_bytes=parse_byte_size(args.max_shard_size),
+        overwrite=args.overwrite,
+    )
+    result = convert_checkpoint(config)
+    print(
+        f"{source} ({result.source_format}) -> {result.output} ({result.target_format}): "
+        f"{result.num_tensors} tensors, dtype {', '.join(result.dtypes)}"
+    )
+    return 0
+
+
+def add_convert_parser(commands) -> None:
+    """`cogvlm convert`."""
+    convert = commands.add_parser("convert", help="convert a checkpoint between SAT and HF formats (MP=1)")
+    convert.add_argument("--from_pretrained", required=True, help="directory, catalog name or HF repo id")
+    convert.add_argument("--output", required=True, help="directory to write (atomically)")
+    convert.add_argument(
+        "--to", choices=["sat", "hf"], default=None, help="target format (default: the other)"
+    )
+    convert.add_argument(
+        "--max_shard_size", default="5GiB", help="largest HF safetensors shard, e.g. 5GiB, 500MB"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    add_download_arguments(convert)
+    convert.set_defaults(handler=run_convert)
+
+
 # One entry per subcommand; each adds its parser and sets `handler`.
-SUBCOMMANDS = (add_chat_parser,)
+SUBCOMMANDS = (add_chat_parser, add_download_parser, add_list_parser, add_convert_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
