@@ -14,6 +14,7 @@ from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSou
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.text_processors import (
     LlamaTokenizer,
     build_inference_inputs,
@@ -109,13 +110,15 @@ def load(
     device: torch.device | str = "cpu",
     local_tokenizer: str | None = None,
     version: str | None = None,
+    tp: TensorParallel = NO_PARALLEL,
 ) -> CogVLM:
     """Load a SAT or HF checkpoint directory with its tokenizer and prompt format.
 
     The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
+    Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
     path = Path(path).expanduser()
-    model, info = load_model(path, dtype=dtype, device=device)
+    model, info = load_model(path, dtype=dtype, device=device, tp=tp)
     chosen = version or info.config.text_processor_version or DEFAULT_VERSION
     if version and info.config.text_processor_version and version != info.config.text_processor_version:
         logger.warning(
