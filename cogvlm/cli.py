@@ -60,23 +60,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
     parser.add_argument("--fp16", action="store_true", help="run in float16")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--device", default="auto", help="torch device; auto: cuda:LOCAL_RANK if available, else cpu"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="tensor-parallel ranks: re-run this command under torchrun on N processes",
+    )
     add_download_arguments(parser)
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    """One question about one image; prints the answer."""
+    """One question about one image; prints the answer (on the first rank only under tensor parallelism)."""
     from cogvlm.api import load
     from cogvlm.inference.generate import GenerationConfig
     from cogvlm.inference.sampling import SamplingConfig
+    from cogvlm.launch.distributed import init_parallel_runtime
 
+    runtime = init_parallel_runtime()
     session = load(
         args.from_pretrained,
         dtype=_dtype(args),
-        device=args.device,
+        device=runtime.device if args.device == "auto" else args.device,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
         download=download_config(args),
+        tp=runtime.tp,
     )
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     generation = GenerationConfig(
@@ -86,7 +97,8 @@ def run_chat(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = session.chat(args.image or None, args.query, generation=generation)
-    print(result.response)
+    if runtime.is_first_rank:
+        print(result.response)
     return 0
 
 
@@ -182,14 +194,55 @@ def add_convert_parser(commands) -> None:
     convert.set_defaults(handler=run_convert)
 
 
+def run_split(args: argparse.Namespace) -> int:
+    """Split a SAT checkpoint into `--mp` model-parallel ranks."""
+    from cogvlm.checkpoints.model_parallel import split_checkpoint
+
+    print(split_checkpoint(args.source, args.target, args.mp))
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge a model-parallel SAT checkpoint back into one rank."""
+    from cogvlm.checkpoints.model_parallel import merge_checkpoint
+
+    print(merge_checkpoint(args.source, args.target))
+    return 0
+
+
+def add_split_parser(commands) -> None:
+    """`cogvlm split SOURCE TARGET --mp N`."""
+    split = commands.add_parser("split", help="split a SAT checkpoint for N-way tensor parallelism")
+    split.add_argument("source", help="SAT checkpoint directory (any model-parallel size)")
+    split.add_argument("target", help="directory to write (replaced atomically)")
+    split.add_argument("--mp", type=int, required=True, help="model-parallel size of the result")
+    split.set_defaults(handler=run_split)
+
+
+def add_merge_parser(commands) -> None:
+    """`cogvlm merge SOURCE TARGET`."""
+    merge = commands.add_parser("merge", help="merge a model-parallel SAT checkpoint into MP=1")
+    merge.add_argument("source", help="SAT checkpoint directory with mp_rank_XX files")
+    merge.add_argument("target", help="directory to write (replaced atomically)")
+    merge.set_defaults(handler=run_merge)
+
+
 # One entry per subcommand; each adds its parser and sets `handler`.
-SUBCOMMANDS = (add_chat_parser, add_download_parser, add_list_parser, add_convert_parser)
+SUBCOMMANDS = (
+    add_chat_parser,
+    add_download_parser,
+    add_list_parser,
+    add_convert_parser,
+    add_split_parser,
+    add_merge_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cogvlm", description="CogVLM and CogAgent visual-language models")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(nproc=1)
     commands = parser.add_subparsers(dest="command", required=True)
     for add_parser in SUBCOMMANDS:
         add_parser(commands)
@@ -198,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cogvlm` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.nproc > 1:
+        from cogvlm.launch.torchrun import is_torchrun_worker, relaunch_under_torchrun
+
+        if not is_torchrun_worker():
+            relaunch_under_torchrun(args.nproc, argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -13,6 +13,7 @@ from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import ForwardContext
 from cogvlm.nn.kv_cache import KVCache
 from cogvlm.nn.rotary import reserve_rotary_positions
+from cogvlm.parallel.collectives import broadcast_from_first_rank
 from cogvlm.text_processors.inference import TextInputs
 
 
@@ -111,7 +112,10 @@ def iterate_generation(
     with torch.inference_mode():
         for _ in range(budget):
             logits = model(input_ids, ctx).logits[:, -1].float()  # [1, vocab]
-            token = sample_reference(logits, generated, config.sampling, generator)
+            # Every rank must continue with the same token, as the reference broadcasts it from rank 0.
+            token = broadcast_from_first_rank(
+                sample_reference(logits, generated, config.sampling, generator), model.tp
+            )
             position += 1
             yield GenerationStep(int(token), logits[0], position)
             if int(token) in config.end_token_ids:
