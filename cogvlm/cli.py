@@ -76,8 +76,64 @@ def add_chat_parser(commands) -> None:
     chat.set_defaults(handler=run_chat)
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API."""
+    import os
+
+    from cogvlm.api import load
+    from cogvlm.inference.server.config import ServerConfig
+    from cogvlm.inference.server.run import serve
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        model_id=args.model_id or os.path.basename(os.path.normpath(args.from_pretrained)),
+        api_key=args.api_key or os.environ.get("COGVLM_API_KEY") or None,
+        max_active=args.max_active,
+        max_queue=args.max_queue,
+        request_timeout_s=args.timeout,
+        default_max_tokens=args.default_max_tokens,
+        max_image_pixels=args.max_image_pixels,
+        allow_remote_images=args.allow_remote_images,
+        allow_file_images=args.allow_file_images,
+    )
+    session = load(
+        args.from_pretrained,
+        dtype=_dtype(args),
+        device=args.device,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+    )
+    serve(session, config)
+    return 0
+
+
+def add_serve_parser(commands) -> None:
+    """`cogvlm serve`."""
+    serve = commands.add_parser("serve", help="OpenAI-compatible chat-completions server")
+    add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-id", default=None, help="model name reported by /v1/models")
+    serve.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set COGVLM_API_KEY)"
+    )
+    serve.add_argument("--max-active", type=int, default=4, help="requests generated at once")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: HTTP 429")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
+    serve.add_argument("--default-max-tokens", type=int, default=512)
+    serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    serve.add_argument(
+        "--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs"
+    )
+    serve.add_argument(
+        "--allow-file-images", action="store_true", help="let the server read file:// image URLs"
+    )
+    serve.set_defaults(handler=run_serve)
+
+
 # One entry per subcommand; each adds its parser and sets `handler`.
-SUBCOMMANDS = (add_chat_parser,)
+SUBCOMMANDS = (add_chat_parser, add_serve_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
