@@ -132,8 +132,34 @@ def add_serve_parser(commands) -> None:
     serve.set_defaults(handler=run_serve)
 
 
+def run_web(args: argparse.Namespace) -> int:
+    """Serve the Gradio web demo."""
+    from cogvlm.api import load
+    from cogvlm.inference.web import WebConfig, run_web
+
+    session = load(
+        args.from_pretrained,
+        dtype=_dtype(args),
+        device=args.device,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+    )
+    run_web(session, WebConfig(host=args.host, port=args.port, max_length=args.max_length))
+    return 0
+
+
+def add_web_parser(commands) -> None:
+    """`cogvlm web`."""
+    web = commands.add_parser("web", help="Gradio web demo")
+    add_model_arguments(web)
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    web.add_argument("--port", type=int, default=7860)
+    web.add_argument("--max_length", type=int, default=2048)
+    web.set_defaults(handler=run_web)
+
+
 # One entry per subcommand; each adds its parser and sets `handler`.
-SUBCOMMANDS = (add_chat_parser, add_serve_parser)
+SUBCOMMANDS = (add_chat_parser, add_serve_parser, add_web_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
