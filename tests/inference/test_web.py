@@ -16,8 +16,13 @@ from tests.inference.server.conftest import REPO, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 
 
@@ -39,12 +44,25 @@ def web_demo():
     env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "cogvlm.cli", "web", "--port", str(port),
-            "--from_pretrained", str(golden_dir() / "cogvlm" / "sat_checkpoint"),
-            "--local_tokenizer", str(golden_dir() / "tokenizer.model"), "--version", "chat_old",
-            "--max_length", str(len(prompt["input_ids"]) + expected["max_new_tokens"]),
+            sys.executable,
+            "-m",
+            "cogvlm.cli",
+            "web",
+            "--port",
+            str(port),
+            "--from_pretrained",
+            str(golden_dir() / "cogvlm" / "sat_checkpoint"),
+            "--local_tokenizer",
+            str(golden_dir() / "tokenizer.model"),
+            "--version",
+            "chat_old",
+            "--max_length",
+            str(len(prompt["input_ids"]) + expected["max_new_tokens"]),
         ],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -69,7 +87,9 @@ def test_upload_ask_and_read_the_answer_in_a_browser(web_demo):
         try:
             page = browser.new_page()
             page.goto(url)
-            page.locator("#image-input input[type=file]").set_input_files(str(golden_dir() / "test_image.png"))
+            page.locator("#image-input input[type=file]").set_input_files(
+                str(golden_dir() / "test_image.png")
+            )
             expect(page.locator("#image-input img")).to_be_visible(timeout=30_000)
             top_k = page.locator("#top-k input[type=number]")
             top_k.fill("1")
