@@ -109,22 +109,24 @@ def iterate_generation(
     input_ids = text.input_ids.to(device)
     position = int(text.position_ids[0, -1])
     generated = torch.empty(1, 0, dtype=torch.long, device=device)
-    with torch.inference_mode():
-        for _ in range(budget):
+    for _ in range(budget):
+        # The grad mode is per thread, not per generator: enter it around each step, never across a yield,
+        # so that interleaved generations (a server advancing several) cannot switch it for each other.
+        with torch.inference_mode():
             logits = model(input_ids, ctx).logits[:, -1].float()  # [1, vocab]
             # Every rank must continue with the same token, as the reference broadcasts it from rank 0.
             token = broadcast_from_first_rank(
                 sample_reference(logits, generated, config.sampling, generator), model.tp
             )
-            position += 1
-            yield GenerationStep(int(token), logits[0], position)
-            if int(token) in config.end_token_ids:
-                return
-            generated = torch.cat([generated, token[:, None]], dim=1)
-            input_ids = token[:, None]
-            ctx = ForwardContext(
-                position_ids=torch.tensor([[position]], device=device), cross_memory=memory, kv_cache=cache
-            )
+        position += 1
+        yield GenerationStep(int(token), logits[0], position)
+        if int(token) in config.end_token_ids:
+            return
+        generated = torch.cat([generated, token[:, None]], dim=1)
+        input_ids = token[:, None]
+        ctx = ForwardContext(
+            position_ids=torch.tensor([[position]], device=device), cross_memory=memory, kv_cache=cache
+        )
 
 
 def generate(
