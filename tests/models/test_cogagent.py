@@ -154,8 +154,13 @@ def test_generation_encodes_the_cross_image_and_its_keys_values_once():
         LlamaTokenizer.from_file(tokenizer_file()), prompt, model.config.image_length
     )
     pixels = image_inputs(MODEL_DIR)
-    encoder_calls, key_value_calls = [0], [0]
+    encoder_calls, key_value_calls, memory_requires_grad = [0], [0], []
     handles = [_count_calls(model.mixins["encoder"].vit, encoder_calls)]
+    handles.append(
+        model.mixins["encoder"].vit.register_forward_hook(
+            lambda _module, _inputs, output: memory_requires_grad.append(output.requires_grad)
+        )
+    )
     handles += [
         _count_calls(layer.cross_attention.key_value, key_value_calls) for layer in model.transformer.layers
     ]
@@ -173,3 +178,4 @@ def test_generation_encodes_the_cross_image_and_its_keys_values_once():
     assert len(output.token_ids) == 8
     assert encoder_calls[0] == 1
     assert key_value_calls[0] == len(model.transformer.layers)
+    assert memory_requires_grad == [False]  # no autograd graph is kept over the tower's activations
