@@ -82,7 +82,7 @@ def _sections(text: str) -> dict[str, str]:
     """Section name (lower case) -> its text, up to the next section; the first occurrence of each wins."""
     matches = list(_SECTION.finditer(text))
     sections: dict[str, str] = {}
-    ends = [following.start() for following in matches[1:]] + [len(text)]
+    ends = [following.start() for following in matches[1:]] + ([len(text)] if matches else [])
     for match, end in zip(matches, ends, strict=True):
         sections.setdefault(match.group(1).lower(), text[match.end() : end].strip())
     return sections
