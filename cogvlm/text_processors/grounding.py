@@ -106,14 +106,14 @@ def parse_boxes(text: str) -> list[Box]:
 
 
 def to_pixels(target: Target, width: float, height: float) -> PixelBox | PixelPoint:
-    """Thousandths -> pixels of an image `width` x `height` (value / 1000 * size, as the reference)."""
+    """Thousandths -> pixels of an image `width` x `height` (value * size / 1000)."""
     if isinstance(target, Point):
-        return PixelPoint(target.x / SCALE * width, target.y / SCALE * height)
+        return PixelPoint(target.x * width / SCALE, target.y * height / SCALE)
     return PixelBox(
-        target.x1 / SCALE * width,
-        target.y1 / SCALE * height,
-        target.x2 / SCALE * width,
-        target.y2 / SCALE * height,
+        target.x1 * width / SCALE,
+        target.y1 * height / SCALE,
+        target.x2 * width / SCALE,
+        target.y2 * height / SCALE,
     )
 
 
