@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogvlm.inference.bench_cross_cache import decode_greedy, measure_cross_cache
+from cogvlm.inference.bench_cross_cache import cross_recompute_flops, decode_greedy, measure_cross_cache
 from cogvlm.inference.generate import GenerationConfig, generate
+from cogvlm.models.presets import preset
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
 from tests.golden import golden_dir, load_json
 from tests.golden_models import cases, golden_model, image_inputs, tokenizer_file
@@ -61,3 +62,11 @@ def test_the_benchmark_refuses_a_model_without_cross_attention():
 def test_the_benchmark_needs_at_least_one_decoding_step():
     with pytest.raises(ValueError, match="new_tokens must be >= 2"):
         measure_cross_cache("tiny-cogagent", new_tokens=1, threads=1)
+
+
+def test_the_recompute_cost_estimate_counts_tower_and_key_values():
+    # tiny-cogagent: 36 patches (+CLS = 37 tokens), width 32, SwiGLU 85, 2 of 3 blocks run, 2 layers x 4 x 8.
+    patch_embedding = 2 * 36 * 3 * 14 * 14 * 32
+    block = 8 * 37 * 32**2 + 4 * 37**2 * 32 + 6 * 37 * 32 * 85
+    key_values = 2 * 2 * 36 * 32 * (2 * 4 * 8)
+    assert cross_recompute_flops(preset("tiny-cogagent")) == patch_embedding + 2 * block + key_values
