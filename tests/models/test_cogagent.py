@@ -179,3 +179,11 @@ def test_generation_encodes_the_cross_image_and_its_keys_values_once():
     assert encoder_calls[0] == 1
     assert key_value_calls[0] == len(model.transformer.layers)
     assert memory_requires_grad == [False]  # no autograd graph is kept over the tower's activations
+
+
+def test_the_published_size_has_the_published_parameter_count():
+    # SPEC 1.3: CogAgent-18B has 18,291,033,280 parameters (EVA2-CLIP-L: 310,396,608 of them).
+    model = build_model(preset("cogagent-18b"), device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 18_291_033_280
+    tower = model.mixins["encoder"].vit
+    assert sum(p.numel() for p in tower.parameters()) == 310_396_608
