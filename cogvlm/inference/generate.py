@@ -97,7 +97,8 @@ def iterate_generation(
     generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
     cache = new_kv_cache(model, 1, text.seq_len + budget)
     reserve_rotary_positions(model, int(text.position_ids.max()) + budget + 1)
-    memory = model.encode_cross(cross_pixel_values.to(device)) if cross_pixel_values is not None else None
+    with torch.inference_mode():  # no autograd graph over the (large) cross tower's activations
+        memory = model.encode_cross(cross_pixel_values.to(device)) if cross_pixel_values is not None else None
     ctx = ForwardContext(
         position_ids=text.position_ids.to(device),
         vision_token_mask=text.vision_expert_mask.to(device),
