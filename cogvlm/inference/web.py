@@ -7,9 +7,13 @@ from dataclasses import dataclass
 
 from cogvlm.api import CogVLM, ImageInputs
 from cogvlm.errors import CogVLMError
+from cogvlm.image_processors.drawing import draw_response
 from cogvlm.inference.generate import GenerationConfig, iterate_generation
 from cogvlm.inference.sampling import SamplingConfig
 from cogvlm.text_processors import IncrementalDecoder, build_inference_inputs, build_prompt
+from cogvlm.text_processors.agent import parse_agent_reply
+from cogvlm.text_processors.grounding import find_box_groups
+from cogvlm.text_processors.templates import build_task_prompt
 
 GREETING = "Hi, what do you want to know about this image?"
 MODES = ("Chat", "Grounding", "Agent")
@@ -62,19 +66,31 @@ def _pairs(messages: list[dict]) -> list[tuple[str, str]]:
 
 
 def query_for_mode(mode: str, text: str) -> str:
-    """Grounding asks for boxes; agent mode quotes the task as the reference's templates do."""
-    if mode == "Grounding":
-        return f"{text} Answer with the coordinates [[x0,y0,x1,y1]] of each object you mention."
+    """Agent mode puts the task into the first agent template, quoted, with the grounding suffix.
+
+    Grounding mode sends the text as typed (e.g. "Where is the dog?") and draws the boxes of the reply.
+    """
     if mode == "Agent":
-        return f'What steps do I need to take to "{text}"?(with grounding)'
+        return build_task_prompt("agent", text, index=0, with_grounding=True)
     return text
+
+
+def grounding_outputs(image, reply: str, mode: str) -> tuple:
+    """The image with the reply's boxes drawn (None when there are none) and the parsed agent action."""
+    if mode == "Chat" or image is None:
+        return None, ""
+    has_boxes = bool(find_box_groups(reply))
+    drawn = draw_response(image, reply) if has_boxes else None
+    if mode != "Agent":
+        return drawn, ""
+    parsed = parse_agent_reply(reply)
+    operation = parsed.operation.label() if parsed.operation else ""
+    return drawn, "\n".join(part for part in (parsed.next_action or "", operation) if part)
 
 
 def build_demo(session: CogVLM, config: WebConfig):
     """The Gradio Blocks app for `session`."""
     import gradio as gr
-
-    from cogvlm.inference.grounding_view import agent_summary, draw_grounding
 
     def respond(image, text, messages, mode, temperature, top_p, top_k):
         if not text.strip():
@@ -96,8 +112,7 @@ def build_demo(session: CogVLM, config: WebConfig):
             yield messages, "", None, ""
             return
         reply = messages[-1]["content"]
-        boxed = draw_grounding(image, reply) if image is not None and mode != "Chat" else None
-        yield messages, "", boxed, agent_summary(reply) if mode == "Agent" else ""
+        yield messages, "", *grounding_outputs(image, reply, mode)
 
     def clear():
         return [{"role": "assistant", "content": GREETING}], "", None, ""
