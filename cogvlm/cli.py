@@ -61,6 +61,7 @@ def run_chat(args: argparse.Namespace) -> int:
         stop_strings=tuple(args.stop),
         sampling=sampling,
         seed=args.seed,
+        decode_step=args.decode_step,
     )
     config = ChatConfig(
         checkpoint=args.from_pretrained,
@@ -107,6 +108,12 @@ def add_chat_parser(commands) -> None:
         "--quant_group_size", type=int, default=None, help="int4/int8 group size (default: per row)"
     )
     chat.add_argument("--stream_chat", action="store_true", help="print the reply as it is generated")
+    chat.add_argument(
+        "--decode_step",
+        choices=["eager", "static", "cuda_graph"],
+        default="eager",
+        help="cuda_graph: replay each decoding step as one CUDA graph (GPU only)",
+    )
     chat.add_argument("--chinese", action="store_true", help="Chinese prompts")
     chat.add_argument("--grounding_dir", default=None, help="where images with drawn boxes go (default: tmp)")
     chat.set_defaults(handler=run_chat)
@@ -130,6 +137,7 @@ def run_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         repeats=args.repeats,
         quant_bits=args.quant,
+        decode_step=args.decode_step or ("cuda_graph" if args.device.startswith("cuda") else "eager"),
     )
     print(json.dumps(run_bench(config), indent=2))
     return 0
@@ -148,6 +156,12 @@ def add_bench_parser(commands) -> None:
     bench.add_argument("--batch_size", type=int, default=4, help="rows of the batched decode figure")
     bench.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     bench.add_argument("--quant", type=int, choices=[4, 8], default=None)
+    bench.add_argument(
+        "--decode_step",
+        choices=["eager", "static", "cuda_graph"],
+        default=None,
+        help="how decoding steps run (default: cuda_graph on CUDA, eager on CPU)",
+    )
     bench.add_argument("--image", default=str(default_asset("test_image.png")))
     bench.add_argument("--tokenizer", default=str(default_asset("tokenizer.model")))
     bench.set_defaults(handler=run_bench)

@@ -53,6 +53,7 @@ class BenchConfig:
     batch_size: int = 4
     repeats: int = 3
     quant_bits: int | None = None
+    decode_step: str = "eager"
 
     def __post_init__(self) -> None:
         names = bench_config_names()
@@ -264,6 +265,7 @@ def run_bench(config: BenchConfig) -> dict:
         max_new_tokens=config.new_tokens,
         end_token_ids=(),
         sampling=SamplingConfig(temperature=0.8, top_p=0.4, top_k=1, semantics="reference"),
+        decode_step=config.decode_step,
     )
     single = _requests(model, config, protocol, 1)
     batch = _requests(model, config, protocol, config.batch_size)
@@ -283,6 +285,7 @@ def run_bench(config: BenchConfig) -> dict:
         "dtype": config.dtype,
         "threads": torch.get_num_threads(),
         "quant_bits": config.quant_bits,
+        "decode_step": config.decode_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weight_bytes": weight_bytes(model),
         "image_encoding_ms": image_ms,

@@ -14,6 +14,7 @@ import torch
 
 from cogvlm.errors import PromptTooLongError
 from cogvlm.inference.batching import GenerationRequest, PromptBatch, collate
+from cogvlm.inference.decode_step import DECODE_STEP_KINDS, DecodeStepKind, build_decode_step
 from cogvlm.inference.sampling import SamplingConfig, sample
 from cogvlm.inference.stopping import StopStrings
 from cogvlm.inference.streaming import TextStream
@@ -44,6 +45,8 @@ class GenerationConfig:
 
     Generation stops after an end token (kept in the output), at a stop string (text cut before it;
     needs a tokenizer), after `max_new_tokens`, or when the sequence reaches `max_length`.
+    `decode_step` picks how steps after the prefill run (see `decode_step.py`): "eager" (CPU),
+    "static" or "cuda_graph" (fixed shapes, one graph replay per token on CUDA).
     """
 
     max_length: int = 2048
@@ -52,6 +55,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int | None = None
+    decode_step: DecodeStepKind = "eager"
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
@@ -59,6 +63,8 @@ class GenerationConfig:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         StopStrings(self.stop_strings)  # rejects empty strings
+        if self.decode_step not in DECODE_STEP_KINDS:
+            raise ValueError(f"decode_step must be one of {DECODE_STEP_KINDS}, got {self.decode_step!r}")
 
     def new_token_budget(self, prompt_length: int) -> int:
         """How many tokens may be generated after a prompt of `prompt_length`."""
@@ -213,26 +219,17 @@ def iterate_batch(
     generators = _generators(config, batch.size, device)
     cache = new_kv_cache(model, batch.size, batch.seq_len + steps)
     reserve_rotary_positions(model, int(batch.position_ids.max()) + steps + 1)
-    memory = None if batch.cross_pixel_values is None else model.encode_cross(batch.cross_pixel_values)
     key_is_valid = None
     if batch.key_is_valid is not None:
         generated_keys = torch.ones(batch.size, steps, dtype=torch.bool, device=device)
         key_is_valid = torch.cat([batch.key_is_valid, generated_keys], dim=1)  # [batch, seq + steps]
-    ctx = ForwardContext(
-        position_ids=batch.position_ids,
-        attention_mask=batch.prefill_attention_mask(),
-        vision_token_mask=batch.vision_token_mask,
-        image_embed_mask=batch.image_embed_mask,
-        pixel_values=batch.pixel_values,
-        cross_memory=memory,
-        kv_cache=cache,
-    )
-    input_ids = batch.input_ids
     last_positions = batch.position_ids[:, -1]  # [batch]
     with torch.inference_mode():
+        memory = None if batch.cross_pixel_values is None else model.encode_cross(batch.cross_pixel_values)
+        logits = _prefill(model, batch, cache, memory)
+        decode = build_decode_step(config.decode_step, model, cache, key_is_valid, memory)
         seen = _prompt_tokens_seen(batch, config.sampling, _vocab_size(model))
         for step in range(steps):
-            logits = model(input_ids, ctx, last_position_only=True).logits[:, -1].float()  # [batch, vocab]
             tokens = sample(logits, seen, config.sampling, generators)
             positions = last_positions + (step + 1)
             values = tokens.tolist() if stopping.needs_token_values else None
@@ -242,11 +239,21 @@ def iterate_batch(
                 return
             if seen is not None:
                 seen.scatter_(1, tokens[:, None], True)
-            input_ids = tokens[:, None]
-            mask = None if key_is_valid is None else key_is_valid[:, None, None, : cache.length + 1]
-            ctx = ForwardContext(
-                position_ids=positions[:, None], attention_mask=mask, cross_memory=memory, kv_cache=cache
-            )
+            logits = decode(tokens, positions)
+
+
+def _prefill(model, batch: PromptBatch, cache: KVCache, memory) -> torch.Tensor:
+    """The prompt's forward pass: fills the cache, returns the last position's logits [batch, vocab]."""
+    ctx = ForwardContext(
+        position_ids=batch.position_ids,
+        attention_mask=batch.prefill_attention_mask(),
+        vision_token_mask=batch.vision_token_mask,
+        image_embed_mask=batch.image_embed_mask,
+        pixel_values=batch.pixel_values,
+        cross_memory=memory,
+        kv_cache=cache,
+    )
+    return model(batch.input_ids, ctx, last_position_only=True).logits[:, -1].float()
 
 
 def _to_device(batch: PromptBatch, device: torch.device) -> PromptBatch:

@@ -20,5 +20,5 @@ class Rotary(Mixin):
         self.rotary_emb = RotaryEmbedding(config.head_dim, max_positions=config.max_sequence_length)
 
     def rotate_qk(self, layer, layer_index: int, query: torch.Tensor, key: torch.Tensor, ctx: ForwardContext):
-        rotation = self.rotary_emb.rotation(ctx.position_ids, query.dtype)
+        rotation = self.rotary_emb.rotation(ctx.position_ids, query.dtype, forward_key=ctx)
         return rotation.apply(query), rotation.apply(key)

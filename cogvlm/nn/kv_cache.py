@@ -10,6 +10,9 @@ class KVCache:
 
     `length` counts the positions already written; a forward writes its new positions in every layer
     through `update`, and the model calls `advance` once when the forward is done.
+
+    With `write_index` set (a long tensor [new], static shapes for CUDA graphs), `update` writes at those
+    positions and returns the whole buffer; the caller's attention mask hides the slots not yet written.
     """
 
     def __init__(
@@ -28,11 +31,16 @@ class KVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.max_length = max_length
         self.length = 0
+        self.write_index: torch.Tensor | None = None
 
     def update(
         self, layer_index: int, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `key`/`value` [batch, heads, new, head_dim] and return all positions so far."""
+        if self.write_index is not None:
+            self.keys[layer_index].index_copy_(2, self.write_index, key)
+            self.values[layer_index].index_copy_(2, self.write_index, value)
+            return self.keys[layer_index], self.values[layer_index]
         end = self.length + key.shape[2]
         if end > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {end} were requested")

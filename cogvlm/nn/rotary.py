@@ -28,7 +28,7 @@ class RotaryEmbedding(nn.Module):
         self.max_positions = max_positions
         self.register_buffer("inv_freq", inverse_frequencies(head_dim, base), persistent=True)
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last_rotation: tuple[torch.Tensor, torch.dtype, Rotation] | None = None
+        self._last_rotation: tuple[object, torch.Tensor, torch.dtype, Rotation] | None = None
 
     def reset_computed_buffers(self) -> None:
         """Recompute `inv_freq` (after a build on the meta device, or a checkpoint that omits it)."""
@@ -58,18 +58,18 @@ class RotaryEmbedding(nn.Module):
             self._table = table
         return table
 
-    def rotation(self, position_ids: torch.Tensor, dtype: torch.dtype) -> Rotation:
-        """The `Rotation` of `position_ids` [batch, seq], reused while the same position tensor comes back.
+    def rotation(self, position_ids: torch.Tensor, dtype: torch.dtype, forward_key: object) -> Rotation:
+        """The `Rotation` of `position_ids` [batch, seq], computed once per forward pass.
 
-        Every layer of one forward pass rotates by the same positions: the table lookups run once. The
-        reuse is keyed by tensor identity, so positions must come in a new tensor, not be edited in place.
+        Every layer of one forward pass rotates by the same positions, so the table lookups run for the
+        first layer only; `forward_key` (the pass's context object) tells passes apart.
         """
         last = self._last_rotation
-        if last is not None and last[0] is position_ids and last[1] == dtype:
-            return last[2]
+        if last is not None and last[0] is forward_key and last[1] is position_ids and last[2] == dtype:
+            return last[3]
         cos, sin = self.cos_sin(self.max_positions, dtype)
         rotation = Rotation.at(cos, sin, position_ids)
-        self._last_rotation = (position_ids, dtype, rotation)
+        self._last_rotation = (forward_key, position_ids, dtype, rotation)
         return rotation
 
     def _apply(self, fn, recurse=True):

@@ -52,12 +52,17 @@ def _golden_cases() -> list[str]:
     return sorted(load_json(MODEL_DIR / "text_inputs.json"))
 
 
-def test_a_batch_of_every_golden_prompt_reproduces_each_reference_continuation():
+@pytest.mark.parametrize("decode_step", ["eager", "static"])
+def test_a_batch_of_every_golden_prompt_reproduces_each_reference_continuation(decode_step):
+    # "static" is the CUDA-graph step without the graph: fixed shapes, the whole cache under a mask.
     names = _golden_cases()
     lengths = {_request(name).text.seq_len for name in names}
     assert len(lengths) > 1  # the batch really is left-padded
     outputs = generate_batch(
-        golden_model(MODEL_DIR), [_request(name) for name in names], _config(), keep_step_logits=True
+        golden_model(MODEL_DIR),
+        [_request(name) for name in names],
+        _config(decode_step=decode_step),
+        keep_step_logits=True,
     )
     for name, output in zip(names, outputs, strict=True):
         _, generation = _golden(name)
@@ -124,6 +129,27 @@ def test_a_stop_string_cuts_the_text_and_ends_generation():
     assert cut.stop_reason == "stop_string"
     assert cut.text == full.text[: full.text.index(stop)]
     assert cut.token_ids == full.token_ids[: len(cut.token_ids)] and len(cut.token_ids) < len(full.token_ids)
+
+
+@pytest.mark.parametrize("case", ["chat_q1", "chat_old_q2"])
+def test_the_static_step_alone_reproduces_the_reference_step_logits(case):
+    model, request = golden_model(MODEL_DIR), _request(case)
+    output = generate(model, request.text, _config(decode_step="static"), pixel_values=request.pixel_values)
+    assert output.token_ids == _golden(case)[1]["new_token_ids"]
+    torch.testing.assert_close(
+        output.step_logits, cases(MODEL_DIR)[case]["gen_step_logits"], **BATCH_LOGIT_TOLERANCE
+    )
+
+
+def test_cuda_graphs_need_a_cuda_model():
+    request = _request("chat_q1")
+    with pytest.raises(ValueError, match="CUDA graphs need the model on a CUDA device, not cpu"):
+        generate(
+            golden_model(MODEL_DIR),
+            request.text,
+            _config(decode_step="cuda_graph"),
+            pixel_values=request.pixel_values,
+        )
 
 
 def test_stop_strings_without_a_tokenizer_are_refused():
