@@ -187,7 +187,7 @@ def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> flo
 
     with torch.inference_mode():
         one_step()
-        return _median_ms(lambda: [one_step() for _ in range(steps)], device, 3) / steps
+        return _median_ms(lambda: [one_step() for _ in range(steps)], device, 1) / steps
 
 
 def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, rows: int):
@@ -250,34 +250,51 @@ def _decode_bytes_per_token(model, prompt_tokens: int, new_tokens: int) -> int:
     return int(weights + kv)
 
 
-def run_bench(config: BenchConfig) -> dict:
-    """Build the model, run the protocol and return the figures as a JSON-ready dict."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    dtype = DTYPES[config.dtype]
-    protocol = _reference_configs()["protocol"]
-    model = build_random_model(config.name, config.device, dtype)
-    if config.quant_bits is not None:
-        quantize_(model, config.quant_bits)
-    generation = GenerationConfig(
+def _protocol_generation(model: VisionLanguageModel, config: BenchConfig) -> GenerationConfig:
+    """Greedy with SAT's strategy and no end token: exactly `new_tokens` are generated."""
+    return GenerationConfig(
         max_length=model.config.llm.max_sequence_length,
         max_new_tokens=config.new_tokens,
         end_token_ids=(),
         sampling=SamplingConfig(temperature=0.8, top_p=0.4, top_k=1, semantics="reference"),
         decode_step=config.decode_step,
     )
+
+
+def _measure_repeat(model, requests, generation, config: BenchConfig, device, dtype) -> dict[str, float]:
+    """One repeat of every single-prompt figure, taken back to back so they share the machine's load."""
+    first_ms, decode_ms = _time_generation(model, requests, generation, device)
+    floor_ms = _time_bare_linears(model, 1, device, dtype, config.new_tokens)
+    return {
+        "first_token_ms": first_ms,
+        "decode_ms_per_token_batch_1": decode_ms,
+        "bare_linears_ms_per_token": floor_ms,
+        "decode_over_bare_linears": decode_ms / floor_ms,
+        "image_encoding_ms": _median_ms(lambda: _encode_image(model, requests[0], device), device, 1),
+        "prefill_ms": _time_prefill(model, requests[0], device, 1),
+    }
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Build the model, run the protocol and return the figures (medians over repeats) as a dict."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device, dtype = torch.device(config.device), DTYPES[config.dtype]
+    protocol = _reference_configs()["protocol"]
+    model = build_random_model(config.name, config.device, dtype)
+    if config.quant_bits is not None:
+        quantize_(model, config.quant_bits)
+    generation = _protocol_generation(model, config)
     single = _requests(model, config, protocol, 1)
     batch = _requests(model, config, protocol, config.batch_size)
     _time_generation(model, single, generation, device)  # warm-up
-    runs = [_time_generation(model, single, generation, device) for _ in range(config.repeats)]
-    batch_runs = [_time_generation(model, batch, generation, device) for _ in range(config.repeats)]
-    decode_ms = statistics.median(ms for _, ms in runs)
-    batch_decode_ms = statistics.median(ms for _, ms in batch_runs)
-    floor_ms = _time_bare_linears(model, 1, device, dtype, config.new_tokens)
-    prompt_tokens = single[0].text.seq_len
-    image_ms = _median_ms(lambda: _encode_image(model, single[0], device), device, 3)
-    first_token_ms = statistics.median(first for first, _ in runs)
+    repeats = [
+        _measure_repeat(model, single, generation, config, device, dtype) for _ in range(config.repeats)
+    ]
+    figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
+    batch_ms = statistics.median(
+        _time_generation(model, batch, generation, device)[1] for _ in range(config.repeats)
+    )
     result = {
         "config": config.name,
         "model_class": model.config.model_class,
@@ -288,31 +305,31 @@ def run_bench(config: BenchConfig) -> dict:
         "decode_step": config.decode_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weight_bytes": weight_bytes(model),
-        "image_encoding_ms": image_ms,
-        "prefill_tokens": prompt_tokens,
-        "first_token_ms": first_token_ms,
-        "prefill_ms": _time_prefill(model, single[0], device, config.repeats),
+        "prefill_tokens": single[0].text.seq_len,
         "new_tokens": config.new_tokens,
-        "decode_ms_per_token_batch_1": decode_ms,
-        "decode_tokens_per_s_batch_1": 1e3 / decode_ms,
+        **figures,
+        "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
         "batch_size": config.batch_size,
-        "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_decode_ms,
-        "bare_linears_ms_per_token": floor_ms,
-        "decode_over_bare_linears": decode_ms / floor_ms,
+        "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,
         "repeats": config.repeats,
+        **_peak_memory(device),
     }
-    result.update(_peak_memory(device))
     if device.type == "cuda":
-        bandwidth = _bandwidth_gb_s(device)
-        bytes_per_token = _decode_bytes_per_token(model, prompt_tokens, config.new_tokens)
-        bound = bandwidth * 1e9 / bytes_per_token
-        result.update(
-            measured_bandwidth_gb_s=bandwidth,
-            decode_bytes_per_token=bytes_per_token,
-            bandwidth_bound_tokens_per_s=bound,
-            fraction_of_bandwidth_bound=result["decode_tokens_per_s_batch_1"] / bound,
-        )
+        result.update(_bandwidth_figures(model, result))
     return result
+
+
+def _bandwidth_figures(model: VisionLanguageModel, result: dict) -> dict:
+    """Decode speed as a fraction of what the measured memory bandwidth allows."""
+    bandwidth = _bandwidth_gb_s(torch.device(result["device"]))
+    bytes_per_token = _decode_bytes_per_token(model, result["prefill_tokens"], result["new_tokens"])
+    bound = bandwidth * 1e9 / bytes_per_token
+    return {
+        "measured_bandwidth_gb_s": bandwidth,
+        "decode_bytes_per_token": bytes_per_token,
+        "bandwidth_bound_tokens_per_s": bound,
+        "fraction_of_bandwidth_bound": result["decode_tokens_per_s_batch_1"] / bound,
+    }
 
 
 def _peak_memory(device: torch.device) -> dict:
