@@ -143,10 +143,9 @@ class CogVLM:
 
 
 class ChatStream:
-    """Iterating yields the generated text in pieces (never inside a UTF-8 character); afterwards
-    `result` holds the same `ChatResult` that `chat` returns.
+    """A reply being generated: iterate for its text pieces, then read `result` (what `chat` returns).
 
-    The pieces are the raw continuation (as the reference's `--stream_chat` prints it); `result.response`
+    No piece ends inside a UTF-8 character. The pieces are the raw continuation (as the reference's `--stream_chat` prints it); `result.response`
     is the reference's post-processed reply, which for chat, chat_old and vqa is that text stripped.
     """
 
