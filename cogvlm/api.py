@@ -145,8 +145,9 @@ class CogVLM:
 class ChatStream:
     """A reply being generated: iterate for its text pieces, then read `result` (what `chat` returns).
 
-    No piece ends inside a UTF-8 character. The pieces are the raw continuation (as the reference's `--stream_chat` prints it); `result.response`
-    is the reference's post-processed reply, which for chat, chat_old and vqa is that text stripped.
+    No piece ends inside a UTF-8 character. The pieces are the raw continuation (as the reference's
+    `--stream_chat` prints it); `result.response` is the reference's post-processed reply, which for
+    chat, chat_old and vqa is that text stripped.
     """
 
     def __init__(
