@@ -176,26 +176,28 @@ class _Stopping:
     def update(self, step: int, tokens: list[int] | None) -> tuple[tuple, tuple, tuple | None]:
         """Record step `step`'s tokens; return (is_live, stop reasons, text pieces) per row."""
         is_live = tuple(reason is None for reason in self.reasons)
-        pieces = [] if self.streams is not None else None
-        for row, live in enumerate(is_live):
-            piece = ""
-            if live:
-                if tokens is not None and tokens[row] in self.end_ids:
-                    self.reasons[row] = "end_token"
-                if self.streams is not None:
-                    piece = self.streams[row].push(tokens[row])
-                    if self.streams[row].hit_stop_string and self.reasons[row] is None:
-                        self.reasons[row] = "stop_string"
-                if self.reasons[row] is None and step + 1 >= self.budgets[row]:
-                    self.reasons[row] = "length"
-                if self.reasons[row] is not None and self.streams is not None:
-                    piece += self.streams[row].finish()
-            if pieces is not None:
-                pieces.append(piece)
+        pieces = tuple(
+            self._update_row(row, step, None if tokens is None else tokens[row]) if live else ""
+            for row, live in enumerate(is_live)
+        )
         stop_reasons = tuple(
             reason if live else None for live, reason in zip(is_live, self.reasons, strict=True)
         )
-        return is_live, stop_reasons, None if pieces is None else tuple(pieces)
+        return is_live, stop_reasons, pieces if self.streams is not None else None
+
+    def _update_row(self, row: int, step: int, token: int | None) -> str:
+        """Stop the row if `token` ends it; return the row's newly final text."""
+        stream = None if self.streams is None else self.streams[row]
+        piece = "" if stream is None else stream.push(token)
+        if token in self.end_ids:
+            self.reasons[row] = "end_token"
+        elif stream is not None and stream.hit_stop_string:
+            self.reasons[row] = "stop_string"
+        elif step + 1 >= self.budgets[row]:
+            self.reasons[row] = "length"
+        else:
+            return piece
+        return piece if stream is None else piece + stream.finish()
 
     @property
     def is_done(self) -> bool:
