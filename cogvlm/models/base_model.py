@@ -65,8 +65,14 @@ class MixinModel(nn.Module):
         return CrossMemory(self._hooks.encode_cross(cross_pixel_values, ForwardContext()))
 
     def forward(
-        self, input_ids: torch.Tensor, ctx: ForwardContext, *, output_hidden_states: bool = False
+        self,
+        input_ids: torch.Tensor,
+        ctx: ForwardContext,
+        *,
+        output_hidden_states: bool = False,
+        last_position_only: bool = False,
     ) -> ModelOutput:
+        """Logits [batch, seq, vocab] (seq = 1 with `last_position_only`, all generation needs)."""
         hooks = self._hooks
         if (
             self.transformer.has_cross_attention
@@ -82,6 +88,8 @@ class MixinModel(nn.Module):
                 per_layer.append(hidden_states)
         if ctx.kv_cache is not None:
             ctx.kv_cache.advance(hidden_states.shape[1])
+        if last_position_only:
+            hidden_states = hidden_states[:, -1:]
         if self.transformer.config.use_final_layernorm:
             hidden_states = self.transformer.final_layernorm(hidden_states)
         return ModelOutput(hooks.final_logits(self.transformer, hidden_states, ctx), tuple(per_layer))
