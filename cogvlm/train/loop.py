@@ -177,6 +177,9 @@ def _batches(run: _Run, start_micro_step: int):
         batch_sampler=run.order.batches(start_micro_step),
         collate_fn=functools.partial(collate, pad_id=run.tokenizer.pad_id),
         num_workers=run.config.data.num_workers,
+        # Its own generator: creating the iterator must not draw from the global one (dropout's), or a
+        # resumed run would draw different masks from the uninterrupted one.
+        generator=torch.Generator().manual_seed(run.config.seed),
     )
     return iter(loader)
 

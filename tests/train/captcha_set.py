@@ -1,0 +1,28 @@
+"""Captcha data sets drawn by the `captcha` package, in the reference's folder layout."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from captcha.image import ImageCaptcha
+
+# One glyph repeated 1-4 times: the label is read off the image and exact-match chance is 1/4. (Telling
+# digits apart at 56 px is beyond a randomly initialised 2-layer, 32-wide vision tower in a CI-sized run.)
+COUNT_LABELS = ("1", "11", "111", "1111")
+
+
+def write_captcha_split(folder: Path, labels, count: int, seed: int) -> Path:
+    """`count` images named `<label>.<index>.jpg` (label = file name up to the first dot)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = random.getstate()
+    try:
+        random.seed(seed)  # the captcha package draws its noise from the global generator
+        pick = random.Random(seed + 1)
+        drawer = ImageCaptcha()  # default 160 x 60; the image processor resizes to the model's 56 px
+        for index in range(count):
+            label = pick.choice(labels)
+            drawer.generate_image(label).convert("RGB").save(folder / f"{label}.{index}.jpg")
+    finally:
+        random.setstate(saved)
+    return folder
