@@ -80,6 +80,11 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _make_shareable(path: Path) -> None:
+    # Temporary files and folders are created private (0600 / 0700); a finished checkpoint is not.
+    path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def _write_metadata(save_dir: Path, model_config: CogVLMConfig, tokenizer_file: Path, run: dict) -> None:
     with atomic_file(save_dir / sat_format.MODEL_CONFIG_FILE, "w") as handle:
         json.dump(sat_format.config_to_sat(model_config, run["tp_size"]), handle, indent=4)
@@ -88,6 +93,8 @@ def _write_metadata(save_dir: Path, model_config: CogVLMConfig, tokenizer_file: 
     if not (save_dir / TOKENIZER_FILE).is_file():
         with atomic_file(save_dir / TOKENIZER_FILE) as handle:
             handle.write(tokenizer_file.read_bytes())
+    for name in (sat_format.MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE):
+        _make_shareable(save_dir / name)
 
 
 def save_training_checkpoint(
@@ -109,9 +116,11 @@ def save_training_checkpoint(
                 str(staging.parent), tag=staging.name, client_state=client_state, save_latest=False
             )
             barrier()
+            _make_shareable(staging)
         _write_metadata(save_dir, model_config, tokenizer_file, run)
         with atomic_file(save_dir / sat_format.LATEST_FILE, "w") as handle:
             handle.write(str(iteration))
+        _make_shareable(save_dir / sat_format.LATEST_FILE)
     else:
         received = [None]
         dist.broadcast_object_list(received, src=0)
