@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 
+from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.loading import CheckpointInfo, load_model
+from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.text_processors import (
     LlamaTokenizer,
     build_inference_inputs,
@@ -109,13 +112,18 @@ def load(
     device: torch.device | str = "cpu",
     local_tokenizer: str | None = None,
     version: str | None = None,
+    download: DownloadConfig | None = None,
+    tp: TensorParallel = NO_PARALLEL,
 ) -> CogVLM:
-    """Load a SAT or HF checkpoint directory with its tokenizer and prompt format.
+    """Load a SAT or HF checkpoint with its tokenizer and prompt format.
 
+    `path` is a directory, a catalog name (found in or downloaded to $SAT_HOME) or a Hugging Face repo id;
+    `download` says where and how (default: from the environment, see `DownloadConfig.from_environment`).
     The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
+    Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
-    path = Path(path).expanduser()
-    model, info = load_model(path, dtype=dtype, device=device)
+    path = resolve_checkpoint(path, download)
+    model, info = load_model(path, dtype=dtype, device=device, tp=tp)
     chosen = version or info.config.text_processor_version or DEFAULT_VERSION
     if version and info.config.text_processor_version and version != info.config.text_processor_version:
         logger.warning(

@@ -23,3 +23,7 @@ class ConfigError(CogVLMError, ValueError):
 
 class PromptTooLongError(CogVLMError, ValueError):
     """A prompt does not fit in the context length."""
+
+
+class DownloadError(CogVLMError):
+    """A checkpoint cannot be fetched, or what was fetched fails verification."""

@@ -92,22 +92,36 @@ def infer_cross_vision(raw: Mapping, state_shapes: Mapping[str, tuple[int, ...]]
     if "cross_vision_args" in raw:
         return CrossVisionConfig(image_px=image_px, **raw["cross_vision_args"])
     if state_shapes and _CROSS_PREFIX + "cls_token" in state_shapes:
-        blocks = {
-            int(m.group(1))
-            for key in state_shapes
-            if (m := re.match(re.escape(_CROSS_PREFIX) + r"blocks\.(\d+)\.", key))
-        }
-        width = state_shapes[_CROSS_PREFIX + "cls_token"][-1]
-        mlp_hidden = state_shapes[_CROSS_PREFIX + "blocks.0.mlp.w1.weight"][0]
-        return CrossVisionConfig(
-            image_px=image_px,
-            width=width,
-            num_blocks=len(blocks),
-            head_width=state_shapes[_CROSS_PREFIX + "rope.freqs_cos"][-1],
-            mlp_ratio=2.6667 if int(width * 2.6667) == mlp_hidden else mlp_hidden / width,
-            head_out_features=state_shapes[_CROSS_PREFIX + "head.weight"][0],
-        )
+        return _cross_vision_from_shapes(image_px, state_shapes)
     return CrossVisionConfig(image_px=image_px, **DEFAULT_CROSS_VISION)
+
+
+def _cross_vision_from_shapes(
+    image_px: int, state_shapes: Mapping[str, tuple[int, ...]]
+) -> CrossVisionConfig:
+    def shape(name: str) -> tuple[int, ...]:
+        if _CROSS_PREFIX + name not in state_shapes:
+            raise CheckpointError(
+                f"cannot infer CogAgent's cross vision tower: key {_CROSS_PREFIX + name} is missing "
+                "(add cross_vision_args to model_config.json)"
+            )
+        return state_shapes[_CROSS_PREFIX + name]
+
+    block_pattern = re.compile(re.escape(_CROSS_PREFIX) + r"blocks\.(\d+)\.")
+    blocks = {int(m.group(1)) for key in state_shapes if (m := block_pattern.match(key))}
+    width = shape("cls_token")[-1]
+    mlp_hidden = shape("blocks.0.mlp.w1.weight")[0]
+    _, in_channels, patch_size, _ = shape("patch_embed.proj.weight")
+    return CrossVisionConfig(
+        image_px=image_px,
+        width=width,
+        num_blocks=len(blocks),
+        head_width=shape("rope.freqs_cos")[-1],
+        patch_size=patch_size,
+        in_channels=in_channels,
+        mlp_ratio=2.6667 if int(width * 2.6667) == mlp_hidden else mlp_hidden / width,
+        head_out_features=shape("head.weight")[0],
+    )
 
 
 def config_from_sat(
@@ -183,6 +197,28 @@ def _eva_to_sat(config: CogVLMConfig, model_parallel_size: int) -> dict:
     }
 
 
+def _cross_vision_needs_args(tower: CrossVisionConfig) -> bool:
+    # SAT's config does not describe the tower; the weight shapes do, except for these two fields.
+    default = CrossVisionConfig(image_px=tower.image_px, **DEFAULT_CROSS_VISION)
+    unstated = ("pretrain_grid", "layernorm_epsilon")
+    return any(getattr(tower, name) != getattr(default, name) for name in unstated)
+
+
+def _cross_vision_args(tower: CrossVisionConfig) -> dict:
+    fields = (
+        "width",
+        "num_blocks",
+        "head_width",
+        "patch_size",
+        "in_channels",
+        "mlp_ratio",
+        "head_out_features",
+        "pretrain_grid",
+        "layernorm_epsilon",
+    )
+    return {name: getattr(tower, name) for name in fields}
+
+
 def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
     """Translate a `CogVLMConfig` into SAT's `model_config.json` dict (inverse of `config_from_sat`)."""
     llm = config.llm
@@ -207,12 +243,8 @@ def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
     raw["image_length"] = config.image_length
     if config.is_cogagent:
         raw["cross_image_pix"] = tower.image_px
-        if (tower.width, tower.num_blocks, tower.head_width) != tuple(DEFAULT_CROSS_VISION.values()):
-            raw["cross_vision_args"] = {
-                "width": tower.width,
-                "num_blocks": tower.num_blocks,
-                "head_width": tower.head_width,
-            }
+        if _cross_vision_needs_args(tower):
+            raw["cross_vision_args"] = _cross_vision_args(tower)
     raw["eva_args"] = _eva_to_sat(config, model_parallel_size)
     raw.update(config.extra)
     raw.update(

@@ -13,6 +13,7 @@ from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import ForwardContext
 from cogvlm.nn.kv_cache import KVCache
 from cogvlm.nn.rotary import reserve_rotary_positions
+from cogvlm.parallel.collectives import broadcast_from_first_rank
 from cogvlm.text_processors.inference import TextInputs
 
 
@@ -96,7 +97,8 @@ def iterate_generation(
     generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
     cache = new_kv_cache(model, 1, text.seq_len + budget)
     reserve_rotary_positions(model, int(text.position_ids.max()) + budget + 1)
-    memory = model.encode_cross(cross_pixel_values.to(device)) if cross_pixel_values is not None else None
+    with torch.inference_mode():  # no autograd graph over the (large) cross tower's activations
+        memory = model.encode_cross(cross_pixel_values.to(device)) if cross_pixel_values is not None else None
     ctx = ForwardContext(
         position_ids=text.position_ids.to(device),
         vision_token_mask=text.vision_expert_mask.to(device),
@@ -108,19 +110,24 @@ def iterate_generation(
     input_ids = text.input_ids.to(device)
     position = int(text.position_ids[0, -1])
     generated = torch.empty(1, 0, dtype=torch.long, device=device)
-    with torch.inference_mode():
-        for _ in range(budget):
+    for _ in range(budget):
+        # The grad mode is per thread, not per generator: enter it around each step, never across a yield,
+        # so that interleaved generations (a server advancing several) cannot switch it for each other.
+        with torch.inference_mode():
             logits = model(input_ids, ctx).logits[:, -1].float()  # [1, vocab]
-            token = sample_reference(logits, generated, config.sampling, generator)
-            position += 1
-            yield GenerationStep(int(token), logits[0], position)
-            if int(token) in config.end_token_ids:
-                return
-            generated = torch.cat([generated, token[:, None]], dim=1)
-            input_ids = token[:, None]
-            ctx = ForwardContext(
-                position_ids=torch.tensor([[position]], device=device), cross_memory=memory, kv_cache=cache
+            # Every rank must continue with the same token, as the reference broadcasts it from rank 0.
+            token = broadcast_from_first_rank(
+                sample_reference(logits, generated, config.sampling, generator), model.tp
             )
+        position += 1
+        yield GenerationStep(int(token), logits[0], position)
+        if int(token) in config.end_token_ids:
+            return
+        generated = torch.cat([generated, token[:, None]], dim=1)
+        input_ids = token[:, None]
+        ctx = ForwardContext(
+            position_ids=torch.tensor([[position]], device=device), cross_memory=memory, kv_cache=cache
+        )
 
 
 def generate(

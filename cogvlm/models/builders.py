@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from cogvlm.models.cogagent import build_cogagent
 from cogvlm.models.cogvlm import VisionLanguageModel, build_cogvlm
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 
 BUILDERS = {
     "CogVLMModel": build_cogvlm,
+    "CogAgentModel": build_cogagent,
 }
 
 

@@ -90,3 +90,12 @@ def gather_from_parallel(tensor: torch.Tensor, tp: TensorParallel) -> torch.Tens
 def scatter_to_parallel(tensor: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     """Keep this rank's last-dimension slice forward; gather backward."""
     return _ScatterToParallel.apply(tensor, tp) if tp.is_parallel else tensor
+
+
+def broadcast_from_first_rank(tensor: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """Tensor-parallel rank 0's `tensor` on every rank of the group (e.g. the sampled token)."""
+    if not tp.is_parallel:
+        return tensor
+    tensor = tensor.contiguous()
+    dist.broadcast(tensor, src=dist.get_global_rank(tp.group, 0), group=tp.group)
+    return tensor

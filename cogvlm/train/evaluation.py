@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
+from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.inference.sampling import SamplingConfig
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -160,7 +161,8 @@ class EvaluateConfig:
     batch_size: int = 4
     limit: int | None = None
     dtype: torch.dtype | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: this rank's GPU if there is one, else the CPU
+    download: DownloadConfig | None = None  # how a catalog name or HF repo id is fetched
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -171,13 +173,19 @@ class EvaluateConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
-def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list]:
-    """Load the checkpoint and score the split; also return the samples skipped as too long."""
+def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
+    """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
+    this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
     from cogvlm.api import find_tokenizer
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+    from cogvlm.launch.distributed import init_parallel_runtime
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.data import read_samples
 
-    model, info, _ = load_finetuned_model(config.from_pretrained, dtype=config.dtype, device=config.device)
+    runtime = init_parallel_runtime()
+    path = resolve_checkpoint(config.from_pretrained, config.download)
+    device = config.device or runtime.device
+    model, info, _ = load_finetuned_model(path, dtype=config.dtype, device=device, tp=runtime.tp)
     tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     version = config.version or info.config.text_processor_version or "base"
     samples = read_samples(config.data_path, config.prompt)
@@ -192,4 +200,4 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list]:
         max_new_tokens=config.max_new_tokens,
         indices=range(count),
     )
-    return result, dataset.skipped
+    return result, dataset.skipped, runtime.is_first_rank

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from cogvlm.api import find_tokenizer
 from cogvlm.checkpoints.loading import load_model
+from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.errors import ConfigError
 from cogvlm.mixins.lora import add_lora
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -81,7 +82,8 @@ def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
 
 def _load_base_model(config: FinetuneConfig, device: torch.device, layout: ParallelLayout):
     # Weights load in float32: DeepSpeed keeps float32 master copies and casts the module for bf16/fp16.
-    model, info = load_model(config.from_pretrained, dtype=torch.float32, device=device, tp=layout.tp)
+    path = resolve_checkpoint(config.from_pretrained)
+    model, info = load_model(path, dtype=torch.float32, device=device, tp=layout.tp)
     if config.lora is not None:
         add_lora(model, config.lora)
     report = apply_trainable(model, trainable_filter(config.trainable, config.lora is not None))
@@ -232,8 +234,8 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
     layout = build_parallel_layout(config.tp_size)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    tokenizer = find_tokenizer(Path(config.from_pretrained), config.local_tokenizer)
     model, info, report = _load_base_model(config, device, layout)
+    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     config = resolve_version(config, info.config.text_processor_version)
     if is_rank_zero():
         logger.info("%s", report.describe())

@@ -55,7 +55,7 @@ def test_the_untrained_model_is_at_or_below_chance(captcha_data):
         batch_size=16,
         limit=32,
     )
-    result, skipped = run_evaluation(config)
+    result, skipped, _ = run_evaluation(config)
     assert result.samples == 32 and not skipped
     assert result.accuracy <= captcha_data.chance
 

@@ -1,0 +1,186 @@
+"""`cogvlm convert`: SAT <-> HF for CogVLM and CogAgent, through the one key table of `hf_format`.
+
+Every tensor keeps its dtype and bytes; only names change (plus SAT's single rotary `inv_freq`, which HF
+stores once per layer). The HF `config.json` carries the SAT `model_config.json` it came from under
+`sat_model_config`, so SAT -> HF -> SAT gives back the same SAT config, fields HF has no name for included.
+
+Memory: an MP=1 SAT file is read memory-mapped (`torch.load(mmap=True)`) and HF safetensors lazily
+(`safetensors.load_file` maps the file); safetensors and `torch.save` write tensor by tensor from those
+mappings. Anonymous memory therefore stays near the process baseline whatever the checkpoint size; the
+page cache holds the bytes being copied and the kernel reclaims it. Only an MP>1 SAT source is merged in
+memory first (peak: the whole model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cogvlm.checkpoints import hf_format, sat_format
+from cogvlm.checkpoints.atomic import atomic_directory
+from cogvlm.checkpoints.catalog import CheckpointFormat
+from cogvlm.checkpoints.loading import detect_format, read_checkpoint
+from cogvlm.errors import CheckpointError, ConfigError
+from cogvlm.models.config import CogVLMConfig
+
+logger = logging.getLogger(__name__)
+SAT_CONFIG_FIELD = "sat_model_config"
+DEFAULT_MAX_SHARD_BYTES = 5 << 30
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """What to convert, where to, and how large the HF shards may be."""
+
+    source: Path
+    output: Path
+    target_format: CheckpointFormat | None = None  # None: the other format than the source's
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target_format not in (None, "sat", "hf"):
+            raise ConfigError(f"ConvertConfig: target_format={self.target_format!r}, expected 'sat' or 'hf'")
+        if self.max_shard_bytes <= 0:
+            raise ConfigError(f"ConvertConfig: max_shard_bytes={self.max_shard_bytes} must be positive")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """Where the converted checkpoint is, and what it holds."""
+
+    output: Path
+    source_format: CheckpointFormat
+    target_format: CheckpointFormat
+    num_tensors: int
+    dtypes: tuple[str, ...]
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 1 << 10,
+    "MIB": 1 << 20,
+    "GIB": 1 << 30,
+}
+
+
+def parse_byte_size(text: str) -> int:
+    """Bytes in "5GiB", "500MB", "1000" (KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024)."""
+    stripped = text.strip().upper().replace(" ", "")
+    number = stripped.rstrip("KMGIB")
+    unit = stripped[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"size {text!r}: expected a number with an optional unit B, KB, MB, GB, KiB, MiB, GiB"
+        ) from None
+    if value < 1:
+        raise ConfigError(f"size {text!r} must be at least one byte")
+    return int(value)
+
+
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in tensors.items()}
+
+
+def _result(output: Path, source: CheckpointFormat, state: Mapping[str, torch.Tensor]) -> ConvertResult:
+    dtypes = tuple(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()}))
+    return ConvertResult(output, source, "hf" if source == "sat" else "sat", len(state), dtypes)
+
+
+def read_sat_for_conversion(source: Path) -> tuple[dict, CogVLMConfig, dict[str, torch.Tensor]]:
+    """The raw SAT config, our config and the whole state dict (memory-mapped when MP=1)."""
+    checkpoint = sat_format.open_sat_checkpoint(source)
+    if checkpoint.model_parallel_size > 1:
+        try:
+            info, state = read_checkpoint(source)
+        except ValueError as error:
+            raise CheckpointError(f"{source}: cannot merge its model-parallel shards ({error})") from None
+        return checkpoint.raw_config, info.config, state
+    state = sat_format.load_sat_weights(checkpoint.weight_files[0])
+    config = sat_format.config_from_sat(
+        checkpoint.raw_config,
+        source=str(source / sat_format.MODEL_CONFIG_FILE),
+        state_shapes=_shapes(state),
+    )
+    return checkpoint.raw_config, config, state
+
+
+def sat_to_hf(source: Path, output: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ConvertResult:
+    """Write the HF form of a SAT checkpoint (published key names and config fields)."""
+    raw, config, state = read_sat_for_conversion(source)
+    hf_format.save_hf_checkpoint(
+        output, config, state, max_shard_bytes=max_shard_bytes, extra_fields={SAT_CONFIG_FIELD: raw}
+    )
+    return _result(output, "sat", state)
+
+
+def _at_model_parallel_size_1(raw: Mapping) -> dict:
+    single = dict(raw, model_parallel_size=1)
+    if isinstance(raw.get("eva_args"), Mapping):
+        single["eva_args"] = dict(raw["eva_args"], model_parallel_size=1)
+    return single
+
+
+def sat_config_from_hf(hf_raw: Mapping, config: CogVLMConfig, state: Mapping, source: Path) -> dict:
+    """The SAT config recorded in an HF config.json if it still describes the model, else a translation."""
+    stored = hf_raw.get(SAT_CONFIG_FIELD)
+    if isinstance(stored, Mapping):
+        candidate = _at_model_parallel_size_1(stored)
+        try:
+            matches = sat_format.config_from_sat(candidate, state_shapes=_shapes(state)) == config
+        except CheckpointError:
+            matches = False
+        if matches:
+            return candidate
+        logger.warning(
+            "%s: its %s no longer matches config.json; the SAT config is translated from config.json",
+            source / hf_format.CONFIG_FILE,
+            SAT_CONFIG_FIELD,
+        )
+    return sat_format.config_to_sat(config, 1)
+
+
+def write_sat_directory(directory: Path, raw_config: Mapping, state: Mapping[str, torch.Tensor]) -> Path:
+    """Write an MP=1 SAT checkpoint (`model_config.json`, `latest` = 1, `1/mp_rank_00_...`) atomically."""
+    with atomic_directory(directory) as staging:
+        (staging / sat_format.MODEL_CONFIG_FILE).write_text(json.dumps(raw_config, indent=4))
+        (staging / sat_format.LATEST_FILE).write_text("1")
+        (staging / "1").mkdir()
+        torch.save({"module": dict(state)}, staging / "1" / "mp_rank_00_model_states.pt")
+    return directory
+
+
+def hf_to_sat(source: Path, output: Path) -> ConvertResult:
+    """Write the SAT form (MP=1) of an HF checkpoint."""
+    hf_raw = sat_format.read_json(source / hf_format.CONFIG_FILE)
+    config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
+    state = hf_format.load_hf_weights(source)
+    write_sat_directory(output, sat_config_from_hf(hf_raw, config, state, source), state)
+    return _result(output, "hf", state)
+
+
+def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
+    """Convert `config.source` (SAT or HF directory) into the other format at `config.output`."""
+    source, output = Path(config.source), Path(config.output)
+    source_format = detect_format(source)
+    target_format = config.target_format or ("hf" if source_format == "sat" else "sat")
+    if target_format == source_format:
+        raise CheckpointError(f"{source}: already in {source_format.upper()} format")
+    if output.exists() and output.resolve() == source.resolve():
+        raise CheckpointError(f"{output}: the output must differ from the source")
+    if output.exists() and not config.overwrite:
+        raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
+    if source_format == "sat":
+        return sat_to_hf(source, output, config.max_shard_bytes)
+    return hf_to_sat(source, output)

@@ -1,0 +1,108 @@
+"""What `cogvlm list` shows: checkpoints under SAT_HOME, and the catalog with what is already downloaded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cogvlm.checkpoints import sat_format
+from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry
+from cogvlm.checkpoints.download import DownloadConfig, human_bytes
+from cogvlm.checkpoints.resolve import cached_hf_repo
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    """A folder or archive under SAT_HOME."""
+
+    name: str
+    path: Path
+    format: str  # "sat", "hf", "zip" or "unknown"
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class CatalogStatus:
+    """A catalog entry and where it is available locally (None: not downloaded)."""
+
+    entry: CatalogEntry
+    local_path: Path | None
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(child.stat().st_size for child in path.rglob("*") if child.is_file())
+
+
+def _local_format(path: Path) -> str:
+    if path.is_file():
+        return "zip"
+    if (path / sat_format.MODEL_CONFIG_FILE).is_file():
+        return "sat"
+    return "hf" if (path / "config.json").is_file() else "unknown"
+
+
+def list_local(sat_home: Path) -> list[LocalCheckpoint]:
+    """Checkpoint folders and archives under SAT_HOME (hidden entries, such as partial downloads, skipped)."""
+    if not sat_home.is_dir():
+        return []
+    found = []
+    for path in sorted(sat_home.iterdir()):
+        if path.name.startswith(".") or not (path.is_dir() or path.suffix == ".zip"):
+            continue
+        found.append(LocalCheckpoint(path.name, path, _local_format(path), _tree_size(path)))
+    return found
+
+
+def catalog_status(config: DownloadConfig) -> list[CatalogStatus]:
+    """Every catalog entry with its local copy: the SAT_HOME folder, else (HF entries) the HF cache."""
+    statuses = []
+    for entry in CATALOG:
+        local = config.sat_home / entry.name
+        if not local.is_dir():
+            local = cached_hf_repo(entry, config) if entry.format == "hf" else None
+        statuses.append(CatalogStatus(entry, local))
+    return statuses
+
+
+def listing_as_dict(config: DownloadConfig) -> dict:
+    """The listing as plain JSON-ready data."""
+    return {
+        "sat_home": str(config.sat_home),
+        "local": [
+            {"name": c.name, "path": str(c.path), "format": c.format, "size_bytes": c.size_bytes}
+            for c in list_local(config.sat_home)
+        ],
+        "catalog": [
+            {
+                "name": s.entry.name,
+                "format": s.entry.format,
+                "source": s.entry.source,
+                "model_class": s.entry.model_class,
+                "resolution": s.entry.resolution,
+                "description": s.entry.description,
+                "local_path": None if s.local_path is None else str(s.local_path),
+            }
+            for s in catalog_status(config)
+        ],
+        "aliases": dict(ALIASES),
+    }
+
+
+def render_listing(config: DownloadConfig, as_json: bool = False) -> str:
+    """The text `cogvlm list` prints: local checkpoints with format and size, then the catalog."""
+    data = listing_as_dict(config)
+    if as_json:
+        return json.dumps(data, indent=2)
+    lines = [f"Local checkpoints in {data['sat_home']}:"]
+    lines += [f"  {c['name']:<40} {c['format']:<7} {human_bytes(c['size_bytes']):>10}" for c in data["local"]]
+    if not data["local"]:
+        lines.append("  (none)")
+    lines += ["", "Catalog (downloadable):"]
+    for item in data["catalog"]:
+        where = "not downloaded" if item["local_path"] is None else f"downloaded: {item['local_path']}"
+        lines.append(f"  {item['name']:<34} {item['format']:<3} {item['source']:<56} {where}")
+    lines += ["", "Aliases: " + ", ".join(f"{alias} -> {name}" for alias, name in data["aliases"].items())]
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""`--from_pretrained X`: a local directory, a catalog name under $SAT_HOME (fetched if missing), an HF repo.
+
+SAT archives are downloaded once per SAT_HOME: a file lock (`$SAT_HOME/.locks/<name>.lock`) makes every
+other process (every torchrun rank) wait and then use the extracted folder. HF repositories go through
+huggingface_hub and its cache, which has its own locks, resume and offline mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from cogvlm.checkpoints import sat_format
+from cogvlm.checkpoints.archive import extract_checkpoint_archive
+from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry, archive_url, find_entry
+from cogvlm.checkpoints.download import DownloadConfig, fetch_file, notify
+from cogvlm.errors import CheckpointError, DownloadError
+
+LOCK_DIR = ".locks"
+DOWNLOAD_DIR = ".downloads"
+# What an HF-format checkpoint needs: no remote code, no tokenizer (the published repos ship none).
+HF_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig | None = None) -> Path:
+    """The local directory for a path, a catalog name or folder under $SAT_HOME, or an HF repo id."""
+    config = config or DownloadConfig.from_environment()
+    text = os.fspath(name_or_path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return local
+    if _looks_like_path(text):
+        raise CheckpointError(f"{local}: no such checkpoint directory")
+    if _REPO_ID.fullmatch(text):
+        return fetch_hf_repo(text, config)
+    if _NAME.fullmatch(text):
+        return fetch_named(text, config)
+    raise CheckpointError(f"{text!r} is not a directory, a checkpoint name or a Hugging Face repo id")
+
+
+def _looks_like_path(text: str) -> bool:
+    windows_separator = os.sep != "/" and os.sep in text
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or text.endswith("/") or windows_separator
+
+
+def fetch_named(name: str, config: DownloadConfig) -> Path:
+    """`$SAT_HOME/<name>` if it exists, else the catalog entry of that name, downloaded if needed."""
+    own = config.sat_home / name
+    if own.is_dir():
+        return own
+    entry = find_entry(name)
+    if entry is None:
+        known = ", ".join(sorted({e.name for e in CATALOG} | set(ALIASES)))
+        raise CheckpointError(
+            f"{name!r}: no directory {own} and no catalog entry of that name; known: {known}"
+        )
+    if entry.name != name:
+        notify(config, f"{name}: resolved to the current version, {entry.name}")
+    if entry.format == "hf":
+        own = config.sat_home / entry.name
+        return own if own.is_dir() else fetch_hf_repo(entry.repo_id, config, revision=entry.revision)
+    return fetch_sat_archive(entry, config)
+
+
+@contextlib.contextmanager
+def download_lock(config: DownloadConfig, name: str) -> Iterator[None]:
+    """Hold `$SAT_HOME/.locks/<name>.lock`, saying so once if another process has it."""
+    path = config.sat_home / LOCK_DIR / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        notify(config, f"{name}: another process is downloading it; waiting for {path}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_sat_directory(directory: Path) -> None:
+    """Fail unless `directory` is a readable SAT layout (config JSON, `latest`, every shard's index).
+
+    The config's meaning is left to the loader, so a checkpoint this version cannot build is still kept.
+    """
+    checkpoint = sat_format.open_sat_checkpoint(directory)
+    for path in checkpoint.weight_files:
+        sat_format.load_sat_weights(path)  # memory-mapped: reads the index, not the 35 GB
+
+
+def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
+    """`$SAT_HOME/<name>`, downloading and extracting `<name>.zip` first if the folder is missing."""
+    target = config.sat_home / entry.name
+    if target.is_dir():
+        return target
+    kept_archive = config.sat_home / entry.filename
+    if config.is_offline and not kept_archive.is_file():
+        raise DownloadError(
+            f"{entry.name}: not in {config.sat_home} and offline mode is on "
+            "(COGVLM_OFFLINE or HF_HUB_OFFLINE); "
+            f"run `cogvlm download {entry.name}` with network access, or unset offline mode"
+        )
+    with download_lock(config, entry.name):
+        if target.is_dir():  # another process finished it while this one waited
+            return target
+        if kept_archive.is_file():
+            extract_checkpoint_archive(kept_archive, target, entry.name, check=check_sat_directory)
+            return target
+        try:
+            _download_and_extract(entry, config, target)
+        finally:
+            with contextlib.suppress(OSError):  # kept only while it holds a partial download to resume
+                (config.sat_home / DOWNLOAD_DIR).rmdir()
+    return target
+
+
+def _download_and_extract(entry: CatalogEntry, config: DownloadConfig, target: Path) -> None:
+    archive = fetch_file(
+        archive_url(entry, config.endpoint),
+        config.sat_home / DOWNLOAD_DIR / entry.filename,
+        config,
+        sha256=entry.sha256,
+        size_bytes=entry.size_bytes,
+    )
+    try:
+        extract_checkpoint_archive(archive, target, entry.name, check=check_sat_directory)
+    finally:
+        if config.keep_archive and target.is_dir():
+            os.replace(archive, config.sat_home / entry.filename)
+        else:
+            archive.unlink(missing_ok=True)
+
+
+def _hub(what: str):
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise DownloadError(f"{what} needs huggingface_hub: pip install 'cogvlm[hub]'") from None
+    return huggingface_hub
+
+
+def fetch_hf_repo(repo_id: str, config: DownloadConfig, revision: str | None = None) -> Path:
+    """The HF cache's snapshot of `repo_id` (config and safetensors only), downloaded if missing."""
+    hub = _hub(f"{repo_id} (a Hugging Face repository)")
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        path = hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=list(HF_PATTERNS),
+            endpoint=config.endpoint,
+            cache_dir=config.hf_cache_dir,
+            local_files_only=config.is_offline,
+        )
+    except RepositoryNotFoundError:
+        raise DownloadError(
+            f"{repo_id}: no such repository at {config.endpoint}, and no local directory"
+        ) from None
+    except LocalEntryNotFoundError as error:
+        mode = "offline mode is on" if config.is_offline else f"{config.endpoint} cannot be reached"
+        raise DownloadError(f"{repo_id}: not in the Hugging Face cache and {mode} ({error})") from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise DownloadError(f"{repo_id}: download from {config.endpoint} failed ({error})") from None
+    return Path(path)
+
+
+def cached_hf_repo(entry: CatalogEntry, config: DownloadConfig) -> Path | None:
+    """Where the HF cache holds an HF entry's snapshot, or None (also when huggingface_hub is absent)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(
+        entry.repo_id, "config.json", cache_dir=config.hf_cache_dir, revision=entry.revision
+    )
+    return Path(found).parent if isinstance(found, str) else None

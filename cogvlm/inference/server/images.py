@@ -1,0 +1,91 @@
+"""Turning an `image_url` of a chat message into an RGB image, under the server's image policy."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+from cogvlm.errors import ImageError
+from cogvlm.image_processors import load_image
+from cogvlm.inference.server.config import ServerConfig
+from cogvlm.inference.server.errors import APIError, invalid
+
+
+def _too_large(param: str, limit: int) -> APIError:
+    return APIError(
+        413, f"{param}: the image is larger than {limit} bytes", param=param, code="image_too_large"
+    )
+
+
+def _decode_data_url(url: str, param: str, config: ServerConfig) -> bytes:
+    header, separator, payload = url.partition(",")
+    if not separator:
+        raise invalid(f"{param}: a data URL needs a ',' before its payload", param)
+    media_type, *options = header.removeprefix("data:").split(";")
+    if "base64" not in options:
+        raise invalid(f"{param}: only base64 data URLs are accepted (data:image/<type>;base64,...)", param)
+    if media_type and not media_type.startswith("image/"):
+        raise invalid(f"{param}: media type {media_type!r} is not an image type", param)
+    if len(payload) * 3 // 4 > config.max_image_bytes + 3:
+        raise _too_large(param, config.max_image_bytes)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"{param}: the base64 payload is not valid base64", param, "invalid_base64") from None
+
+
+def _fetch_remote(url: str, param: str, config: ServerConfig) -> bytes:
+    if not config.allow_remote_images:
+        raise invalid(
+            f"{param}: http(s) image URLs are disabled on this server (start it with --allow-remote-images); "
+            "send the image as a base64 data URL",
+            param,
+            "remote_images_disabled",
+        )
+    try:
+        with urllib.request.urlopen(url, timeout=config.remote_image_timeout_s) as response:  # noqa: S310
+            data = response.read(config.max_image_bytes + 1)
+    except OSError as error:
+        raise invalid(f"{param}: could not fetch the image ({error})", param, "image_fetch_failed") from None
+    if len(data) > config.max_image_bytes:
+        raise _too_large(param, config.max_image_bytes)
+    return data
+
+
+def _read_file(url: str, param: str, config: ServerConfig) -> bytes:
+    if not config.allow_file_images:
+        raise invalid(
+            f"{param}: file:// image URLs are disabled on this server (start it with --allow-file-images)",
+            param,
+            "file_images_disabled",
+        )
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if not path.is_file():
+        raise invalid(f"{param}: {path} is not a file", param, "image_not_found")
+    if path.stat().st_size > config.max_image_bytes:
+        raise _too_large(param, config.max_image_bytes)
+    return path.read_bytes()
+
+
+def image_from_url(url: object, param: str, config: ServerConfig) -> Image.Image:
+    """Decode a data URL (always allowed) or fetch an http(s)/file URL (only when enabled)."""
+    if not isinstance(url, str) or not url:
+        raise invalid(f"{param}: expected a non-empty string", param)
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "data":
+        data = _decode_data_url(url, param, config)
+    elif scheme in ("http", "https"):
+        data = _fetch_remote(url, param, config)
+    elif scheme == "file":
+        data = _read_file(url, param, config)
+    else:
+        raise invalid(f"{param}: unsupported URL scheme {scheme!r}; send a base64 data URL", param)
+    try:
+        return load_image(data, max_pixels=config.max_image_pixels)
+    except ImageError as error:
+        raise invalid(f"{param}: {error}", param, "invalid_image") from None

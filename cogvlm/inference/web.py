@@ -1,0 +1,153 @@
+"""The Gradio web demo: upload an image, chat about it with streaming, grounding and agent modes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cogvlm.api import CogVLM, ImageInputs
+from cogvlm.errors import CogVLMError
+from cogvlm.image_processors.drawing import draw_response
+from cogvlm.inference.generate import GenerationConfig, iterate_generation
+from cogvlm.inference.sampling import SamplingConfig
+from cogvlm.text_processors import IncrementalDecoder, build_inference_inputs, build_prompt
+from cogvlm.text_processors.agent import parse_agent_reply
+from cogvlm.text_processors.grounding import find_box_groups
+from cogvlm.text_processors.templates import build_task_prompt
+
+GREETING = "Hi, what do you want to know about this image?"
+MODES = ("Chat", "Grounding", "Agent")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Where the demo listens and how long its answers may be."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_length: int = 2048
+
+
+def stream_reply(
+    session: CogVLM,
+    images: ImageInputs | None,
+    query: str,
+    history: list[tuple[str, str]],
+    generation: GenerationConfig,
+) -> Iterator[str]:
+    """The growing reply text, one update per decoded piece."""
+    prompt = build_prompt(session.version, query, history, has_image=images is not None)
+    text = build_inference_inputs(session.tokenizer, prompt, session.config.image_length)
+    decoder = IncrementalDecoder(session.tokenizer)
+    reply = ""
+    dtype = session.model.transformer.word_embeddings.weight.dtype
+    steps = iterate_generation(
+        session.model,
+        text,
+        generation,
+        pixel_values=None if images is None else images.pixel_values.to(dtype),
+        cross_pixel_values=None
+        if images is None or images.cross_pixel_values is None
+        else images.cross_pixel_values.to(dtype),
+    )
+    for step in steps:
+        if step.token_id in generation.end_token_ids:
+            break
+        reply += decoder.push(step.token_id)
+        yield reply
+    yield reply + decoder.flush()
+
+
+def _pairs(messages: list[dict]) -> list[tuple[str, str]]:
+    """Chatbot messages (without the greeting) as (query, reply) pairs."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    replies = [m["content"] for m in messages if m["role"] == "assistant" and m["content"] != GREETING]
+    return list(zip(users, replies, strict=False))
+
+
+def query_for_mode(mode: str, text: str) -> str:
+    """Agent mode puts the task into the first agent template, quoted, with the grounding suffix.
+
+    Grounding mode sends the text as typed (e.g. "Where is the dog?") and draws the boxes of the reply.
+    """
+    if mode == "Agent":
+        return build_task_prompt("agent", text, index=0, with_grounding=True)
+    return text
+
+
+def grounding_outputs(image, reply: str, mode: str) -> tuple:
+    """The image with the reply's boxes drawn (None when there are none) and the parsed agent action."""
+    if mode == "Chat" or image is None:
+        return None, ""
+    has_boxes = bool(find_box_groups(reply))
+    drawn = draw_response(image, reply) if has_boxes else None
+    if mode != "Agent":
+        return drawn, ""
+    parsed = parse_agent_reply(reply)
+    operation = parsed.operation.label() if parsed.operation else ""
+    return drawn, "\n".join(part for part in (parsed.next_action or "", operation) if part)
+
+
+def build_demo(session: CogVLM, config: WebConfig):
+    """The Gradio Blocks app for `session`."""
+    import gradio as gr
+
+    def respond(image, text, messages, mode, temperature, top_p, top_k):
+        if not text.strip():
+            yield messages, gr.update(), None, ""
+            return
+        history = _pairs(messages)
+        sampling = SamplingConfig(temperature=max(temperature, 1e-3), top_k=int(top_k), top_p=top_p)
+        generation = GenerationConfig(
+            max_length=config.max_length, end_token_ids=(session.tokenizer.eos_id,), sampling=sampling
+        )
+        messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+        try:
+            images = session.process_image(image) if image is not None else None
+            for reply in stream_reply(session, images, query_for_mode(mode, text), history, generation):
+                messages[-1] = {"role": "assistant", "content": reply}
+                yield messages, "", None, ""
+        except CogVLMError as error:
+            messages[-1] = {"role": "assistant", "content": f"Error: {error}"}
+            yield messages, "", None, ""
+            return
+        reply = messages[-1]["content"]
+        yield messages, "", *grounding_outputs(image, reply, mode)
+
+    def clear():
+        return [{"role": "assistant", "content": GREETING}], "", None, ""
+
+    with gr.Blocks(title="CogVLM") as demo:
+        gr.Markdown(f"## CogVLM demo: `{session.source.path if session.source else 'model'}`")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="pil", label="Image", elem_id="image-input")
+                mode = gr.Radio(list(MODES), value="Chat", label="Mode", elem_id="mode")
+                temperature = gr.Slider(0.0, 1.0, value=0.8, step=0.01, label="Temperature")
+                top_p = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Top p")
+                top_k = gr.Slider(1, 100, value=10, step=1, label="Top k", elem_id="top-k")
+                boxed = gr.Image(type="pil", label="Grounding", interactive=False, elem_id="grounding-output")
+                action = gr.Textbox(label="Parsed action", interactive=False, elem_id="agent-action")
+            with gr.Column(scale=2):
+                chatbot = gr.Chatbot(
+                    value=[{"role": "assistant", "content": GREETING}], elem_id="chatbot", height=480
+                )
+                query = gr.Textbox(label="Question", placeholder="Ask about the image", elem_id="query")
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    reset = gr.Button("Clear", elem_id="clear")
+        inputs = [image, query, chatbot, mode, temperature, top_p, top_k]
+        outputs = [chatbot, query, boxed, action]
+        send.click(respond, inputs, outputs)
+        query.submit(respond, inputs, outputs)
+        reset.click(clear, [], outputs)
+        image.change(clear, [], outputs)  # a new image starts a new conversation
+    return demo
+
+
+def run_web(session: CogVLM, config: WebConfig) -> None:
+    """Serve the demo until interrupted."""
+    demo = build_demo(session, config)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=config.host, server_port=config.port, share=False
+    )

@@ -1,0 +1,30 @@
+"""CogAgent: CogVLM at low resolution, plus an EVA2-CLIP-L tower that every LLM layer cross-attends to.
+
+The cross-attention weights (`query`, `key_value`, `dense`, `post_cross_attention_layernorm`) belong to
+the base transformer's layers, as in SAT, because the config marks every layer a decoder. Between
+self-attention and the MLP each layer adds `cross_attend(RMSNorm(h))` to its residual stream; the default
+`cross_attend` reads each layer's keys and values from the `CrossMemory`, computed once per image.
+"""
+
+from __future__ import annotations
+
+from cogvlm.mixins.cross_vision import CrossVisionEncoder
+from cogvlm.mixins.image_embedding import ImageMixin
+from cogvlm.mixins.lm_head import LMHead
+from cogvlm.mixins.vision_expert import VisionExpertAttention, VisionExpertMLP
+from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.models.config import CogVLMConfig
+from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
+
+
+def build_cogagent(config: CogVLMConfig, tp: TensorParallel = NO_PARALLEL) -> VisionLanguageModel:
+    """The recipe: base LLaMA transformer with cross-attention layers, then each mixin by name."""
+    if not config.is_cogagent:
+        raise ValueError(f"build_cogagent needs a CogAgentModel config, not {config.model_class!r}")
+    model = VisionLanguageModel(config, tp)
+    model.add_mixin("eva", ImageMixin(config, tp, has_pos_embed=True))
+    model.add_mixin("encoder", CrossVisionEncoder(config.cross_vision))
+    model.add_mixin("rotary", VisionExpertAttention(config.llm, tp))
+    model.add_mixin("mlp", VisionExpertMLP(config.llm, tp))
+    model.add_mixin("lm", LMHead(config.llm, tp))
+    return model

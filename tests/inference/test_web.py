@@ -1,0 +1,105 @@
+"""The web demo in a real headless browser: upload an image, ask, see the reference's answer stream in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.golden import golden_dir, load_json
+from tests.inference.server.conftest import REPO, free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _require_browser():
+    if CHROMIUM is None:
+        if os.environ.get("COGVLM_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed but COGVLM_REQUIRE_BROWSER is set")
+        pytest.skip("chromium is not installed (install Debian's chromium to run the browser test)")
+    pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("gradio")
+
+
+@pytest.fixture
+def web_demo():
+    _require_browser()
+    prompt = load_json(golden_dir() / "cogvlm" / "text_inputs.json")["chat_old_q1"]
+    expected = load_json(golden_dir() / "cogvlm" / "generation.json")["chat_old_q1"]
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cogvlm.cli",
+            "web",
+            "--port",
+            str(port),
+            "--from_pretrained",
+            str(golden_dir() / "cogvlm" / "sat_checkpoint"),
+            "--local_tokenizer",
+            str(golden_dir() / "tokenizer.model"),
+            "--version",
+            "chat_old",
+            "--max_length",
+            str(len(prompt["input_ids"]) + expected["max_new_tokens"]),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url, prompt, expected
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_upload_ask_and_read_the_answer_in_a_browser(web_demo):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, prompt, expected = web_demo
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.locator("#image-input input[type=file]").set_input_files(
+                str(golden_dir() / "test_image.png")
+            )
+            expect(page.locator("#image-input img")).to_be_visible(timeout=30_000)
+            top_k = page.locator("#top-k input[type=number]")
+            top_k.fill("1")
+            top_k.press("Enter")
+            page.locator("#query textarea").fill(prompt["query"])
+            page.locator("#send").click()
+            bot_messages = page.locator("#chatbot .message.bot, #chatbot [data-testid=bot]")
+            answer = expected["response_after_official_postprocess"]
+            expect(page.locator("#chatbot")).to_contain_text(answer, timeout=60_000)
+            expect(page.locator("#chatbot")).to_contain_text(prompt["query"])
+            assert bot_messages.count() >= 1
+        finally:
+            browser.close()
