@@ -529,6 +529,9 @@ def add_finetune_parser(commands) -> None:
     group.add_argument(
         "--tp_size", type=int, default=1, help="tensor-parallel size (world = tp x data parallel)"
     )
+    group.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine: re-run this command under torchrun"
+    )
     group.add_argument("--checkpoint_activations", "--checkpoint-activations", action="store_true")
     group.add_argument("--vision_checkpoint_activations", "--vit_checkpoint_activations", action="store_true")
     group.add_argument(
