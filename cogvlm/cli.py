@@ -441,7 +441,7 @@ def run_finetune_command(args: argparse.Namespace) -> int:
 
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("precision (default: the DeepSpeed JSON's, else bf16)")
-    group.add_argument("--bf16", action="store_true", help="bfloat16 (ZeRO 0-1 only on CPU)")
+    group.add_argument("--bf16", action="store_true", help="bfloat16")
     group.add_argument("--fp16", action="store_true", help="float16 with loss scaling (GPU only)")
     group.add_argument("--fp32", action="store_true", help="float32")
 

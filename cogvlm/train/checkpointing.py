@@ -80,6 +80,23 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_state_file(folder: Path, rank: int) -> Path:
+    """Where global rank `rank` keeps its generators' state in an iteration folder.
+
+    Every rank has its own: ranks pad their batches to different lengths, so dropout draws different
+    amounts of random numbers on each (DeepSpeed's client state is written by one rank only).
+    """
+    return folder / f"rng_state_rank_{rank:05d}.pt"
+
+
+def load_rng_state(save_dir: str | Path, iteration: int) -> None:
+    """Restore this rank's generators from `<save_dir>/<iteration>`."""
+    path = rng_state_file(Path(save_dir) / str(iteration), dist.get_rank() if dist.is_initialized() else 0)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; resume with the world size the run was saved with")
+    restore_rng_state(torch.load(path, weights_only=True))
+
+
 def _make_shareable(path: Path) -> None:
     # Temporary files and folders are created private (0600 / 0700); a finished checkpoint is not.
     path.chmod(0o755 if path.is_dir() else 0o644)
@@ -106,7 +123,8 @@ def save_training_checkpoint(
     tokenizer_file: Path,
     run: dict,
 ) -> Path:
-    """Save engine, optimizer, scheduler and `client_state` as `<save_dir>/<iteration>` (every rank calls)."""
+    """Save engine, optimizer, scheduler, `client_state` and every rank's random generators as
+    `<save_dir>/<iteration>` (every rank calls)."""
     save_dir = Path(save_dir)
     target = save_dir / str(iteration)
     if is_rank_zero():
@@ -115,6 +133,7 @@ def save_training_checkpoint(
             engine.save_checkpoint(
                 str(staging.parent), tag=staging.name, client_state=client_state, save_latest=False
             )
+            torch.save(rng_state(), rng_state_file(staging, 0))
             barrier()
             _make_shareable(staging)
         _write_metadata(save_dir, model_config, tokenizer_file, run)
@@ -128,6 +147,7 @@ def save_training_checkpoint(
         engine.save_checkpoint(
             str(staging.parent), tag=staging.name, client_state=client_state, save_latest=False
         )
+        torch.save(rng_state(), rng_state_file(staging, dist.get_rank()))
         barrier()
     barrier()
     return target

@@ -28,10 +28,9 @@ from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.train.checkpointing import (
     config_with_lora,
     latest_iteration,
+    load_rng_state,
     load_training_checkpoint,
     remove_stale_staging,
-    restore_rng_state,
-    rng_state,
     save_training_checkpoint,
 )
 from cogvlm.train.config import FinetuneConfig, deepspeed_config, resolve_version
@@ -155,14 +154,14 @@ def _resume(run: _Run) -> int:
             f"{run.config.save_dir}/{iteration}: cannot resume with a different data order "
             f"(saved, now): {changed}; use a new --save directory or --no-resume"
         )
-    restore_rng_state(client["rng"])
+    load_rng_state(run.config.save_dir, iteration)
     if is_rank_zero():
         logger.info("resumed from %s/%d", run.config.save_dir, iteration)
     return int(client["iteration"])
 
 
 def _save(run: _Run, iteration: int, model_config) -> None:
-    client_state = {"iteration": iteration, "rng": rng_state(), "data": _data_signature(run)}
+    client_state = {"iteration": iteration, "data": _data_signature(run)}
     run_record = {
         **run.config.to_json(),
         "tp_size": run.layout.tp.size,
