@@ -2,9 +2,9 @@
 
 A run's save directory is itself a SAT checkpoint: `model_config.json` (with the LoRA fields),
 `latest`, and `<iteration>/mp_rank_XX_model_states.pt` (weights under `module`) beside DeepSpeed's
-optimizer shards and one `rng_state_rank_XXXXX.pt` per rank. Each `<iteration>/` folder is staged under a temporary name and renamed into place
-once every rank has written; `latest` is rewritten last, so a kill at any moment leaves the previous
-checkpoint usable.
+optimizer shards and one `rng_state_rank_XXXXX.pt` per rank. Each `<iteration>/` folder is staged
+under a temporary name and renamed into place once every rank has written; `latest` is rewritten last,
+so a kill at any moment leaves the previous checkpoint usable.
 """
 
 from __future__ import annotations
