@@ -15,7 +15,7 @@ from cogvlm.text_processors.agent import parse_agent_reply
 from cogvlm.text_processors.grounding import find_box_groups
 from cogvlm.text_processors.templates import build_task_prompt
 
-GREETING = "Hi, what do you want to know about this image?"
+GREETING = "Upload an image and ask me anything about it."
 MODES = ("Chat", "Grounding", "Agent")
 
 

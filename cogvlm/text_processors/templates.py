@@ -1,4 +1,4 @@
-"""Prompts for grounding and GUI-agent tasks, built from the reference's template lists.
+"""Prompts for grounding and GUI-agent tasks; template 0 of each kind is the reference's documented form.
 
 Kinds (the reference's list names in brackets):
 * `caption2box` [caption2box]: `<expr>` = an object description; the model answers with its boxes.
