@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +13,12 @@ from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.loading import CheckpointInfo, load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
-from cogvlm.inference.generate import GenerationConfig, generate
+from cogvlm.inference.batching import GenerationRequest
+from cogvlm.inference.generate import GenerationConfig, generate_batch, iterate_batch
+from cogvlm.inference.stopping import StopStrings
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.text_processors import (
     LlamaTokenizer,
@@ -71,6 +74,27 @@ class CogVLM:
             return ImageInputs(both.pixel_values, both.cross_pixel_values)
         return ImageInputs(ImageProcessor(config.vision.image_px)(image))
 
+    def default_generation(self) -> GenerationConfig:
+        """Greedy, up to the model's context, stopping at EOS (the reference CLI's settings)."""
+        return GenerationConfig(
+            max_length=self.config.llm.max_sequence_length, end_token_ids=(self.tokenizer.eos_id,)
+        )
+
+    def request(
+        self, image: ImageSource | ImageInputs | None, query: str, history: History = ()
+    ) -> GenerationRequest:
+        """The model inputs of one turn: the prompt after `history` and the image's pixels."""
+        images = image if isinstance(image, ImageInputs) or image is None else self.process_image(image)
+        prompt = build_prompt(self.version, query, history, has_image=images is not None)
+        text = build_inference_inputs(self.tokenizer, prompt, self.config.image_length)
+        if images is None:
+            return GenerationRequest(text)
+        dtype = self.model.transformer.word_embeddings.weight.dtype
+        cross = images.cross_pixel_values
+        return GenerationRequest(
+            text, images.pixel_values.to(dtype), None if cross is None else cross.to(dtype)
+        )
+
     def chat(
         self,
         image: ImageSource | ImageInputs | None,
@@ -79,23 +103,82 @@ class CogVLM:
         generation: GenerationConfig | None = None,
     ) -> ChatResult:
         """Answer `query` about `image` (None: text only) given earlier (query, response) turns."""
-        generation = generation or GenerationConfig(end_token_ids=(self.tokenizer.eos_id,))
-        images = image if isinstance(image, ImageInputs) or image is None else self.process_image(image)
-        prompt = build_prompt(self.version, query, history, has_image=images is not None)
-        text = build_inference_inputs(self.tokenizer, prompt, self.config.image_length)
-        dtype = self.model.transformer.word_embeddings.weight.dtype
-        output = generate(
-            self.model,
-            text,
-            generation,
-            pixel_values=None if images is None else images.pixel_values.to(dtype),
-            cross_pixel_values=None
-            if images is None or images.cross_pixel_values is None
-            else images.cross_pixel_values.to(dtype),
-        )
-        decoded = self.tokenizer.decode(text.input_ids[0].tolist() + output.token_ids)
+        return self.chat_batch([(image, query, history)], generation)[0]
+
+    def chat_batch(
+        self,
+        turns: Sequence[tuple[ImageSource | ImageInputs | None, str, History]],
+        generation: GenerationConfig | None = None,
+    ) -> list[ChatResult]:
+        """Answer several (image, query, history) turns in one batch; each equals its own `chat`."""
+        generation = generation or self.default_generation()
+        requests = [self.request(image, query, history) for image, query, history in turns]
+        tokenizer = self.tokenizer if generation.stop_strings else None  # decoding only when needed
+        outputs = generate_batch(self.model, requests, generation, tokenizer=tokenizer)
+        return [
+            self._result(request, output.token_ids, query, history, generation.stop_strings)
+            for request, output, (_, query, history) in zip(requests, outputs, turns, strict=True)
+        ]
+
+    def stream_chat(
+        self,
+        image: ImageSource | ImageInputs | None,
+        query: str,
+        history: History = (),
+        generation: GenerationConfig | None = None,
+    ) -> ChatStream:
+        """Like `chat`, but iterate over the reply's text as it is generated."""
+        return ChatStream(self, self.request(image, query, history), query, history, generation)
+
+    def _result(
+        self,
+        request: GenerationRequest,
+        token_ids: list[int],
+        query: str,
+        history: History,
+        stop_strings: Sequence[str] = (),
+    ) -> ChatResult:
+        decoded = self.tokenizer.decode(request.text.input_ids[0].tolist() + token_ids)
         response = extract_response(decoded, self.version)
-        return ChatResult(response, [*map(tuple, history), (query, response)], output.token_ids)
+        cut = StopStrings(stop_strings).find(response)
+        response = response if cut is None else response[:cut].rstrip()
+        return ChatResult(response, [*map(tuple, history), (query, response)], token_ids)
+
+
+class ChatStream:
+    """A reply being generated: iterate for its text pieces, then read `result` (what `chat` returns).
+
+    No piece ends inside a UTF-8 character. The pieces are the raw continuation (as the reference's
+    `--stream_chat` prints it); `result.response` is the reference's post-processed reply, which for
+    chat, chat_old and vqa is that text stripped.
+    """
+
+    def __init__(
+        self,
+        session: CogVLM,
+        request: GenerationRequest,
+        query: str,
+        history: History,
+        generation: GenerationConfig | None,
+    ) -> None:
+        self._session = session
+        self._request = request
+        self._query = query
+        self._history = history
+        self._generation = generation or session.default_generation()
+        self.result: ChatResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        token_ids: list[int] = []
+        session = self._session
+        steps = iterate_batch(session.model, [self._request], self._generation, tokenizer=session.tokenizer)
+        for step in steps:
+            token_ids.append(int(step.tokens[0]))
+            if step.text_pieces[0]:
+                yield step.text_pieces[0]
+        self.result = session._result(
+            self._request, token_ids, self._query, self._history, self._generation.stop_strings
+        )
 
 
 def find_tokenizer(checkpoint: Path, local_tokenizer: str | None) -> LlamaTokenizer:
@@ -114,16 +197,21 @@ def load(
     version: str | None = None,
     download: DownloadConfig | None = None,
     tp: TensorParallel = NO_PARALLEL,
+    quant_bits: int | None = None,
+    quant_group_size: int | None = None,
 ) -> CogVLM:
     """Load a SAT or HF checkpoint with its tokenizer and prompt format.
 
     `path` is a directory, a catalog name (found in or downloaded to $SAT_HOME) or a Hugging Face repo id;
     `download` says where and how (default: from the environment, see `DownloadConfig.from_environment`).
     The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
+    `quant_bits` (4 or 8) quantizes the parallel linears' weights after loading (see `quantize_`).
     Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
     path = resolve_checkpoint(path, download)
     model, info = load_model(path, dtype=dtype, device=device, tp=tp)
+    if quant_bits is not None:
+        quantize_(model, quant_bits, quant_group_size)
     chosen = version or info.config.text_processor_version or DEFAULT_VERSION
     if version and info.config.text_processor_version and version != info.config.text_processor_version:
         logger.warning(

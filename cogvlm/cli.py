@@ -49,12 +49,14 @@ def _device(args: argparse.Namespace) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str | None = None) -> None:
     """The flags every command that loads a model shares (named as in the reference CLI)."""
     parser.add_argument(
         "--from_pretrained",
-        required=True,
-        help="checkpoint: a directory (SAT or HF format), a catalog name (`cogvlm list`) or an HF repo id",
+        required=default_checkpoint is None,
+        default=default_checkpoint,
+        help="checkpoint: a directory (SAT or HF format), a catalog name (`cogvlm list`) or an HF repo id"
+        + (f"; default {default_checkpoint}" if default_checkpoint else ""),
     )
     parser.add_argument(
         "--local_tokenizer",
@@ -79,48 +81,81 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    """One question about one image; prints the answer (on the first rank only under tensor parallelism)."""
-    from cogvlm.api import load
+    """Interactive chat about images, or one answer with --image/--query."""
+    from cogvlm.inference.chat import ChatConfig, run_chat
     from cogvlm.inference.generate import GenerationConfig
     from cogvlm.inference.sampling import SamplingConfig
-    from cogvlm.launch.distributed import init_parallel_runtime
 
-    runtime = init_parallel_runtime()
-    session = load(
-        args.from_pretrained,
-        dtype=_dtype(args),
-        device=runtime.device if args.device == "auto" else args.device,
-        local_tokenizer=args.local_tokenizer,
-        version=args.version,
-        download=download_config(args),
-        tp=runtime.tp,
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        semantics=args.sampler,
     )
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     generation = GenerationConfig(
         max_length=args.max_length,
-        end_token_ids=(session.tokenizer.eos_id,),
+        max_new_tokens=args.max_new_tokens,
+        end_token_ids=(2,),
+        stop_strings=tuple(args.stop),
         sampling=sampling,
         seed=args.seed,
+        decode_step=args.decode_step,
     )
-    result = session.chat(args.image or None, args.query, generation=generation)
-    if runtime.is_first_rank:
-        print(result.response)
-    return 0
+    config = ChatConfig(
+        checkpoint=args.from_pretrained,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+        dtype=_dtype(args),
+        device=args.device,
+        download=download_config(args),
+        quant_bits=args.quant,
+        quant_group_size=args.quant_group_size,
+        generation=generation,
+        stream=args.stream_chat,
+        chinese=args.chinese,
+        image=args.image,
+        query=args.query,
+        grounding_dir=args.grounding_dir,
+    )
+    return run_chat(config)
 
 
 def add_chat_parser(commands) -> None:
-    """`cogvlm chat`."""
-    chat = commands.add_parser("chat", help="answer a question about an image")
-    add_model_arguments(chat)
-    chat.add_argument("--image", default="", help="image path (empty: text only)")
-    chat.add_argument("--query", required=True, help="the question")
+    """`cogvlm chat`: the reference CLI's flags and defaults."""
+    chat = commands.add_parser("chat", help="chat about images (interactive), or answer one --query")
+    add_model_arguments(chat, default_checkpoint="cogagent-chat")
+    chat.add_argument("--image", default=None, help="one-shot mode: image path or URL ('' for text only)")
+    chat.add_argument("--query", default=None, help="one-shot mode: the question (prints the answer)")
     chat.add_argument(
         "--max_length", type=int, default=2048, help="total tokens: prompt, image slots and answer"
     )
+    chat.add_argument("--max_new_tokens", type=int, default=None, help="cap on generated tokens")
     chat.add_argument("--top_p", type=float, default=0.4)
-    chat.add_argument("--top_k", type=int, default=1)
+    chat.add_argument("--top_k", type=int, default=1, help="1 (the default) is greedy")
     chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--repetition_penalty", type=float, default=1.0)
+    chat.add_argument(
+        "--sampler",
+        choices=["reference", "standard"],
+        default="reference",
+        help="reference: SAT's semantics (top-p only with top-k, penalty on generated tokens only)",
+    )
+    chat.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--quant", type=int, choices=[4, 8], default=None, help="weight-only int4/int8")
+    chat.add_argument(
+        "--quant_group_size", type=int, default=None, help="int4/int8 group size (default: per row)"
+    )
+    chat.add_argument("--stream_chat", action="store_true", help="print the reply as it is generated")
+    chat.add_argument(
+        "--decode_step",
+        choices=["eager", "static", "cuda_graph"],
+        default="eager",
+        help="cuda_graph: replay each decoding step as one CUDA graph (GPU only)",
+    )
+    chat.add_argument("--chinese", action="store_true", help="Chinese prompts")
+    chat.add_argument("--grounding_dir", default=None, help="where images with drawn boxes go (default: tmp)")
     chat.set_defaults(handler=run_chat)
 
 
@@ -317,6 +352,383 @@ def add_web_parser(commands) -> None:
     web.set_defaults(handler=run_web)
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    """Print the benchmark figures of one config as JSON."""
+    import json
+    from pathlib import Path
+
+    from cogvlm.inference.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        name=args.config,
+        image=Path(args.image),
+        tokenizer=Path(args.tokenizer),
+        device=args.device,
+        dtype=args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"),
+        threads=args.threads,
+        new_tokens=args.new_tokens,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        quant_bits=args.quant,
+        decode_step=args.decode_step or ("cuda_graph" if args.device.startswith("cuda") else "eager"),
+    )
+    print(json.dumps(run_bench(config), indent=2))
+    return 0
+
+
+def add_bench_parser(commands) -> None:
+    """`cogvlm bench`."""
+    from cogvlm.inference.bench import bench_config_names, default_asset
+
+    bench = commands.add_parser("bench", help="measure speed and memory of a named config (prints JSON)")
+    bench.add_argument("config", choices=bench_config_names(), help="tiny, small-* (CPU) or full size (CUDA)")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default=None, help="float32 (the protocol's, default on CPU) or bfloat16")
+    bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (the protocol: 2)")
+    bench.add_argument("--new_tokens", type=int, default=64)
+    bench.add_argument("--batch_size", type=int, default=4, help="rows of the batched decode figure")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
+    bench.add_argument("--quant", type=int, choices=[4, 8], default=None)
+    bench.add_argument(
+        "--decode_step",
+        choices=["eager", "static", "cuda_graph"],
+        default=None,
+        help="how decoding steps run (default: cuda_graph on CUDA, eager on CPU)",
+    )
+    bench.add_argument("--image", default=str(default_asset("test_image.png")))
+    bench.add_argument("--tokenizer", default=str(default_asset("tokenizer.model")))
+    bench.set_defaults(handler=run_bench)
+
+
+def _precision(args: argparse.Namespace) -> str | None:
+    chosen = [name for name in ("bf16", "fp16", "fp32") if getattr(args, name)]
+    if len(chosen) > 1:
+        raise CogVLMError(f"--{' and --'.join(chosen)} are mutually exclusive")
+    return chosen[0] if chosen else None
+
+
+def _lr_scales(values: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    scales = []
+    for value in values:
+        pattern, separator, scale = value.rpartition("=")
+        if not separator or not pattern:
+            raise CogVLMError(f"--lr_scale {value!r}: expected PATTERN=SCALE, e.g. 'mixins.eva.*=0.1'")
+        try:
+            scales.append((pattern, float(scale)))
+        except ValueError:
+            raise CogVLMError(f"--lr_scale {value!r}: {scale!r} is not a number") from None
+    return tuple(scales)
+
+
+def _explicit_training_flags(args: argparse.Namespace) -> dict:
+    """Flags that may also come from the DeepSpeed JSON; only the ones given on the command line."""
+    flags = {
+        "micro_batch_size": args.micro_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_clipping": args.gradient_clipping,
+        "zero_stage": args.zero_stage,
+        "precision": _precision(args),
+    }
+    optimizer = {"lr": args.lr, "weight_decay": args.weight_decay, "eps": args.adam_eps}
+    if args.adam_beta1 is not None or args.adam_beta2 is not None:
+        optimizer["betas"] = (
+            0.9 if args.adam_beta1 is None else args.adam_beta1,
+            0.95 if args.adam_beta2 is None else args.adam_beta2,
+        )
+    flags["optimizer"] = {key: value for key, value in optimizer.items() if value is not None}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _lora_config(args: argparse.Namespace):
+    from cogvlm.mixins.lora import DEFAULT_TARGETS, LoraConfig
+
+    if args.full or args.no_lora:
+        return None
+    return LoraConfig(
+        rank=args.lora_rank,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        targets=tuple(args.lora_targets or DEFAULT_TARGETS),
+        layer_range=None if args.layer_range is None else tuple(args.layer_range),
+        vision_layer_range=None if args.vision_layer_range is None else tuple(args.vision_layer_range),
+        seed=args.seed,
+    )
+
+
+def finetune_config_from_args(args: argparse.Namespace):
+    """The `FinetuneConfig` of `cogvlm finetune`: DeepSpeed JSON values, overridden by explicit flags."""
+    from cogvlm.train.config import (
+        build_finetune_config,
+        merge_settings,
+        read_deepspeed_json,
+        settings_from_deepspeed_json,
+    )
+
+    base = {}
+    if args.deepspeed_config:
+        base = settings_from_deepspeed_json(read_deepspeed_json(args.deepspeed_config), args.deepspeed_config)
+    settings = merge_settings(base, _explicit_training_flags(args))
+    settings.update(
+        from_pretrained=args.from_pretrained,
+        local_tokenizer=args.local_tokenizer,
+        save_dir=args.save,
+        train_iters=args.train_iters,
+        data=dict(
+            train_path=args.train_data,
+            valid_path=args.valid_data,
+            prompt=args.prompt,
+            version=args.version,
+            max_length=args.max_length,
+            num_workers=args.num_workers,
+        ),
+        lora=_lora_config(args),
+        trainable=dict(
+            full=args.full,
+            train_patterns=tuple(args.train_params),
+            freeze_patterns=tuple(args.freeze_params),
+            lr_scales=_lr_scales(args.lr_scale),
+        ),
+        schedule=dict(
+            warmup_ratio=args.warmup, decay_style=args.lr_decay_style, min_lr_ratio=args.min_lr_ratio
+        ),
+        checkpoint_activations=args.checkpoint_activations,
+        vision_checkpoint_activations=args.vision_checkpoint_activations,
+        tp_size=args.tp_size,
+        seed=args.seed,
+        save_interval=args.save_interval,
+        eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters,
+        max_new_tokens=args.max_new_tokens,
+        log_interval=args.log_interval,
+        resume=not args.no_resume,
+        progress_bar=not args.no_progress_bar,
+        device=args.device,
+    )
+    return build_finetune_config(settings)
+
+
+def run_finetune_command(args: argparse.Namespace) -> int:
+    """Fine-tune; rank 0 prints the final evaluation (the trainable-parameter report is logged at start)."""
+    import json
+    import logging
+
+    from cogvlm.train.distributed import is_rank_zero
+    from cogvlm.train.loop import run_finetune
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = run_finetune(finetune_config_from_args(args))
+    if is_rank_zero() and result.final_evaluation is not None:
+        print(json.dumps({"final_evaluation": result.final_evaluation.to_json()}))
+    return 0
+
+
+def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision (default: the DeepSpeed JSON's, else bf16)")
+    group.add_argument("--bf16", action="store_true", help="bfloat16")
+    group.add_argument("--fp16", action="store_true", help="float16 with loss scaling (GPU only)")
+    group.add_argument("--fp32", action="store_true", help="float32")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--train_data", "--train-data", required=True, help="image folder or .jsonl file")
+    group.add_argument("--valid_data", "--valid-data", default=None, help="image folder or .jsonl file")
+    group.add_argument("--prompt", default="CAPTCHA:", help="question asked about a folder's images")
+    group.add_argument("--version", default=None, choices=["base", "chat", "chat_old", "vqa"])
+    group.add_argument("--max_length", type=int, default=1288, help="longest sample; longer ones are skipped")
+    group.add_argument("--num_workers", type=int, default=0, help="data loader worker processes")
+
+
+def _add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "optimisation (unset values come from --deepspeed_config, else defaults)"
+    )
+    group.add_argument("--train_iters", "--train-iters", type=int, required=True, help="optimizer steps")
+    group.add_argument(
+        "--micro_batch_size", type=int, default=None, help="samples per rank per micro-step [4]"
+    )
+    group.add_argument("--gradient_accumulation_steps", type=int, default=None, help="[1]")
+    group.add_argument("--lr", type=float, default=None, help="peak learning rate [1e-5]")
+    group.add_argument("--weight_decay", "--weight-decay", type=float, default=None, help="[0.05]")
+    group.add_argument("--adam_beta1", type=float, default=None, help="[0.9]")
+    group.add_argument("--adam_beta2", type=float, default=None, help="[0.95]")
+    group.add_argument("--adam_eps", type=float, default=None, help="[1e-8]")
+    group.add_argument(
+        "--gradient_clipping", type=float, default=None, help="max gradient norm, 0 = off [0.1]"
+    )
+    group.add_argument("--warmup", type=float, default=0.02, help="fraction of the run spent warming up")
+    group.add_argument(
+        "--lr_decay_style", "--lr-decay-style", default="cosine", choices=["cosine", "linear", "constant"]
+    )
+    group.add_argument("--min_lr_ratio", type=float, default=0.1, help="decay ends at this fraction of lr")
+    group.add_argument(
+        "--zero_stage", type=int, default=None, choices=[0, 1, 2], help="DeepSpeed ZeRO stage [2]"
+    )
+    group.add_argument(
+        "--deepspeed_config", default=None, help="DeepSpeed JSON; flags given here override it"
+    )
+    group.add_argument("--seed", type=int, default=2023)
+    _add_precision_flags(parser)
+
+
+def _add_adapter_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what trains (default: a LoRA adapter only)")
+    group.add_argument("--use_lora", action="store_true", help="train a LoRA adapter (the default)")
+    group.add_argument("--no_lora", action="store_true", help="no adapter; train only --train_params")
+    group.add_argument("--full", action="store_true", help="full fine-tuning: every parameter, no adapter")
+    group.add_argument("--lora_rank", type=int, default=10)
+    group.add_argument("--lora_alpha", type=float, default=1.0, help="scaling is alpha / rank")
+    group.add_argument("--lora_dropout", type=float, default=0.0)
+    group.add_argument(
+        "--lora_targets",
+        nargs="+",
+        default=None,
+        help="language_attention vision_expert_attention cross_attention language_mlp vision_expert_mlp "
+        "vision_attention [language_attention vision_attention]",
+    )
+    group.add_argument("--layer_range", type=int, nargs="+", default=None, help="LLM layers to adapt [all]")
+    group.add_argument("--vision_layer_range", type=int, nargs="+", default=None, help="EVA layers [all]")
+    group.add_argument(
+        "--train_params", nargs="+", default=[], help="also train parameters matching these globs"
+    )
+    group.add_argument("--freeze_params", nargs="+", default=[], help="never train parameters matching these")
+    group.add_argument(
+        "--lr_scale", action="append", default=[], help="PATTERN=SCALE learning-rate multiplier"
+    )
+
+
+def add_finetune_parser(commands) -> None:
+    """`cogvlm finetune`."""
+    parser = commands.add_parser("finetune", help="fine-tune on DeepSpeed (LoRA or full)")
+    parser.add_argument("--from_pretrained", required=True, help="base checkpoint directory (SAT or HF)")
+    parser.add_argument(
+        "--local_tokenizer", default=None, help="tokenizer.model, its folder, or an HF repo id"
+    )
+    parser.add_argument("--save", required=True, help="run directory: checkpoints, logs; resumed if present")
+    _add_data_flags(parser)
+    _add_optimisation_flags(parser)
+    _add_adapter_flags(parser)
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--tp_size", type=int, default=1, help="tensor-parallel size (world = tp x data parallel)"
+    )
+    group.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine: re-run this command under torchrun"
+    )
+    group.add_argument("--checkpoint_activations", "--checkpoint-activations", action="store_true")
+    group.add_argument("--vision_checkpoint_activations", "--vit_checkpoint_activations", action="store_true")
+    group.add_argument(
+        "--save_interval", "--save-interval", type=int, default=200, help="steps between checkpoints"
+    )
+    group.add_argument(
+        "--eval_interval", "--eval-interval", type=int, default=0, help="steps between evaluations"
+    )
+    group.add_argument("--eval_iters", "--eval-iters", type=int, default=10, help="validation batches scored")
+    group.add_argument("--max_new_tokens", type=int, default=32, help="answer length limit when evaluating")
+    group.add_argument("--log_interval", type=int, default=1)
+    group.add_argument("--no_resume", action="store_true", help="start over even if --save has a checkpoint")
+    group.add_argument("--no_progress_bar", action="store_true")
+    group.add_argument("--device", default=None, help="cpu or cuda[:n] (default: this rank's GPU, else cpu)")
+    parser.set_defaults(handler=run_finetune_command)
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a split; prints one JSON object."""
+    import json
+
+    from cogvlm.train.evaluation import EvaluateConfig, run_evaluation
+
+    config = EvaluateConfig(
+        from_pretrained=args.from_pretrained,
+        download=download_config(args),
+        data_path=args.data,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+        prompt=args.prompt,
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        dtype=_dtype(args),
+        device=None if args.device == "auto" else args.device,
+    )
+    result, skipped, is_first_rank = run_evaluation(config)
+    if is_first_rank:
+        print(json.dumps({**result.to_json(), "skipped_too_long": len(skipped)}))
+    return 0
+
+
+def add_evaluate_parser(commands) -> None:
+    """`cogvlm evaluate`."""
+    parser = commands.add_parser("evaluate", help="exact-match accuracy and loss of a checkpoint on a split")
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, help="image folder or .jsonl file")
+    parser.add_argument("--prompt", default="CAPTCHA:", help="question asked about a folder's images")
+    parser.add_argument("--max_length", type=int, default=1288)
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=4, help="samples per forward pass for the loss")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    parser.set_defaults(handler=run_evaluate_command)
+
+
+def run_merge_lora_command(args: argparse.Namespace) -> int:
+    """Fold a LoRA checkpoint's adapter into its weights and save a plain SAT checkpoint."""
+    from cogvlm.train.adapters import merge_lora_checkpoint
+
+    print(merge_lora_checkpoint(args.from_pretrained, args.save, _dtype(args)))
+    return 0
+
+
+def add_merge_lora_parser(commands) -> None:
+    """`cogvlm merge-lora`."""
+    parser = commands.add_parser("merge-lora", help="fold a LoRA adapter into the base weights (SAT output)")
+    parser.add_argument("--from_pretrained", required=True, help="LoRA checkpoint (a finetune --save dir)")
+    parser.add_argument("--save", required=True, help="output SAT checkpoint directory")
+    parser.add_argument("--bf16", action="store_true", help="save in bfloat16")
+    parser.add_argument("--fp16", action="store_true", help="save in float16")
+    parser.set_defaults(handler=run_merge_lora_command)
+
+
+def run_export_lora_command(args: argparse.Namespace) -> int:
+    """Write the adapter alone in PEFT's format."""
+    from cogvlm.train.adapters import export_lora_checkpoint
+
+    print(export_lora_checkpoint(args.from_pretrained, args.save, args.base_model_name_or_path))
+    return 0
+
+
+def add_export_lora_parser(commands) -> None:
+    """`cogvlm export-lora`."""
+    parser = commands.add_parser("export-lora", help="export a LoRA adapter for Hugging Face PEFT")
+    parser.add_argument("--from_pretrained", required=True, help="LoRA checkpoint (a finetune --save dir)")
+    parser.add_argument("--save", required=True, help="output adapter directory")
+    parser.add_argument("--base_model_name_or_path", default="", help="recorded in adapter_config.json")
+    parser.set_defaults(handler=run_export_lora_command)
+
+
+def run_split_data_command(args: argparse.Namespace) -> int:
+    """Split a data set into train/valid/test."""
+    import json
+
+    from cogvlm.train.split import SplitConfig, split_dataset
+
+    counts = split_dataset(SplitConfig(args.source, args.dest, tuple(args.fractions), args.seed))
+    print(json.dumps(counts))
+    return 0
+
+
+def add_split_data_parser(commands) -> None:
+    """`cogvlm split-data`."""
+    parser = commands.add_parser("split-data", help="seeded train/valid/test split (copies files)")
+    parser.add_argument("--source", required=True, help="image folder or .jsonl file")
+    parser.add_argument("--dest", required=True, help="output folder (train/ valid/ test/ or *.jsonl)")
+    parser.add_argument(
+        "--fractions", type=float, nargs=3, default=[0.8, 0.05, 0.15], metavar=("TRAIN", "VALID", "TEST")
+    )
+    parser.add_argument("--seed", type=int, default=2023)
+    parser.set_defaults(handler=run_split_data_command)
+
+
 # One entry per subcommand; each adds its parser and sets `handler`.
 SUBCOMMANDS = (
     add_chat_parser,
@@ -327,6 +739,12 @@ SUBCOMMANDS = (
     add_merge_parser,
     add_serve_parser,
     add_web_parser,
+    add_bench_parser,
+    add_finetune_parser,
+    add_evaluate_parser,
+    add_merge_lora_parser,
+    add_export_lora_parser,
+    add_split_data_parser,
 )
 
 
@@ -334,6 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cogvlm", description="CogVLM and CogAgent visual-language models")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # The deepspeed launcher passes --local_rank before the subcommand (LOCAL_RANK is in the environment too).
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(nproc=1)
     commands = parser.add_subparsers(dest="command", required=True)
     for add_parser in SUBCOMMANDS:

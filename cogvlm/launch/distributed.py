@@ -116,6 +116,26 @@ def broadcast_object(value, runtime: ParallelRuntime):
     return box[0]
 
 
+def broadcast_reader(read_line, runtime: ParallelRuntime):
+    """`read_line` on the first rank, its answer broadcast to every rank (end of input included)."""
+    if runtime.control_group is None:
+        return read_line
+
+    def read_and_share(prompt: str) -> str:
+        line = None
+        if runtime.is_first_rank:
+            try:
+                line = read_line(prompt)
+            except EOFError:
+                line = None
+        line = broadcast_object(line, runtime)
+        if line is None:
+            raise EOFError
+        return line
+
+    return read_and_share
+
+
 def shutdown(runtime: ParallelRuntime) -> None:
     """Leave the process group if this process joined one."""
     if runtime.control_group is not None and dist.is_initialized():

@@ -7,7 +7,7 @@ import torch
 from cogvlm.models.config import TransformerConfig
 from cogvlm.models.context import ForwardContext
 from cogvlm.models.mixin import Mixin
-from cogvlm.nn.rotary import RotaryEmbedding, apply_rotary
+from cogvlm.nn.rotary import RotaryEmbedding
 
 
 class Rotary(Mixin):
@@ -20,6 +20,5 @@ class Rotary(Mixin):
         self.rotary_emb = RotaryEmbedding(config.head_dim, max_positions=config.max_sequence_length)
 
     def rotate_qk(self, layer, layer_index: int, query: torch.Tensor, key: torch.Tensor, ctx: ForwardContext):
-        cos, sin = self.rotary_emb.cos_sin(self.rotary_emb.max_positions, query.dtype)
-        positions = ctx.position_ids
-        return apply_rotary(query, cos, sin, positions), apply_rotary(key, cos, sin, positions)
+        rotation = self.rotary_emb.rotation(ctx.position_ids, query.dtype, forward_key=ctx)
+        return rotation.apply(query), rotation.apply(key)

@@ -45,6 +45,8 @@ class VisionExpertMLP(GatedMLP):
         )
 
     def mlp(self, layer, layer_index: int, hidden_states: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if ctx.vision_token_mask is None:  # decoding steps: every token is text
+            return self.language_mlp(layer, layer_index, hidden_states)
         language = functools.partial(self.language_mlp, layer, layer_index)
         vision = functools.partial(
             swiglu,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from cogvlm.models.context import CrossMemory, ForwardContext
@@ -21,13 +22,18 @@ class ModelOutput:
 
 
 class MixinModel(nn.Module):
-    """`transformer` + `mixins`; the forward pass goes through the resolved hook table."""
+    """`transformer` + `mixins`; the forward pass goes through the resolved hook table.
+
+    `checkpoint_activations` (set by a trainer) recomputes each layer in the backward pass instead of
+    keeping its activations; it only acts while training with gradients enabled.
+    """
 
     def __init__(self, transformer: Transformer) -> None:
         super().__init__()
         self.transformer = transformer
         self.mixins = nn.ModuleDict()
         self._hooks = resolve_hooks({})
+        self.checkpoint_activations = False
 
     @property
     def hooks(self) -> HookTable:
@@ -65,8 +71,14 @@ class MixinModel(nn.Module):
         return CrossMemory(self._hooks.encode_cross(cross_pixel_values, ForwardContext()))
 
     def forward(
-        self, input_ids: torch.Tensor, ctx: ForwardContext, *, output_hidden_states: bool = False
+        self,
+        input_ids: torch.Tensor,
+        ctx: ForwardContext,
+        *,
+        output_hidden_states: bool = False,
+        last_position_only: bool = False,
     ) -> ModelOutput:
+        """Logits [batch, seq, vocab] (seq = 1 with `last_position_only`, all generation needs)."""
         hooks = self._hooks
         if (
             self.transformer.has_cross_attention
@@ -76,12 +88,20 @@ class MixinModel(nn.Module):
             ctx = replace(ctx, cross_memory=self.encode_cross(ctx.cross_pixel_values))
         hidden_states = hooks.embed_tokens(self.transformer, input_ids, ctx)
         per_layer = []
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for layer_index, layer in enumerate(self.transformer.layers):
-            hidden_states = layer(hidden_states, layer_index, ctx, hooks)
+            if recompute:
+                hidden_states = torch.utils.checkpoint.checkpoint(
+                    layer, hidden_states, layer_index, ctx, hooks, use_reentrant=False
+                )
+            else:
+                hidden_states = layer(hidden_states, layer_index, ctx, hooks)
             if output_hidden_states:
                 per_layer.append(hidden_states)
         if ctx.kv_cache is not None:
             ctx.kv_cache.advance(hidden_states.shape[1])
+        if last_position_only:
+            hidden_states = hidden_states[:, -1:]
         if self.transformer.config.use_final_layernorm:
             hidden_states = self.transformer.final_layernorm(hidden_states)
         return ModelOutput(hooks.final_logits(self.transformer, hidden_states, ctx), tuple(per_layer))

@@ -90,6 +90,8 @@ class HookTable:
     sources: Mapping[str, str]
 
     def __getattr__(self, point_name: str) -> Callable:
+        if point_name.startswith("__") or point_name == "implementations":
+            raise AttributeError(point_name)  # copy/pickle probe these before the fields exist
         try:
             return self.implementations[point_name]
         except KeyError:

@@ -9,7 +9,7 @@ from torch import nn
 from cogvlm.models.config import TransformerConfig
 from cogvlm.models.context import ForwardContext
 from cogvlm.models.mixin import HookTable
-from cogvlm.nn.attention import merge_heads, split_heads
+from cogvlm.nn.attention import merge_heads
 from cogvlm.nn.norms import build_norm
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
@@ -108,7 +108,10 @@ class TransformerLayer(nn.Module):
         self, hidden_states, layer_index: int, ctx: ForwardContext, hooks: HookTable
     ) -> torch.Tensor:
         qkv = hooks.qkv_projection(self, layer_index, hidden_states, ctx)  # [batch, seq, 3 * local_width]
-        query, key, value = (split_heads(part, self.attention.head_dim) for part in qkv.chunk(3, dim=-1))
+        batch, length, width = qkv.shape
+        # [batch, seq, 3, heads, head_dim] -> 3 x [batch, heads, seq, head_dim]; heads = this rank's share
+        qkv = qkv.view(batch, length, 3, width // (3 * self.attention.head_dim), self.attention.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         query, key = hooks.rotate_qk(self, layer_index, query, key, ctx)  # [batch, heads, seq, head_dim]
         if ctx.kv_cache is not None:
             key, value = ctx.kv_cache.update(layer_index, key, value)

@@ -10,6 +10,9 @@ class KVCache:
 
     `length` counts the positions already written; a forward writes its new positions in every layer
     through `update`, and the model calls `advance` once when the forward is done.
+
+    With `write_index` set (a long tensor [new], static shapes for CUDA graphs), `update` writes at those
+    positions and returns the whole buffer; the caller's attention mask hides the slots not yet written.
     """
 
     def __init__(
@@ -26,19 +29,29 @@ class KVCache:
         shape = (num_layers, batch_size, num_heads, max_length, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # Per-layer views [batch, heads, max_length, head_dim], taken once: decoding writes every step.
+        self._layer_keys = self.keys.unbind(0)
+        self._layer_values = self.values.unbind(0)
         self.max_length = max_length
         self.length = 0
+        self.write_index: torch.Tensor | None = None
 
     def update(
         self, layer_index: int, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `key`/`value` [batch, heads, new, head_dim] and return all positions so far."""
-        end = self.length + key.shape[2]
+        keys, values = self._layer_keys[layer_index], self._layer_values[layer_index]
+        if self.write_index is not None:
+            keys.index_copy_(2, self.write_index, key)
+            values.index_copy_(2, self.write_index, value)
+            return keys, values
+        new = key.shape[2]
+        end = self.length + new
         if end > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {end} were requested")
-        self.keys[layer_index, :, :, self.length : end] = key
-        self.values[layer_index, :, :, self.length : end] = value
-        return self.keys[layer_index, :, :, :end], self.values[layer_index, :, :, :end]
+        keys.narrow(2, self.length, new).copy_(key)
+        values.narrow(2, self.length, new).copy_(value)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self, num_tokens: int) -> None:
         """Mark `num_tokens` more positions as written (called once per forward)."""

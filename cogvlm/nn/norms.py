@@ -16,9 +16,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
+        # The casts are no-ops for float32 input; skipping them saves two dispatches per call when decoding.
+        states = hidden_states if input_dtype == torch.float32 else hidden_states.float()
+        variance = states.pow(2).mean(-1, keepdim=True)
         normalized = hidden_states * torch.rsqrt(variance + self.eps)
-        return (self.weight * normalized).to(input_dtype)
+        output = self.weight * normalized
+        return output if output.dtype == input_dtype else output.to(input_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

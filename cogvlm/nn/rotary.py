@@ -28,6 +28,7 @@ class RotaryEmbedding(nn.Module):
         self.max_positions = max_positions
         self.register_buffer("inv_freq", inverse_frequencies(head_dim, base), persistent=True)
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_rotation: tuple[object, torch.Tensor, torch.dtype, Rotation] | None = None
 
     def reset_computed_buffers(self) -> None:
         """Recompute `inv_freq` (after a build on the meta device, or a checkpoint that omits it)."""
@@ -57,21 +58,56 @@ class RotaryEmbedding(nn.Module):
             self._table = table
         return table
 
+    def rotation(self, position_ids: torch.Tensor, dtype: torch.dtype, forward_key: object) -> Rotation:
+        """The `Rotation` of `position_ids` [batch, seq], computed once per forward pass.
+
+        Every layer of one forward pass rotates by the same positions, so the table lookups run for the
+        first layer only; `forward_key` (the pass's context object) tells passes apart.
+        """
+        last = self._last_rotation
+        if last is not None and last[0] is forward_key and last[1] is position_ids and last[2] == dtype:
+            return last[3]
+        cos, sin = self.cos_sin(self.max_positions, dtype)
+        rotation = Rotation.at(cos, sin, position_ids)
+        self._last_rotation = (forward_key, position_ids, dtype, rotation)
+        return rotation
+
     def _apply(self, fn, recurse=True):
         # A dtype or device change of inv_freq invalidates the table.
         self._table = None
+        self._last_rotation = None
         return super()._apply(fn, recurse)
+
+
+class Rotation:
+    """cos and sin of given positions, laid out so that rotating is `x * cos + roll(x, d/2) * signed_sin`.
+
+    `[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]`, the rotate-half form, with bit-identical results:
+    `x1 cos + x2 (-sin)` rounds exactly as `x1 cos - x2 sin`.
+    """
+
+    def __init__(self, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
+        self.cos = cos  # [batch, 1, seq, head_dim]: [cos, cos]
+        self.signed_sin = signed_sin  # [batch, 1, seq, head_dim]: [-sin, sin]
+
+    @classmethod
+    def at(cls, cos: torch.Tensor, sin: torch.Tensor, position_ids: torch.Tensor) -> Rotation:
+        """Gather the tables [positions, head_dim / 2] at `position_ids` [batch, seq]."""
+        cos = cos[position_ids].unsqueeze(1)  # [batch, 1, seq, head_dim / 2]
+        sin = sin[position_ids].unsqueeze(1)
+        return cls(torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1))
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rotate `tensor` [batch, heads, seq, head_dim]."""
+        swapped = tensor.roll(tensor.shape[-1] // 2, dims=-1)  # [x2, x1]
+        return tensor * self.cos + swapped * self.signed_sin
 
 
 def apply_rotary(
     tensor: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_ids: torch.Tensor
 ) -> torch.Tensor:
     """Rotate `tensor` [batch, heads, seq, head_dim] by the angles of `position_ids` [batch, seq]."""
-    cos = cos[position_ids].unsqueeze(1)  # [batch, 1, seq, head_dim / 2]
-    sin = sin[position_ids].unsqueeze(1)
-    half = tensor.shape[-1] // 2
-    first, second = tensor[..., :half], tensor[..., half:]
-    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+    return Rotation.at(cos, sin, position_ids).apply(tensor)
 
 
 def reserve_rotary_positions(model: nn.Module, length: int) -> None:

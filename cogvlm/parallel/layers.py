@@ -57,8 +57,12 @@ class ColumnParallelLinear(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The local matrix product (quantized layers replace only this)."""
+        return F.linear(hidden_states, self.weight, bias)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        output = F.linear(copy_to_parallel(hidden_states, self.tp), self.weight, self.bias)
+        output = self.project(copy_to_parallel(hidden_states, self.tp), self.bias)
         return gather_from_parallel(output, self.tp) if self.gather_output else output
 
     def extra_repr(self) -> str:
@@ -99,14 +103,18 @@ class RowParallelLinear(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The local matrix product (quantized layers replace only this)."""
+        return F.linear(hidden_states, self.weight, bias)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self.tp.is_parallel:
-            return F.linear(hidden_states, self.weight, self.bias)
+            return self.project(hidden_states, self.bias)
         if self.bias is None:
-            return reduce_from_parallel(F.linear(hidden_states, self.weight), self.tp)
+            return reduce_from_parallel(self.project(hidden_states, None), self.tp)
         if self.final_bias:
-            return reduce_from_parallel(F.linear(hidden_states, self.weight), self.tp) + self.bias
-        partial = F.linear(hidden_states, self.weight, self.bias / self.tp.size)
+            return reduce_from_parallel(self.project(hidden_states, None), self.tp) + self.bias
+        partial = self.project(hidden_states, self.bias / self.tp.size)
         return reduce_from_parallel(partial, self.tp)
 
     def extra_repr(self) -> str:

@@ -1,1 +1,1 @@
-"""train."""
+"""Fine-tuning: data, the DeepSpeed loop, checkpoints and resume, evaluation, LoRA merge and export."""

@@ -1,0 +1,339 @@
+"""`cogvlm bench`: image encoding, prefill and decode speed, memory and the bare-linears floor, as JSON.
+
+The named configs and the protocol (fp32, 2 threads, batch 1, chat_old, one image, 64 greedy tokens with
+no end token) are the ones the reference implementation was measured with (`bench_configs.json`), so
+the figures compare side by side. Full-size presets (random weights) run on CUDA only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cogvlm.checkpoints.loading import reset_computed_buffers
+from cogvlm.checkpoints.sat_format import config_from_sat
+from cogvlm.image_processors import DualImageProcessor, ImageProcessor
+from cogvlm.inference.batching import GenerationRequest
+from cogvlm.inference.generate import GenerationConfig, iterate_batch, new_kv_cache
+from cogvlm.inference.sampling import SamplingConfig
+from cogvlm.models.builders import build_model
+from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.models.config import CogVLMConfig
+from cogvlm.models.context import ForwardContext
+from cogvlm.models.presets import preset
+from cogvlm.nn.quantized import decode_linears, quantize_, weight_bytes
+from cogvlm.text_processors import build_inference_inputs, build_prompt, load_tokenizer
+
+BENCH_CONFIGS_FILE = Path(__file__).with_name("bench_configs.json")
+GOLDEN_ENV = "COGVLM_GOLDEN"
+FULL_SIZE_PRESETS = ("cogvlm-17b-490", "cogagent-18b")
+FULL_SIZE_SEED = 20240620
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: a named config, where, in which dtype, and how often."""
+
+    name: str
+    image: Path
+    tokenizer: Path
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = 2
+    new_tokens: int = 64
+    batch_size: int = 4
+    repeats: int = 3
+    quant_bits: int | None = None
+    decode_step: str = "eager"
+
+    def __post_init__(self) -> None:
+        names = bench_config_names()
+        if self.name not in names:
+            raise ValueError(f"unknown bench config {self.name!r}; known: {', '.join(names)}")
+        if self.name in FULL_SIZE_PRESETS and not self.device.startswith("cuda"):
+            raise ValueError(f"bench config {self.name!r} is full size: run it with --device cuda")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        for field_name in ("new_tokens", "batch_size", "repeats"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
+        if self.new_tokens < 2:
+            raise ValueError(f"new_tokens must be >= 2 to time decoding, got {self.new_tokens}")
+
+
+def default_asset(name: str) -> Path:
+    """A golden-set file (the protocol's image, tokenizer): from `$COGVLM_GOLDEN`, else ../shared/golden."""
+    candidates = [Path(os.environ[GOLDEN_ENV])] if os.environ.get(GOLDEN_ENV) else []
+    candidates += [Path("../shared/golden"), Path(__file__).resolve().parents[3] / "shared" / "golden"]
+    for directory in candidates:
+        if (directory / name).is_file():
+            return directory / name
+    return candidates[0] / name
+
+
+def _reference_configs() -> dict:
+    return json.loads(BENCH_CONFIGS_FILE.read_text())
+
+
+def bench_config_names() -> tuple[str, ...]:
+    """The reference's configs followed by the full-size presets."""
+    return tuple(name for name in _reference_configs() if not name.startswith(("_", "protocol"))) + (
+        FULL_SIZE_PRESETS
+    )
+
+
+def model_config(name: str) -> tuple[CogVLMConfig, int]:
+    """The model config and weight seed of a named bench config."""
+    if name in FULL_SIZE_PRESETS:
+        return preset(name), FULL_SIZE_SEED
+    entry = _reference_configs()[name]
+    raw = dict(entry["sat_model_config"])
+    if "cross_vision" in entry:
+        cross = entry["cross_vision"]
+        raw["cross_vision_args"] = {
+            "width": cross["width"],
+            "num_blocks": cross["layers"],
+            "head_width": cross["head_width"],
+        }
+    return config_from_sat(raw, source=f"{BENCH_CONFIGS_FILE}:{name}"), entry["init_seed"]
+
+
+def _init_value(name: str, shape: torch.Size) -> tuple[float, float, float]:
+    """(offset, scale, fan-in divisor) of a parameter's N(0, 1) draw, by the golden set's rules."""
+    if name.endswith("bias"):
+        return 0.0, 0.1, 1.0
+    if len(shape) == 1:
+        return 1.0, 0.1, 1.0  # norm weights
+    if "word_embeddings" in name:
+        return 0.0, 1.0, 1.0
+    if "position_embeddings" in name or "pos_embed" in name:
+        return 0.0, 0.2, 1.0
+    if name.rsplit(".", 1)[-1] in ("boi", "eoi", "cls_token"):
+        return 0.0, 0.5, 1.0
+    return 0.0, 1.0, float(torch.Size(shape[1:]).numel()) ** 0.5
+
+
+@torch.no_grad()
+def init_random_weights(model: torch.nn.Module, seed: int) -> None:
+    """Seeded random weights: each parameter from its own generator, in sorted-name order."""
+    for index, (name, param) in enumerate(sorted(model.named_parameters())):
+        generator = torch.Generator(device=param.device).manual_seed(seed + index)
+        offset, scale, fan_in = _init_value(name, param.shape)
+        param.normal_(0.0, 1.0, generator=generator).mul_(scale / fan_in).add_(offset)
+
+
+def build_random_model(name: str, device: str, dtype: torch.dtype) -> VisionLanguageModel:
+    """The named config's model with seeded random weights, on `device` in `dtype`."""
+    config, seed = model_config(name)
+    model = build_model(config, device="meta").to(dtype)
+    model.to_empty(device=device)
+    reset_computed_buffers(model)
+    init_random_weights(model, seed)
+    return model.eval()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _time_generation(model, requests, config: GenerationConfig, device) -> tuple[float, float]:
+    """(first-token ms, decode ms per step) of one run; the clock is read only at both ends."""
+    _synchronize(device)
+    start = time.perf_counter()
+    first = None
+    steps = 0
+    for step in iterate_batch(model, requests, config):
+        if first is None:
+            step.tokens.sum().item()  # wait for the first token
+            first = time.perf_counter()
+        steps += 1
+    _synchronize(device)
+    end = time.perf_counter()
+    return (first - start) * 1e3, (end - first) * 1e3 / (steps - 1)
+
+
+def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> float:
+    """ms per decoding step of the linears a step runs, each called alone on a random input."""
+    layers = decode_linears(model)
+    inputs = {
+        module.in_features: torch.randn(batch_size, 1, module.in_features, device=device, dtype=dtype)
+        for module in layers
+    }
+
+    def one_step():
+        for module in layers:
+            module(inputs[module.in_features])
+
+    with torch.inference_mode():
+        one_step()
+        return _median_ms(lambda: [one_step() for _ in range(steps)], device, 1) / steps
+
+
+def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, rows: int):
+    tokenizer = load_tokenizer(str(config.tokenizer))
+    prompt = build_prompt(protocol["version"], protocol["query"], protocol["history"])
+    text = build_inference_inputs(tokenizer, prompt, model.config.image_length)
+    dtype = DTYPES[config.dtype]
+    if model.config.is_cogagent:
+        views = DualImageProcessor(model.config.vision.image_px, model.config.cross_vision.image_px)(
+            config.image
+        )
+        request = GenerationRequest(text, views.pixel_values.to(dtype), views.cross_pixel_values.to(dtype))
+    else:
+        pixels = ImageProcessor(model.config.vision.image_px)(config.image).to(dtype)
+        request = GenerationRequest(text, pixels)
+    return [request] * rows
+
+
+def _encode_image(model: VisionLanguageModel, request: GenerationRequest, device) -> None:
+    with torch.inference_mode():
+        model.mixins["eva"].encode_images(request.pixel_values.to(device))
+        if request.cross_pixel_values is not None:
+            model.encode_cross(request.cross_pixel_values.to(device))
+
+
+def _time_prefill(model: VisionLanguageModel, request: GenerationRequest, device, repeats: int) -> float:
+    """ms of the prompt's forward pass alone (image slots hold token embeddings: no tower)."""
+    text = request.text
+    inputs = {name: getattr(text, name).to(device) for name in ("input_ids", "position_ids")}
+
+    def forward():
+        cache = new_kv_cache(model, 1, text.seq_len)
+        ctx = ForwardContext(
+            position_ids=inputs["position_ids"],
+            vision_token_mask=text.vision_expert_mask.to(device),
+            kv_cache=cache,
+        )
+        model(inputs["input_ids"], ctx, last_position_only=True)
+
+    with torch.inference_mode():
+        forward()
+        return _median_ms(forward, device, repeats)
+
+
+def _bandwidth_gb_s(device: torch.device) -> float:
+    """Device memory bandwidth measured by copying 1 GiB (bytes read + written per second)."""
+    source = torch.empty(1 << 28, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    ms = _median_ms(lambda: target.copy_(source), device, 5)
+    return 2 * source.numel() * 4 / (ms / 1e3) / 1e9
+
+
+def _decode_bytes_per_token(model, prompt_tokens: int, new_tokens: int) -> int:
+    """Weights read by one decoding step plus the KV cache read at the average decode length."""
+    llm = model.config.llm
+    weights = sum(weight_bytes(module) for module in decode_linears(model))
+    average_length = prompt_tokens + new_tokens / 2
+    element = model.transformer.word_embeddings.weight.element_size()
+    kv = 2 * llm.num_layers * llm.attention_width * average_length * element
+    return int(weights + kv)
+
+
+def _protocol_generation(model: VisionLanguageModel, config: BenchConfig) -> GenerationConfig:
+    """Greedy with SAT's strategy and no end token: exactly `new_tokens` are generated."""
+    return GenerationConfig(
+        max_length=model.config.llm.max_sequence_length,
+        max_new_tokens=config.new_tokens,
+        end_token_ids=(),
+        sampling=SamplingConfig(temperature=0.8, top_p=0.4, top_k=1, semantics="reference"),
+        decode_step=config.decode_step,
+    )
+
+
+def _measure_repeat(model, requests, generation, config: BenchConfig, device, dtype) -> dict[str, float]:
+    """One repeat of every single-prompt figure, taken back to back so they share the machine's load."""
+    first_ms, decode_ms = _time_generation(model, requests, generation, device)
+    floor_ms = _time_bare_linears(model, 1, device, dtype, config.new_tokens)
+    return {
+        "first_token_ms": first_ms,
+        "decode_ms_per_token_batch_1": decode_ms,
+        "bare_linears_ms_per_token": floor_ms,
+        "decode_over_bare_linears": decode_ms / floor_ms,
+        "image_encoding_ms": _median_ms(lambda: _encode_image(model, requests[0], device), device, 1),
+        "prefill_ms": _time_prefill(model, requests[0], device, 1),
+    }
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Build the model, run the protocol and return the figures (medians over repeats) as a dict."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device, dtype = torch.device(config.device), DTYPES[config.dtype]
+    protocol = _reference_configs()["protocol"]
+    model = build_random_model(config.name, config.device, dtype)
+    if config.quant_bits is not None:
+        quantize_(model, config.quant_bits)
+    generation = _protocol_generation(model, config)
+    single = _requests(model, config, protocol, 1)
+    batch = _requests(model, config, protocol, config.batch_size)
+    _time_generation(model, single, generation, device)  # warm-up
+    repeats = [
+        _measure_repeat(model, single, generation, config, device, dtype) for _ in range(config.repeats)
+    ]
+    figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
+    batch_ms = statistics.median(
+        _time_generation(model, batch, generation, device)[1] for _ in range(config.repeats)
+    )
+    result = {
+        "config": config.name,
+        "model_class": model.config.model_class,
+        "device": str(device),
+        "dtype": config.dtype,
+        "threads": torch.get_num_threads(),
+        "quant_bits": config.quant_bits,
+        "decode_step": config.decode_step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": weight_bytes(model),
+        "prefill_tokens": single[0].text.seq_len,
+        "new_tokens": config.new_tokens,
+        **figures,
+        "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
+        "batch_size": config.batch_size,
+        "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,
+        "repeats": config.repeats,
+        **_peak_memory(device),
+    }
+    if device.type == "cuda":
+        result.update(_bandwidth_figures(model, result))
+    return result
+
+
+def _bandwidth_figures(model: VisionLanguageModel, result: dict) -> dict:
+    """Decode speed as a fraction of what the measured memory bandwidth allows."""
+    bandwidth = _bandwidth_gb_s(torch.device(result["device"]))
+    bytes_per_token = _decode_bytes_per_token(model, result["prefill_tokens"], result["new_tokens"])
+    bound = bandwidth * 1e9 / bytes_per_token
+    return {
+        "measured_bandwidth_gb_s": bandwidth,
+        "decode_bytes_per_token": bytes_per_token,
+        "bandwidth_bound_tokens_per_s": bound,
+        "fraction_of_bandwidth_bound": result["decode_tokens_per_s_batch_1"] / bound,
+    }
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device)}
+    # ru_maxrss is in KiB on Linux: the peak resident set of the whole process.
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

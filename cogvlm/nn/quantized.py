@@ -1,0 +1,239 @@
+"""Weight-only int8 / int4 quantization of the column- and row-parallel linears (`quantize_`).
+
+Scheme (SAT's `--quant`, extended with groups): symmetric, `scale = absmax / (2^(bits-1) - 1)` per output
+channel, or per group of `group_size` input columns; `q = round(w / scale)`. int4 packs two values per byte,
+element 2j in the high nibble and 2j+1 in the low one. The quantized layer keeps its module path, so keys
+stay SAT's: `<layer>.weight` holds the integers and `<layer>.weight_scale` the scales, sharded like the
+weight (a row-parallel per-channel scale is the same on every rank: its absmax is reduced over the group).
+Activations stay in the model dtype; weights are dequantized inside the matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
+from cogvlm.parallel.sharding import REPLICATED
+
+SUPPORTED_BITS = (4, 8)
+# Group sizes the CUDA int4 kernel (tinygemm) accepts.
+CUDA_INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def quantize_weight(
+    weight: torch.Tensor, bits: int, group_size: int | None, absmax: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integers int8 [out, in] in [-qmax, qmax] and scales [out] (per channel) or [out, in / group_size]."""
+    out_features, in_features = weight.shape
+    qmax = 2 ** (bits - 1) - 1
+    grouped = weight.float().reshape(out_features, -1, group_size or in_features)  # [out, groups, size]
+    if absmax is None:
+        absmax = grouped.abs().amax(dim=-1)  # [out, groups]
+    scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
+    integers = torch.round(grouped / scale[..., None]).clamp(-qmax, qmax).to(torch.int8)
+    scale = scale if group_size else scale[:, 0]
+    return integers.reshape(out_features, in_features), scale
+
+
+def pack_int4(integers: torch.Tensor) -> torch.Tensor:
+    """int8 [out, in] with values in [-8, 7] -> uint8 [out, in / 2] (even column in the high nibble)."""
+    nibbles = integers.to(torch.uint8) & 0x0F
+    return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [out, in / 2] -> int8 [out, in], sign restored by an arithmetic shift."""
+    signed = packed.view(torch.int8)
+    high = signed >> 4
+    low = (signed << 4) >> 4
+    return torch.stack([high, low], dim=-1).reshape(packed.shape[0], -1)  # [out, in]
+
+
+def dequantize(integers: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float weight [out, in] from integers int8 [out, in] and scales [out] or [out, groups]."""
+    if scale.dim() == 1:
+        return integers.to(dtype) * scale.to(dtype)[:, None]
+    out_features, groups = scale.shape
+    grouped = integers.to(dtype).reshape(out_features, groups, -1) * scale.to(dtype)[..., None]
+    return grouped.reshape(out_features, -1)
+
+
+class QuantizedProjection:
+    """The quantized matmul shared by both parallel layouts; set up by `_quantize_into`."""
+
+    bits: int
+    group_size: int | None
+    uses_int8_kernel: bool = False
+    int4_kernel_weight: torch.Tensor | None = None
+    int4_scales_and_zeros: torch.Tensor | None = None
+
+    def integers(self) -> torch.Tensor:
+        """The weight as int8 [out, in]."""
+        return unpack_int4(self.weight) if self.bits == 4 else self.weight
+
+    def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        if self.uses_int8_kernel:
+            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+            output = torch._weight_int8pack_mm(flat, self.weight, self.weight_scale.to(dtype))
+            output = output.reshape(*hidden_states.shape[:-1], -1)
+            return output if bias is None else output + bias
+        if self.int4_kernel_weight is not None:
+            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+            output = torch._weight_int4pack_mm(
+                flat, self.int4_kernel_weight, self.group_size, self.int4_scales_and_zeros
+            )
+            output = output.reshape(*hidden_states.shape[:-1], -1)
+            return output if bias is None else output + bias
+        if self.bits == 8 and self.weight_scale.dim() == 1:
+            # Per-channel scales factor out of the product: one int8 -> float conversion, no weight multiply.
+            output = F.linear(hidden_states, self.weight.to(dtype)) * self.weight_scale.to(dtype)
+            return output if bias is None else output + bias
+        return F.linear(hidden_states, dequantize(self.integers(), self.weight_scale, dtype), bias)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.group_size else ""
+        return f"in={self.in_features}, out={self.out_features}, tp={self.tp.size}, int{self.bits}{group}"
+
+
+class QuantizedColumnParallelLinear(QuantizedProjection, ColumnParallelLinear):
+    """A `ColumnParallelLinear` whose weight is int8 or packed int4 with scales."""
+
+
+class QuantizedRowParallelLinear(QuantizedProjection, RowParallelLinear):
+    """A `RowParallelLinear` whose weight is int8 or packed int4 with scales."""
+
+
+def _reduced_absmax(module: RowParallelLinear) -> torch.Tensor:
+    """Per-output-channel absmax over the whole (unsharded) row: the same scale on every rank."""
+    absmax = module.weight.detach().float().abs().amax(dim=1, keepdim=True)  # [out, 1]
+    dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=module.tp.group)
+    return absmax
+
+
+def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.Module:
+    is_row = isinstance(module, RowParallelLinear)
+    target_class = QuantizedRowParallelLinear if is_row else QuantizedColumnParallelLinear
+    local_in = module.weight.shape[1]
+    if group_size and local_in % group_size:
+        raise ValueError(
+            f"group_size {group_size} does not divide the {local_in} local input features of {module}"
+        )
+    if bits == 4 and local_in % 2:
+        raise ValueError(f"int4 packing needs an even number of input features, got {local_in}")
+    absmax = _reduced_absmax(module) if is_row and module.tp.is_parallel and not group_size else None
+    integers, scale = quantize_weight(module.weight.detach(), bits, group_size, absmax)
+    quantized = target_class.__new__(target_class)
+    nn.Module.__init__(quantized)
+    for name in ("in_features", "out_features", "tp", "gather_output", "final_bias"):
+        if hasattr(module, name):
+            setattr(quantized, name, getattr(module, name))
+    quantized.bits, quantized.group_size = bits, group_size
+    quantized.register_buffer("weight", pack_int4(integers) if bits == 4 else integers)
+    quantized.register_buffer("weight_scale", scale.to(module.weight.dtype))
+    quantized.bias = module.bias
+    weight_rule = module.shard_rules["weight"]
+    scale_rule = weight_rule if (group_size or not is_row) else REPLICATED
+    quantized.shard_rules = {
+        "weight": weight_rule,
+        "weight_scale": scale_rule,
+        "bias": module.shard_rules["bias"],
+    }
+    _select_kernel(quantized)
+    return quantized
+
+
+def _select_kernel(layer: QuantizedProjection) -> None:
+    """Use torch's fused CUDA kernels where they exist and agree with the reference dequantize-matmul."""
+    if layer.weight.device.type != "cuda":
+        return
+    dtype = layer.weight_scale.dtype
+    probe = torch.randn(2, layer.weight.shape[1] * (2 if layer.bits == 4 else 1), device="cuda", dtype=dtype)
+    expected = F.linear(probe, dequantize(layer.integers(), layer.weight_scale, dtype))
+    try:
+        if layer.bits == 8 and layer.weight_scale.dim() == 1:
+            layer.uses_int8_kernel = True
+        elif layer.bits == 4 and dtype == torch.bfloat16 and layer.group_size in CUDA_INT4_GROUP_SIZES:
+            _prepare_int4_kernel(layer)
+        else:
+            return
+        got = layer.project(probe, None)
+    except (RuntimeError, NotImplementedError):
+        got = None
+    if got is None or not torch.allclose(got.float(), expected.float(), rtol=2e-2, atol=2e-2):
+        layer.uses_int8_kernel = False
+        layer.int4_kernel_weight = layer.int4_scales_and_zeros = None
+
+
+def _prepare_int4_kernel(layer: QuantizedProjection) -> None:
+    """tinygemm layout: unsigned nibbles q + 8, and (scale, zero) pairs with zero = 0 (symmetric)."""
+    unsigned = (layer.integers().to(torch.int32) + 8).to(torch.uint8)  # [out, in]
+    packed = (unsigned[:, 0::2] << 4) | unsigned[:, 1::2]
+    layer.int4_kernel_weight = torch._convert_weight_to_int4pack(packed.contiguous(), 8)
+    scales = layer.weight_scale.t().contiguous()  # [groups, out]
+    layer.int4_scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1)  # [groups, out, 2]
+
+
+def quantize_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
+    """Replace every column- and row-parallel linear of `model` by its int8 / int4 version, in place.
+
+    Covers the language model, the vision experts, the LM head, cross-attention and the EVA2-CLIP-E
+    tower; plain `nn.Linear`s (GLU adapter, CogAgent's cross tower), embeddings and norms stay as they are.
+    Apply after loading and after sharding.
+    """
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"quantization bits must be one of {SUPPORTED_BITS}, got {bits}")
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size}")
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, ColumnParallelLinear | RowParallelLinear)
+        and not isinstance(module, QuantizedProjection)
+    ]
+    with torch.no_grad():
+        for name, module in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, _quantized_copy(module, bits, group_size))
+    return model
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer of `module` (integers and scales for quantized layers)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def decode_linears(model: nn.Module) -> list[nn.Module]:
+    """The parallel linears a language token passes through: what one decoding step reads.
+
+    Vision experts, vision towers and the cross-attention key/value projection (computed once per image)
+    are left out.
+    """
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ColumnParallelLinear | RowParallelLinear):
+            continue
+        if name.startswith("mixins.eva.") or name.startswith("mixins.encoder.") or "vision" in name:
+            continue
+        if name.endswith("cross_attention.key_value"):
+            continue
+        found.append(module)
+    return found
+
+
+__all__ = [
+    "QuantizedColumnParallelLinear",
+    "QuantizedRowParallelLinear",
+    "decode_linears",
+    "dequantize",
+    "pack_int4",
+    "quantize_",
+    "quantize_weight",
+    "unpack_int4",
+    "weight_bytes",
+]

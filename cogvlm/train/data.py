@@ -1,0 +1,281 @@
+"""Training samples: the reference captcha folder and JSONL files, tokenised once, batched without waste.
+
+Over-long samples are reported (file and reason) and skipped, never truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cogvlm.image_processors import DualImageProcessor, ImageProcessor
+from cogvlm.models.config import CogVLMConfig
+from cogvlm.text_processors.prompts import build_prompt
+from cogvlm.text_processors.tokenizer import LlamaTokenizer
+from cogvlm.text_processors.training import IGNORE_INDEX, SampleTooLong, build_training_inputs
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image, the question about it, the expected answer and earlier (question, answer) turns."""
+
+    image: Path
+    question: str
+    answer: str
+    history: tuple[tuple[str, str], ...] = ()
+    source: str = ""  # where it came from, for messages
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample that was left out, and why."""
+
+    source: str
+    reason: str
+
+
+def captcha_label(path: Path) -> str:
+    """The reference's label: the file name up to its first dot."""
+    return path.name.split(".")[0]
+
+
+def captcha_samples(folder: Path, prompt: str = "CAPTCHA:") -> list[Sample]:
+    """Every image under `folder` (recursively, sorted), labelled by its file name."""
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return [Sample(path, prompt, captcha_label(path), (), str(path)) for path in images]
+
+
+def _history(value, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(turn, list | tuple) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+        for turn in value
+    ):
+        raise ValueError(f"{where}: 'history' must be a list of [question, answer] string pairs")
+    return tuple((question, answer) for question, answer in value)
+
+
+def _jsonl_record(line: str, where: str, base: Path) -> Sample:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    missing = [key for key in ("image", "question", "answer") if not isinstance(record.get(key), str)]
+    if missing:
+        raise ValueError(f"{where}: missing or non-string field(s) {missing}")
+    unknown = set(record) - {"image", "question", "answer", "history"}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    image = Path(record["image"])
+    image = image if image.is_absolute() else base / image
+    return Sample(image, record["question"], record["answer"], _history(record.get("history"), where), where)
+
+
+def jsonl_samples(path: Path) -> list[Sample]:
+    """Records `{"image", "question", "answer", "history"?}`; image paths are relative to the file."""
+    samples = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                samples.append(_jsonl_record(line, f"{path}:{number}", path.parent))
+    if not samples:
+        raise ValueError(f"{path}: no records")
+    return samples
+
+
+def read_samples(path: str | Path, prompt: str = "CAPTCHA:") -> list[Sample]:
+    """Samples of a captcha folder or a `.jsonl` file."""
+    path = Path(path)
+    if path.is_dir():
+        return captcha_samples(path, prompt)
+    if path.suffix == ".jsonl" and path.is_file():
+        return jsonl_samples(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    raise ValueError(f"data path {path}: expected a folder of images or a .jsonl file")
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    """A sample's unpadded token-level tensors, each [length]."""
+
+    sample: Sample
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    image_embed_mask: torch.Tensor
+    vision_expert_mask: torch.Tensor
+    context_length: int
+
+    @property
+    def length(self) -> int:
+        """Tokens before padding."""
+        return self.input_ids.shape[0]
+
+
+def sample_prompt(sample: Sample, version: str) -> str:
+    """The prompt (with `<EOI>`) the model sees before the answer."""
+    return build_prompt(version, sample.question, sample.history)
+
+
+def tokenize_sample(
+    sample: Sample, tokenizer: LlamaTokenizer, version: str, image_length: int, max_length: int
+) -> TokenizedSample | SampleTooLong:
+    """The reference's training inputs for one sample, with the padding cut off."""
+    inputs = build_training_inputs(
+        tokenizer,
+        sample.answer,
+        sample_prompt(sample, version),
+        version=version,
+        image_length=image_length,
+        max_target_length=max_length,
+        on_overflow="skip",
+    )
+    if isinstance(inputs, SampleTooLong):
+        return inputs
+    labelled = (inputs.labels[0] != IGNORE_INDEX).nonzero()
+    length = int(labelled.max()) + 1  # EOS, the last real token, is always a target
+    return TokenizedSample(
+        sample=sample,
+        input_ids=inputs.input_ids[0, :length],
+        labels=inputs.labels[0, :length],
+        position_ids=inputs.position_ids[0, :length],
+        image_embed_mask=inputs.image_embed_mask[0, :length],
+        vision_expert_mask=inputs.vision_expert_mask[0, :length],
+        context_length=inputs.context_length,
+    )
+
+
+def image_processor_for(config: CogVLMConfig) -> ImageProcessor | DualImageProcessor:
+    """The pixel preprocessing a model of `config` expects."""
+    if config.is_cogagent:
+        return DualImageProcessor(config.vision.image_px, config.cross_vision.image_px)
+    return ImageProcessor(config.vision.image_px)
+
+
+class VisionTextDataset(torch.utils.data.Dataset):
+    """Tokenised samples (over-long ones skipped and listed in `skipped`); images load on access."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        tokenizer: LlamaTokenizer,
+        model_config: CogVLMConfig,
+        version: str,
+        max_length: int,
+    ) -> None:
+        self.processor = image_processor_for(model_config)
+        self.items: list[TokenizedSample] = []
+        self.skipped: list[SkippedSample] = []
+        for sample in samples:
+            result = tokenize_sample(sample, tokenizer, version, model_config.image_length, max_length)
+            if isinstance(result, SampleTooLong):
+                self.skipped.append(SkippedSample(sample.source, result.describe()))
+            else:
+                self.items.append(result)
+        if not self.items:
+            raise ValueError(
+                f"every one of the {len(samples)} samples is too long for max_length {max_length}; "
+                f"first: {self.skipped[0].source}: {self.skipped[0].reason}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        pixels = self.processor(item.sample.image)
+        result = {"item": item}
+        if isinstance(self.processor, DualImageProcessor):
+            result["pixel_values"] = pixels.pixel_values[0]
+            result["cross_pixel_values"] = pixels.cross_pixel_values[0]
+        else:
+            result["pixel_values"] = pixels[0]  # [3, px, px]
+        return result
+
+
+def log_skipped(skipped: Sequence[SkippedSample], what: str, shown: int = 5) -> None:
+    """Report skipped samples: a count and the first few with their reasons."""
+    if not skipped:
+        return
+    logger.warning("%s: %d sample(s) skipped as too long", what, len(skipped))
+    for entry in skipped[:shown]:
+        logger.warning("  %s: %s", entry.source, entry.reason)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch; token tensors are [batch, longest], images [batch, 3, px, px]."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    image_embed_mask: torch.Tensor
+    vision_token_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    cross_pixel_values: torch.Tensor | None
+    samples: tuple[Sample, ...]
+    num_tokens: int  # real tokens, padding excluded
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Tokens that contribute to the loss (answers and EOS)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Batch:
+        """The batch on `device`, images in `dtype`."""
+        cross = self.cross_pixel_values
+        return Batch(
+            input_ids=self.input_ids.to(device),
+            labels=self.labels.to(device),
+            position_ids=self.position_ids.to(device),
+            image_embed_mask=self.image_embed_mask.to(device),
+            vision_token_mask=self.vision_token_mask.to(device),
+            pixel_values=self.pixel_values.to(device, dtype),
+            cross_pixel_values=None if cross is None else cross.to(device, dtype),
+            samples=self.samples,
+            num_tokens=self.num_tokens,
+        )
+
+
+def _pad(tensors: Sequence[torch.Tensor], length: int, value) -> torch.Tensor:
+    return torch.stack([torch.nn.functional.pad(t, (0, length - t.shape[0]), value=value) for t in tensors])
+
+
+def collate(examples: Sequence[dict], pad_id: int) -> Batch:
+    """Pad to the longest sample of the batch.
+
+    The reference pads to `max_length`; with causal attention, tokens after a sample's end cannot change
+    its logits, so padding less changes nothing but the cost. Positions continue through the padding.
+    """
+    items = [example["item"] for example in examples]
+    longest = max(item.length for item in items)
+    positions = [
+        torch.cat([item.position_ids, item.position_ids[-1] + torch.arange(1, longest - item.length + 1)])
+        for item in items
+    ]
+    has_cross = "cross_pixel_values" in examples[0]
+    return Batch(
+        input_ids=_pad([item.input_ids for item in items], longest, pad_id),
+        labels=_pad([item.labels for item in items], longest, IGNORE_INDEX),
+        position_ids=torch.stack(positions),
+        image_embed_mask=_pad([item.image_embed_mask for item in items], longest, False),
+        vision_token_mask=_pad([item.vision_expert_mask for item in items], longest, False),
+        pixel_values=torch.stack([example["pixel_values"] for example in examples]),
+        cross_pixel_values=torch.stack([e["cross_pixel_values"] for e in examples]) if has_cross else None,
+        samples=tuple(item.sample for item in items),
+        num_tokens=sum(item.length for item in items),
+    )

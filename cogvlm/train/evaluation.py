@@ -1,0 +1,203 @@
+"""Evaluation on a split: teacher-forced answer loss, and exact-match accuracy of greedy answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from cogvlm.checkpoints.download import DownloadConfig
+from cogvlm.inference.generate import GenerationConfig, generate
+from cogvlm.inference.sampling import SamplingConfig
+from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.models.context import ForwardContext
+from cogvlm.text_processors.inference import build_inference_inputs
+from cogvlm.text_processors.tokenizer import LlamaTokenizer
+from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate, sample_prompt
+from cogvlm.train.loss import answer_token_losses
+
+GREEDY = SamplingConfig(temperature=1.0, top_k=1, top_p=0.0)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Accuracy (exact, and ignoring case), mean answer-token loss, and how many samples were scored."""
+
+    samples: int
+    accuracy: float
+    accuracy_ignore_case: float
+    loss: float
+    target_tokens: int
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict."""
+        return asdict(self)
+
+
+def batch_context(batch: Batch) -> ForwardContext:
+    """The forward context of a training or evaluation batch (causal attention, padding at the end)."""
+    return ForwardContext(
+        position_ids=batch.position_ids,
+        vision_token_mask=batch.vision_token_mask,
+        image_embed_mask=batch.image_embed_mask,
+        pixel_values=batch.pixel_values,
+        cross_pixel_values=batch.cross_pixel_values,
+    )
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model's weights live and their dtype."""
+    weight = model.transformer.word_embeddings.weight
+    return weight.device, weight.dtype
+
+
+def greedy_answer(
+    model: VisionLanguageModel,
+    tokenizer: LlamaTokenizer,
+    item: TokenizedSample,
+    example: dict,
+    version: str,
+    max_new_tokens: int,
+) -> str:
+    """The model's greedy answer to a sample's prompt, decoded without special tokens."""
+    device, dtype = model_device_dtype(model)
+    text = build_inference_inputs(tokenizer, sample_prompt(item.sample, version), model.config.image_length)
+    config = GenerationConfig(
+        max_length=text.seq_len + max_new_tokens, end_token_ids=(tokenizer.eos_id,), sampling=GREEDY
+    )
+    cross = example.get("cross_pixel_values")
+    output = generate(
+        model,
+        text,
+        config,
+        pixel_values=example["pixel_values"][None].to(device, dtype),
+        cross_pixel_values=None if cross is None else cross[None].to(device, dtype),
+    )
+    return tokenizer.decode(output.token_ids, skip_special_tokens=True).strip()
+
+
+@dataclass
+class _Totals:
+    samples: int = 0
+    exact: int = 0
+    exact_ignore_case: int = 0
+    loss_sum: float = 0.0
+    target_tokens: int = 0
+
+    def as_tensor(self) -> torch.Tensor:
+        values = [self.samples, self.exact, self.exact_ignore_case, self.loss_sum, self.target_tokens]
+        return torch.tensor(values, dtype=torch.float64)
+
+
+def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, totals: _Totals) -> None:
+    device, dtype = model_device_dtype(model)
+    examples = [dataset[index] for index in indices]
+    batch = collate(examples, tokenizer.pad_id).to(device, dtype)
+    logits = model(batch.input_ids, batch_context(batch)).logits
+    sums, counts = answer_token_losses(logits, batch.labels)
+    totals.loss_sum += float(sums.sum())
+    totals.target_tokens += int(counts.sum())
+    for example in examples:
+        item = example["item"]
+        predicted = greedy_answer(model, tokenizer, item, example, version, max_new_tokens)
+        expected = item.sample.answer.strip()
+        totals.samples += 1
+        totals.exact += predicted == expected
+        totals.exact_ignore_case += predicted.lower() == expected.lower()
+
+
+@torch.no_grad()
+def evaluate(
+    model: VisionLanguageModel,
+    tokenizer: LlamaTokenizer,
+    dataset: VisionTextDataset,
+    *,
+    version: str,
+    batch_size: int = 4,
+    max_new_tokens: int = 32,
+    indices: Sequence[int] | None = None,
+    group=None,
+) -> EvaluationResult:
+    """Score `indices` (default: the whole dataset); with `group`, each rank scores its share and the
+    totals are summed over the group (every member must pass the same indices).
+    """
+    was_training = model.training
+    model.eval()
+    chosen = list(range(len(dataset)) if indices is None else indices)
+    rank, size = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
+    mine = chosen[rank::size]
+    totals = _Totals()
+    for start in range(0, len(mine), batch_size):
+        _score_batch(
+            model, tokenizer, dataset, mine[start : start + batch_size], version, max_new_tokens, totals
+        )
+    summed = totals.as_tensor()
+    if group is not None:
+        dist.all_reduce(summed, group=group)
+    model.train(was_training)
+    samples, exact, exact_ignore_case, loss_sum, tokens = summed.tolist()
+    return EvaluationResult(
+        samples=int(samples),
+        accuracy=exact / max(1.0, samples),
+        accuracy_ignore_case=exact_ignore_case / max(1.0, samples),
+        loss=loss_sum / max(1.0, tokens),
+        target_tokens=int(tokens),
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`cogvlm evaluate`: a checkpoint (plain or LoRA), a data split and how to score it."""
+
+    from_pretrained: str
+    data_path: str
+    local_tokenizer: str | None = None
+    version: str | None = None
+    prompt: str = "CAPTCHA:"
+    max_length: int = 1288
+    max_new_tokens: int = 32
+    batch_size: int = 4
+    limit: int | None = None
+    dtype: torch.dtype | None = None
+    device: str | None = None  # None: this rank's GPU if there is one, else the CPU
+    download: DownloadConfig | None = None  # how a catalog name or HF repo id is fetched
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) and max_new_tokens ({self.max_new_tokens}) must be >= 1"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+
+def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
+    """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
+    this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
+    from cogvlm.api import find_tokenizer
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+    from cogvlm.launch.distributed import init_parallel_runtime
+    from cogvlm.train.checkpointing import load_finetuned_model
+    from cogvlm.train.data import read_samples
+
+    runtime = init_parallel_runtime()
+    path = resolve_checkpoint(config.from_pretrained, config.download)
+    device = config.device or runtime.device
+    model, info, _ = load_finetuned_model(path, dtype=config.dtype, device=device, tp=runtime.tp)
+    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
+    version = config.version or info.config.text_processor_version or "base"
+    samples = read_samples(config.data_path, config.prompt)
+    dataset = VisionTextDataset(samples, tokenizer, info.config, version, config.max_length)
+    count = len(dataset) if config.limit is None else min(config.limit, len(dataset))
+    result = evaluate(
+        model,
+        tokenizer,
+        dataset,
+        version=version,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        indices=range(count),
+    )
+    return result, dataset.skipped, runtime.is_first_rank

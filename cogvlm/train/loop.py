@@ -1,0 +1,286 @@
+"""`cogvlm finetune`: the training loop on a DeepSpeed engine (data x tensor parallel, ZeRO 0-2)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cogvlm.api import find_tokenizer
+from cogvlm.checkpoints.loading import load_model
+from cogvlm.checkpoints.resolve import resolve_checkpoint
+from cogvlm.errors import ConfigError
+from cogvlm.mixins.lora import add_lora
+from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.parallel.deepspeed_mpu import (
+    ParallelLayout,
+    build_parallel_layout,
+    deepspeed_mpu,
+    mark_tensor_parallel_parameters,
+)
+from cogvlm.text_processors.tokenizer import LlamaTokenizer
+from cogvlm.train.checkpointing import (
+    config_with_lora,
+    latest_iteration,
+    load_rng_state,
+    load_training_checkpoint,
+    remove_stale_staging,
+    save_training_checkpoint,
+)
+from cogvlm.train.config import FinetuneConfig, deepspeed_config, resolve_version
+from cogvlm.train.data import VisionTextDataset, collate, log_skipped, read_samples
+from cogvlm.train.distributed import init_distributed, is_rank_zero, resolve_device
+from cogvlm.train.evaluation import EvaluationResult, batch_context, evaluate, model_device_dtype
+from cogvlm.train.loss import answer_loss
+from cogvlm.train.metrics import MetricsLogger
+from cogvlm.train.order import DataOrder
+from cogvlm.train.schedule import LearningRateSchedule
+from cogvlm.train.trainable import TrainableReport, apply_trainable, parameter_groups, trainable_filter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a run did: the last iteration, this process's per-step losses, the trainable report, and
+    the final evaluation on the validation split (when one was given)."""
+
+    iteration: int
+    losses: dict[int, float]
+    report: TrainableReport
+    final_evaluation: EvaluationResult | None
+    save_dir: Path
+
+
+@dataclass
+class _Run:
+    """The pieces of a run that the loop's steps share."""
+
+    config: FinetuneConfig
+    layout: ParallelLayout
+    engine: object
+    tokenizer: LlamaTokenizer
+    train_set: VisionTextDataset
+    valid_set: VisionTextDataset | None
+    order: DataOrder
+    tokenizer_file: Path
+    metrics: MetricsLogger | None = None
+
+
+def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
+    """Refuse what DeepSpeed cannot do on this device, before any work starts."""
+    if device.type == "cpu" and config.precision == "fp16":
+        raise ConfigError("fp16 training is not supported by DeepSpeed on CPU; use --bf16 or --fp32")
+
+
+def _load_base_model(config: FinetuneConfig, device: torch.device, layout: ParallelLayout):
+    # Weights load in float32: DeepSpeed keeps float32 master copies and casts the module for bf16/fp16.
+    path = resolve_checkpoint(config.from_pretrained)
+    model, info = load_model(path, dtype=torch.float32, device=device, tp=layout.tp)
+    if config.lora is not None:
+        add_lora(model, config.lora)
+    report = apply_trainable(model, trainable_filter(config.trainable, config.lora is not None))
+    model.checkpoint_activations = config.checkpoint_activations
+    if "eva" in model.mixins:
+        model.mixins["eva"].vit_model.checkpoint_activations = config.vision_checkpoint_activations
+    mark_tensor_parallel_parameters(model, layout.tp)
+    return model.train(), info, report
+
+
+def _dataset(path: str | None, config: FinetuneConfig, tokenizer, model_config, what: str):
+    if path is None:
+        return None
+    data = config.data
+    dataset = VisionTextDataset(
+        read_samples(path, data.prompt), tokenizer, model_config, data.version, data.max_length
+    )
+    if is_rank_zero():
+        log_skipped(dataset.skipped, f"{what} data {path}")
+    return dataset
+
+
+def _engine(model: VisionLanguageModel, config: FinetuneConfig, layout: ParallelLayout):
+    import deepspeed
+
+    groups = parameter_groups(model, config.optimizer, config.trainable)
+    optimizer_config = config.optimizer
+    optimizer = torch.optim.AdamW(
+        groups, lr=optimizer_config.lr, betas=optimizer_config.betas, eps=optimizer_config.eps
+    )
+    schedule = LearningRateSchedule(
+        total_iters=config.train_iters,
+        warmup_iters=config.warmup_iters,
+        decay_style=config.schedule.decay_style,
+        min_ratio=config.schedule.min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(config, layout.data_size),
+        mpu=deepspeed_mpu(layout),
+        dist_init_required=False,
+    )
+    return engine
+
+
+def _data_signature(run: _Run) -> dict:
+    return {
+        "seed": run.config.seed,
+        "micro_batch_size": run.config.micro_batch_size,
+        "gradient_accumulation_steps": run.config.gradient_accumulation_steps,
+        "data_parallel_size": run.layout.data_size,
+        "num_samples": len(run.train_set),
+    }
+
+
+def _resume(run: _Run) -> int:
+    """Restore the latest checkpoint of the save directory, if any; return the iteration to start at."""
+    iteration = latest_iteration(run.config.save_dir) if run.config.resume else None
+    if iteration is None:
+        return 0
+    client = load_training_checkpoint(run.engine, run.config.save_dir, iteration)
+    saved, current = client.get("data", {}), _data_signature(run)
+    changed = {key: (saved.get(key), value) for key, value in current.items() if saved.get(key) != value}
+    if changed:
+        raise ConfigError(
+            f"{run.config.save_dir}/{iteration}: cannot resume with a different data order "
+            f"(saved, now): {changed}; use a new --save directory or --no-resume"
+        )
+    load_rng_state(run.config.save_dir, iteration)
+    if is_rank_zero():
+        logger.info("resumed from %s/%d", run.config.save_dir, iteration)
+    return int(client["iteration"])
+
+
+def _save(run: _Run, iteration: int, model_config) -> None:
+    client_state = {"iteration": iteration, "data": _data_signature(run)}
+    run_record = {
+        **run.config.to_json(),
+        "tp_size": run.layout.tp.size,
+        "data_parallel_size": run.layout.data_size,
+    }
+    save_training_checkpoint(
+        run.engine, run.config.save_dir, iteration, client_state, model_config, run.tokenizer_file, run_record
+    )
+
+
+def _batches(run: _Run, start_micro_step: int):
+    loader = torch.utils.data.DataLoader(
+        run.train_set,
+        batch_sampler=run.order.batches(start_micro_step),
+        collate_fn=functools.partial(collate, pad_id=run.tokenizer.pad_id),
+        num_workers=run.config.data.num_workers,
+        # Its own generator: creating the iterator must not draw from the global one (dropout's), or a
+        # resumed run would draw different masks from the uninterrupted one.
+        generator=torch.Generator().manual_seed(run.config.seed),
+    )
+    return iter(loader)
+
+
+def _train_step(run: _Run, batches) -> dict[str, float]:
+    """One optimizer step (all micro-steps); returns the loss averaged over micro-steps and DP ranks."""
+    engine = run.engine
+    device, dtype = model_device_dtype(engine.module)
+    started = time.perf_counter()
+    lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
+    totals = torch.zeros(2, dtype=torch.float64)  # [loss sum over micro-steps, input tokens]
+    for _ in range(run.config.gradient_accumulation_steps):
+        batch = next(batches).to(device, dtype)
+        loss = answer_loss(engine(batch.input_ids, batch_context(batch)).logits, batch.labels)
+        engine.backward(loss)
+        engine.step()
+        totals += torch.tensor([float(loss.detach()), float(batch.num_tokens)])
+    if run.layout.data_size > 1:
+        dist.all_reduce(totals, group=run.layout.data_group)
+    elapsed = time.perf_counter() - started
+    samples = run.config.micro_batch_size * run.config.gradient_accumulation_steps * run.layout.data_size
+    return {
+        "loss": float(totals[0]) / (run.config.gradient_accumulation_steps * run.layout.data_size),
+        "lr": lr,
+        "samples_per_s": samples / elapsed,
+        "tokens_per_s": float(totals[1]) / elapsed,
+    }
+
+
+def _evaluate(run: _Run) -> EvaluationResult | None:
+    if run.valid_set is None:
+        return None
+    count = min(len(run.valid_set), max(1, run.config.eval_iters) * run.config.micro_batch_size)
+    return evaluate(
+        run.engine.module,
+        run.tokenizer,
+        run.valid_set,
+        version=run.config.data.version,
+        batch_size=run.config.micro_batch_size,
+        max_new_tokens=run.config.max_new_tokens,
+        indices=range(count),
+        group=run.layout.data_group if run.layout.data_size > 1 else None,
+    )
+
+
+def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
+    device = resolve_device(config.device)
+    check_device_support(config, device)
+    init_distributed(device)
+    layout = build_parallel_layout(config.tp_size)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model, info, report = _load_base_model(config, device, layout)
+    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
+    config = resolve_version(config, info.config.text_processor_version)
+    if is_rank_zero():
+        logger.info("%s", report.describe())
+        remove_stale_staging(config.save_dir)
+    train_set = _dataset(config.data.train_path, config, tokenizer, info.config, "training")
+    valid_set = _dataset(config.data.valid_path, config, tokenizer, info.config, "validation")
+    order = DataOrder(
+        len(train_set), config.micro_batch_size, layout.data_rank, layout.data_size, config.seed
+    )
+    engine = _engine(model, config, layout)
+    run = _Run(config, layout, engine, tokenizer, train_set, valid_set, order, Path(tokenizer.source))
+    return run, report, config_with_lora(info.config, config.lora, config.data.version)
+
+
+def run_finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Train as `config` says, resuming from the save directory's latest checkpoint when there is one."""
+    run, report, model_config = _setup(config)
+    config = run.config
+    start = _resume(run)
+    run.metrics = MetricsLogger(
+        Path(config.save_dir),
+        enabled=is_rank_zero(),
+        total_steps=config.train_iters,
+        start_step=start,
+        progress_bar=config.progress_bar,
+    )
+    batches = _batches(run, start * config.gradient_accumulation_steps)
+    losses: dict[int, float] = {}
+    saved_at = start if start else None
+    try:
+        for step in range(start + 1, config.train_iters + 1):
+            scalars = _train_step(run, batches)
+            losses[step] = scalars["loss"]
+            if config.log_interval and (step % config.log_interval == 0 or step == config.train_iters):
+                run.metrics.log(step, scalars)
+            run.metrics.advance()
+            if config.save_interval and step % config.save_interval == 0:
+                _save(run, step, model_config)
+                saved_at = step
+            if config.eval_interval and step % config.eval_interval == 0 and run.valid_set is not None:
+                run.metrics.log(step, _evaluate(run).to_json(), prefix="valid")
+        if saved_at != config.train_iters:
+            _save(run, config.train_iters, model_config)
+        final = _evaluate(run)
+        if final is not None:
+            run.metrics.log(config.train_iters, final.to_json(), prefix="final")
+    finally:
+        run.metrics.close()
+    return FinetuneResult(config.train_iters, losses, report, final, Path(config.save_dir))

@@ -1,0 +1,67 @@
+"""`cogvlm bench` runs the reference's protocol on a named config and prints its figures as JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cogvlm.inference.bench import BenchConfig, bench_config_names, model_config
+from tests.golden import golden_dir, load_json
+
+IMAGE, TOKENIZER = golden_dir() / "test_image.png", golden_dir() / "tokenizer.model"
+
+
+def test_the_reference_bench_configs_parse_into_the_shapes_they_describe():
+    assert bench_config_names()[:3] == ("tiny", "small-cogvlm", "small-cogagent")
+    tiny, seed = model_config("tiny")
+    assert seed == 20240601
+    # The tiny bench config is the golden model's SAT config.
+    golden = load_json(golden_dir() / "cogvlm" / "model_info.json")["sat_model_config"]
+    assert tiny.llm.hidden_size == golden["hidden_size"] and tiny.image_length == golden["image_length"]
+    small, _ = model_config("small-cogvlm")
+    assert (small.llm.hidden_size, small.llm.num_layers, small.llm.inner_hidden_size) == (512, 8, 1408)
+    assert (small.vision.image_px, small.vision.transformer.hidden_size) == (224, 256)
+    agent, _ = model_config("small-cogagent")
+    assert (agent.cross_vision.image_px, agent.cross_vision.width, agent.cross_vision.num_blocks) == (
+        448,
+        128,
+        4,
+    )
+
+
+def test_bench_prints_the_figures_of_the_tiny_config_as_json():
+    command = [sys.executable, "-m", "cogvlm.cli", "bench", "tiny", "--repeats", "1", "--new_tokens", "8"]
+    command += ["--image", str(IMAGE), "--tokenizer", str(TOKENIZER)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["config"] == "tiny" and figures["dtype"] == "float32" and figures["threads"] == 2
+    assert figures["prefill_tokens"] == 31  # chat_old, "What colors are in the image?", 16 image tokens
+    assert figures["parameters"] == 358_624 and figures["weight_bytes"] >= 4 * 358_624
+    for name in (
+        "image_encoding_ms",
+        "prefill_ms",
+        "decode_ms_per_token_batch_1",
+        "bare_linears_ms_per_token",
+    ):
+        assert figures[name] > 0, name
+    ratio = figures["decode_ms_per_token_batch_1"] / figures["bare_linears_ms_per_token"]
+    assert figures["decode_over_bare_linears"] == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "huge"}, "unknown bench config 'huge'; known: tiny, small-cogvlm"),
+        ({"name": "cogvlm-17b-490"}, "is full size: run it with --device cuda"),
+        ({"new_tokens": 1}, "new_tokens must be >= 2"),
+        ({"dtype": "int3"}, "dtype 'int3' is not one of"),
+    ],
+)
+def test_bad_bench_settings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**{"name": "tiny", "image": Path(IMAGE), "tokenizer": Path(TOKENIZER), **changes})
