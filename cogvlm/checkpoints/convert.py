@@ -1,8 +1,10 @@
 """`cogvlm convert`: SAT <-> HF for CogVLM and CogAgent, through the one key table of `hf_format`.
 
-Every tensor keeps its dtype and bytes; only names change (plus SAT's single rotary `inv_freq`, which HF
-stores once per layer). The HF `config.json` carries the SAT `model_config.json` it came from under
-`sat_model_config`, so SAT -> HF -> SAT gives back the same SAT config, fields HF has no name for included.
+Every tensor keeps its dtype and bytes unless `dtype` asks for a cast of the floating-point ones; only
+names change (plus SAT's single rotary `inv_freq`, which HF stores once per layer). SAT -> SAT and
+HF -> HF are allowed only with a cast. A `tokenizer.model` beside the source is copied along. The HF
+`config.json` carries the SAT `model_config.json` it came from under `sat_model_config`, so
+SAT -> HF -> SAT gives back the same SAT config, fields HF has no name for included.
 
 Memory: an MP=1 SAT file is read memory-mapped (`torch.load(mmap=True)`) and HF safetensors lazily
 (`safetensors.load_file` maps the file); safetensors and `torch.save` write tensor by tensor from those
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from cogvlm.checkpoints.catalog import CheckpointFormat
 from cogvlm.checkpoints.loading import detect_format, read_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
 
 logger = logging.getLogger(__name__)
 SAT_CONFIG_FIELD = "sat_model_config"
@@ -42,8 +46,11 @@ class ConvertConfig:
     target_format: CheckpointFormat | None = None  # None: the other format than the source's
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     overwrite: bool = False
+    dtype: torch.dtype | None = None  # cast floating-point tensors to this; None keeps them
 
     def __post_init__(self) -> None:
+        if self.dtype is not None and not self.dtype.is_floating_point:
+            raise ConfigError(f"ConvertConfig: dtype={self.dtype} is not a floating-point type")
         if self.target_format not in (None, "sat", "hf"):
             raise ConfigError(f"ConvertConfig: target_format={self.target_format!r}, expected 'sat' or 'hf'")
         if self.max_shard_bytes <= 0:
@@ -93,9 +100,18 @@ def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in tensors.items()}
 
 
-def _result(output: Path, source: CheckpointFormat, state: Mapping[str, torch.Tensor]) -> ConvertResult:
+def _result(
+    output: Path, source: CheckpointFormat, target: CheckpointFormat, state: Mapping[str, torch.Tensor]
+) -> ConvertResult:
     dtypes = tuple(sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()}))
-    return ConvertResult(output, source, "hf" if source == "sat" else "sat", len(state), dtypes)
+    return ConvertResult(output, source, target, len(state), dtypes)
+
+
+def cast_floating(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """`state` with its floating-point tensors in `dtype` (None: unchanged); integer tensors stay."""
+    if dtype is None:
+        return dict(state)
+    return {key: t.to(dtype) if t.is_floating_point() else t for key, t in state.items()}
 
 
 def read_sat_for_conversion(source: Path) -> tuple[dict, CogVLMConfig, dict[str, torch.Tensor]]:
@@ -116,13 +132,27 @@ def read_sat_for_conversion(source: Path) -> tuple[dict, CogVLMConfig, dict[str,
     return checkpoint.raw_config, config, state
 
 
-def sat_to_hf(source: Path, output: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ConvertResult:
+def sat_to_hf(
+    source: Path,
+    output: Path,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    dtype: torch.dtype | None = None,
+) -> ConvertResult:
     """Write the HF form of a SAT checkpoint (published key names and config fields)."""
     raw, config, state = read_sat_for_conversion(source)
+    state = cast_floating(state, dtype)
     hf_format.save_hf_checkpoint(
         output, config, state, max_shard_bytes=max_shard_bytes, extra_fields={SAT_CONFIG_FIELD: raw}
     )
-    return _result(output, "sat", state)
+    return _result(output, "sat", "hf", state)
+
+
+def sat_to_sat(source: Path, output: Path, dtype: torch.dtype) -> ConvertResult:
+    """An MP=1 SAT copy of a SAT checkpoint (shards merged, a run's extras dropped), cast to `dtype`."""
+    raw, _, state = read_sat_for_conversion(source)
+    state = cast_floating(state, dtype)
+    write_sat_directory(output, _at_model_parallel_size_1(raw), state)
+    return _result(output, "sat", "sat", state)
 
 
 def _at_model_parallel_size_1(raw: Mapping) -> dict:
@@ -161,13 +191,29 @@ def write_sat_directory(directory: Path, raw_config: Mapping, state: Mapping[str
     return directory
 
 
-def hf_to_sat(source: Path, output: Path) -> ConvertResult:
+def hf_to_sat(source: Path, output: Path, dtype: torch.dtype | None = None) -> ConvertResult:
     """Write the SAT form (MP=1) of an HF checkpoint."""
     hf_raw = sat_format.read_json(source / hf_format.CONFIG_FILE)
     config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
-    state = hf_format.load_hf_weights(source)
+    state = cast_floating(hf_format.load_hf_weights(source), dtype)
     write_sat_directory(output, sat_config_from_hf(hf_raw, config, state, source), state)
-    return _result(output, "hf", state)
+    return _result(output, "hf", "sat", state)
+
+
+def hf_to_hf(source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtype) -> ConvertResult:
+    """An HF copy of an HF checkpoint, cast to `dtype`."""
+    hf_raw = sat_format.read_json(source / hf_format.CONFIG_FILE)
+    config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
+    state = cast_floating(hf_format.load_hf_weights(source), dtype)
+    extra = {SAT_CONFIG_FIELD: hf_raw[SAT_CONFIG_FIELD]} if SAT_CONFIG_FIELD in hf_raw else None
+    hf_format.save_hf_checkpoint(output, config, state, max_shard_bytes=max_shard_bytes, extra_fields=extra)
+    return _result(output, "hf", "hf", state)
+
+
+def _copy_tokenizer(source: Path, output: Path) -> None:
+    tokenizer = source / TOKENIZER_FILE
+    if tokenizer.is_file():
+        shutil.copyfile(tokenizer, output / TOKENIZER_FILE)
 
 
 def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
@@ -175,12 +221,22 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     source, output = Path(config.source), Path(config.output)
     source_format = detect_format(source)
     target_format = config.target_format or ("hf" if source_format == "sat" else "sat")
-    if target_format == source_format:
-        raise CheckpointError(f"{source}: already in {source_format.upper()} format")
+    if target_format == source_format and config.dtype is None:
+        raise CheckpointError(
+            f"{source}: already in {source_format.upper()} format "
+            "(a same-format copy needs a dtype to cast to)"
+        )
     if output.exists() and output.resolve() == source.resolve():
         raise CheckpointError(f"{output}: the output must differ from the source")
     if output.exists() and not config.overwrite:
         raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
-    if source_format == "sat":
-        return sat_to_hf(source, output, config.max_shard_bytes)
-    return hf_to_sat(source, output)
+    if (source_format, target_format) == ("sat", "hf"):
+        result = sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
+    elif (source_format, target_format) == ("hf", "sat"):
+        result = hf_to_sat(source, output, config.dtype)
+    elif source_format == "sat":
+        result = sat_to_sat(source, output, config.dtype)
+    else:
+        result = hf_to_hf(source, output, config.max_shard_bytes, config.dtype)
+    _copy_tokenizer(source, output)
+    return result

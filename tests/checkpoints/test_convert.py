@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -197,3 +198,39 @@ def test_cli_convert_round_trip_and_one_line_errors(tmp_path, capsys):
         capsys.readouterr().err.strip()
         == f"cogvlm convert: error: {sat}: already exists; pass --overwrite to replace it"
     )
+
+
+def test_same_format_copy_casts_floating_weights_and_carries_the_tokenizer(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(golden_dir() / "cogvlm" / "sat_checkpoint", source)
+    shutil.copyfile(golden_dir() / "tokenizer.model", source / "tokenizer.model")
+    result = convert_checkpoint(ConvertConfig(source, tmp_path / "half", "sat", dtype=torch.float16))
+    assert (result.source_format, result.target_format, result.dtypes) == ("sat", "sat", ("float16",))
+    original, half = _weights(source), _weights(tmp_path / "half")
+    assert half.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(half[key], tensor.to(torch.float16)), key
+    assert (tmp_path / "half" / "tokenizer.model").read_bytes() == (source / "tokenizer.model").read_bytes()
+    assert read_checkpoint_info(tmp_path / "half").config == read_checkpoint_info(source).config
+
+    hf = convert_checkpoint(ConvertConfig(source, tmp_path / "hf", max_shard_bytes=SHARD_BYTES))
+    assert hf.dtypes == ("float32",)
+    bf16 = convert_checkpoint(ConvertConfig(tmp_path / "hf", tmp_path / "hf16", "hf", dtype=torch.bfloat16))
+    assert (bf16.target_format, bf16.dtypes) == ("hf", ("bfloat16",))
+    assert json.loads((tmp_path / "hf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert (tmp_path / "hf16" / "tokenizer.model").is_file()
+
+
+def test_casting_to_a_non_floating_dtype_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="torch.int8 is not a floating-point type"):
+        ConvertConfig(tmp_path, tmp_path / "out", dtype=torch.int8)
+
+
+def test_cli_convert_casts_with_dtype(tmp_path, capsys):
+    source = golden_dir() / "cogvlm" / "sat_checkpoint"
+    out = tmp_path / "half"
+    argv = ["convert", "--from_pretrained", str(source), "--output", str(out), "--to", "sat"]
+    assert cli.main(argv + ["--dtype", "fp16"]) == 0
+    assert capsys.readouterr().out.startswith(f"{source} (sat) -> {out} (sat): 64 tensors, dtype float16")
+    assert cli.main(argv + ["--overwrite"]) == 2
+    assert "already in SAT format (a same-format copy needs a dtype" in capsys.readouterr().err
