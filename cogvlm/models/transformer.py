@@ -12,7 +12,7 @@ from cogvlm.models.mixin import HookTable
 from cogvlm.nn.attention import merge_heads
 from cogvlm.nn.norms import build_norm
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
-from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from cogvlm.parallel.layers import INIT_STD, ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
@@ -129,6 +129,9 @@ class Transformer(nn.Module):
         self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp=tp)
         if config.num_positions:
             self.position_embeddings = nn.Embedding(config.num_positions, config.hidden_size)
+            # Normal(0, 0.02) as SAT initialises it; torch's N(0, 1) drowns the patch content when training
+            # a vision tower from scratch (the model learns to ignore the image).
+            nn.init.normal_(self.position_embeddings.weight, std=INIT_STD)
         self.layers = nn.ModuleList(TransformerLayer(config, index, tp) for index in range(config.num_layers))
         if config.use_final_layernorm:
             self.final_layernorm = build_norm(config.norm, config.hidden_size, config.layernorm_epsilon)
