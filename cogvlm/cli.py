@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.errors import CogVLMError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -124,7 +125,7 @@ def run_chat(args: argparse.Namespace) -> int:
 def add_chat_parser(commands) -> None:
     """`cogvlm chat`: the reference CLI's flags and defaults."""
     chat = commands.add_parser("chat", help="chat about images (interactive), or answer one --query")
-    add_model_arguments(chat, default_checkpoint="cogagent-chat")
+    add_model_arguments(chat, default_checkpoint=EMBEDDED_NAME)
     chat.add_argument("--image", default=None, help="one-shot mode: image path or URL ('' for text only)")
     chat.add_argument("--query", default=None, help="one-shot mode: the question (prints the answer)")
     chat.add_argument(
@@ -210,6 +211,7 @@ def run_convert(args: argparse.Namespace) -> int:
         target_format=args.to,
         max_shard_bytes=parse_byte_size(args.max_shard_size),
         overwrite=args.overwrite,
+        dtype=None if args.dtype is None else DTYPES[args.dtype],
     )
     result = convert_checkpoint(config)
     print(
@@ -231,6 +233,12 @@ def add_convert_parser(commands) -> None:
         "--max_shard_size", default="5GiB", help="largest HF safetensors shard, e.g. 5GiB, 500MB"
     )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    convert.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="cast floating-point weights (default: keep); with it, --to may name the source's own format",
+    )
     add_download_arguments(convert)
     convert.set_defaults(handler=run_convert)
 
@@ -304,7 +312,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_serve_parser(commands) -> None:
     """`cogvlm serve`."""
     serve = commands.add_parser("serve", help="OpenAI-compatible chat-completions server")
-    add_model_arguments(serve)
+    add_model_arguments(serve, default_checkpoint=EMBEDDED_NAME)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-id", default=None, help="model name reported by /v1/models")
@@ -345,7 +353,7 @@ def run_web(args: argparse.Namespace) -> int:
 def add_web_parser(commands) -> None:
     """`cogvlm web`."""
     web = commands.add_parser("web", help="Gradio web demo")
-    add_model_arguments(web)
+    add_model_arguments(web, default_checkpoint=EMBEDDED_NAME)
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     web.add_argument("--port", type=int, default=7860)
     web.add_argument("--max_length", type=int, default=2048)
@@ -729,6 +737,96 @@ def add_split_data_parser(commands) -> None:
     parser.set_defaults(handler=run_split_data_command)
 
 
+def run_synth_data(args: argparse.Namespace) -> int:
+    """Write a synthetic dataset (images, training JSONL and scoring JSONL)."""
+    from cogvlm.train.synthetic import DatasetConfig, SceneConfig, write_dataset
+
+    scene = SceneConfig(
+        image_px=args.image_px,
+        font_px=args.font_px,
+        min_object_px=args.min_object_px,
+        max_object_px=args.max_object_px,
+    )
+    print(write_dataset(args.output, DatasetConfig(num_images=args.images, seed=args.seed, scene=scene)))
+    return 0
+
+
+def add_synth_data_parser(commands) -> None:
+    """`cogvlm synth-data`."""
+    synth = commands.add_parser(
+        "synth-data", help="generate shapes-and-text images with questions and answers"
+    )
+    synth.add_argument("output", help="directory to write")
+    synth.add_argument("--images", type=int, required=True)
+    synth.add_argument("--seed", type=int, required=True)
+    synth.add_argument("--image_px", type=int, default=112)
+    synth.add_argument("--font_px", type=int, default=20)
+    synth.add_argument("--min_object_px", type=int, default=18)
+    synth.add_argument("--max_object_px", type=int, default=34)
+    synth.set_defaults(handler=run_synth_data)
+
+
+def run_init_model(args: argparse.Namespace) -> int:
+    """Train a tokenizer on a synthetic dataset and write a randomly initialised checkpoint with it."""
+    import tempfile
+    from pathlib import Path
+
+    from cogvlm.models.presets import preset
+    from cogvlm.train.init_model import init_checkpoint
+    from cogvlm.train.synthetic import corpus
+    from cogvlm.train.tokenizer import train_tokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab = preset(args.preset).llm.vocab_size
+        tokenizer = train_tokenizer(corpus(args.data), Path(scratch) / "tokenizer.model", vocab)
+        print(init_checkpoint(args.preset, tokenizer, args.output, seed=args.seed))
+    return 0
+
+
+def add_init_model_parser(commands) -> None:
+    """`cogvlm init-model`."""
+    init = commands.add_parser("init-model", help="a random-weight checkpoint and a tokenizer for a dataset")
+    init.add_argument("output", help="checkpoint directory to write")
+    init.add_argument("--preset", default="embedded-cogvlm")
+    init.add_argument("--data", required=True, help="synthetic dataset whose text trains the tokenizer")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(handler=run_init_model)
+
+
+def run_eval_synthetic(args: argparse.Namespace) -> int:
+    """Score a model on a synthetic dataset, per task; prints JSON."""
+    import json
+
+    from cogvlm.api import load
+    from cogvlm.train.synthetic_eval import evaluate, session_answerer
+
+    session = load(
+        args.from_pretrained,
+        device=_device(args),
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+        download=download_config(args),
+    )
+    answer = session_answerer(session, args.max_new_tokens)
+    scores = evaluate(answer, args.data, session.config.vision.image_px, per_task=args.per_task)
+    report = {
+        task: {"total": s.total, "correct": s.correct, "accuracy": round(s.accuracy, 4)}
+        for task, s in scores.items()
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def add_eval_synthetic_parser(commands) -> None:
+    """`cogvlm eval-synthetic`."""
+    evaluate = commands.add_parser("eval-synthetic", help="score a model per task on a synthetic dataset")
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--data", required=True, help="dataset written by `cogvlm synth-data`")
+    evaluate.add_argument("--per_task", type=int, default=None, help="at most this many samples per task")
+    evaluate.add_argument("--max_new_tokens", type=int, default=32)
+    evaluate.set_defaults(handler=run_eval_synthetic)
+
+
 # One entry per subcommand; each adds its parser and sets `handler`.
 SUBCOMMANDS = (
     add_chat_parser,
@@ -745,6 +843,9 @@ SUBCOMMANDS = (
     add_merge_lora_parser,
     add_export_lora_parser,
     add_split_data_parser,
+    add_synth_data_parser,
+    add_init_model_parser,
+    add_eval_synthetic_parser,
 )
 
 

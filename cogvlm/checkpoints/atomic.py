@@ -10,6 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")) + [root]:
         flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
@@ -30,6 +36,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should be like any new folder
     try:
         yield staging
         _fsync_tree(staging)

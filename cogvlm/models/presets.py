@@ -107,6 +107,13 @@ def _build_presets() -> dict[str, CogVLMConfig]:
             cross_head_dim=8,
             **_TINY_TOKENS,
         ),
+        # The model shipped inside the package (`cogvlm/embedded`), trained on `cogvlm.train.synthetic` data.
+        "embedded-cogvlm": cogvlm_config(
+            llama_config(layers=4, hidden=256, heads=4, inner=512, vocab=640, max_length=256),
+            eva_config(image_px=112, layers=4, width=192, heads=4, inner=512),
+            tokenizer_type="cogvlm-embedded-bpe-640",
+            text_processor_version="chat_old",
+        ),
         "small-cogvlm": cogvlm_config(
             llama_config(**_SMALL_LLM), eva_config(image_px=224, **_SMALL_EVA), **_TINY_TOKENS
         ),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cogvlm.text_processors.grounding import PixelBox, format_boxes, from_pixels
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -45,7 +47,9 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects <= len(COLORS) * len(SHAPES):
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
+            )
         if self.max_object_px * 2 > self.image_px:
             raise ValueError(f"max_object_px={self.max_object_px} is too large for image_px={self.image_px}")
 
@@ -94,7 +98,10 @@ class Sample:
 
 def _overlaps(box: Box, others: list[Box], margin: int = 6) -> bool:
     return any(
-        box[0] < o[2] + margin and o[0] < box[2] + margin and box[1] < o[3] + margin and o[1] < box[3] + margin
+        box[0] < o[2] + margin
+        and o[0] < box[2] + margin
+        and box[1] < o[3] + margin
+        and o[1] < box[3] + margin
         for o in others
     )
 
@@ -125,7 +132,9 @@ def make_scene(rng: random.Random, config: SceneConfig) -> Scene:
             text = None
         else:
             taken.append(text_box)
-    kinds = rng.sample([(c, s) for c in COLORS for s in SHAPES], rng.randint(config.min_objects, config.max_objects))
+    kinds = rng.sample(
+        [(c, s) for c in COLORS for s in SHAPES], rng.randint(config.min_objects, config.max_objects)
+    )
     objects = []
     for color, shape in kinds:
         side = rng.randint(config.min_object_px, config.max_object_px)
@@ -152,18 +161,18 @@ def render(scene: Scene, config: SceneConfig) -> Image.Image:
     if scene.text is not None:
         font = _font(config)
         left, top, _, _ = font.getbbox(scene.text)
-        draw.text((scene.text_box[0] + 4 - left, scene.text_box[1] + 4 - top), scene.text, fill=(20, 20, 20), font=font)
+        draw.text(
+            (scene.text_box[0] + 4 - left, scene.text_box[1] + 4 - top),
+            scene.text,
+            fill=(20, 20, 20),
+            font=font,
+        )
     return image
 
 
-def box_to_thousandths(box: Box, image_px: int) -> tuple[int, int, int, int]:
-    """Pixel corners -> 0..999 thousandths of the image size, as CogVLM writes boxes."""
-    return tuple(min(999, max(0, round(value * 1000 / image_px))) for value in box)
-
-
 def format_box(box: Box, image_px: int) -> str:
-    """`[[x1,y1,x2,y2]]` with three digits per value."""
-    return "[[" + ",".join(f"{value:03d}" for value in box_to_thousandths(box, image_px)) + "]]"
+    """`[[x1,y1,x2,y2]]` in thousandths of the image size, three digits per value."""
+    return format_boxes(from_pixels(PixelBox(*box), image_px, image_px))
 
 
 def with_article(name: str) -> str:
@@ -225,21 +234,37 @@ class DatasetConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
 
 
+TRAINING_FILE = "data.jsonl"
+TASKS_FILE = "tasks.jsonl"
+
+
 def write_dataset(directory: str | Path, config: DatasetConfig) -> Path:
-    """Write `images/NNNNNN.png` and `data.jsonl` (one line per sample: image, question, answer, task, boxes)."""
+    """Write `images/NNNNNN.png`, `data.jsonl` (the fine-tuning format: image, question, answer) and
+    `tasks.jsonl` (the same samples with their task and true boxes, for scoring); return data.jsonl."""
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
-    lines = []
+    training, tasks = [], []
     for index in range(config.num_images):
         scene = make_scene(rng, config.scene)
         name = f"images/{index:06d}.png"
         render(scene, config.scene).save(directory / name)
         for sample in samples_for(scene, rng, config.scene):
-            record = {"image": name, "question": sample.question, "answer": sample.answer, "task": sample.task}
-            if sample.boxes:
-                record["boxes"] = [list(box) for box in sample.boxes]
-            lines.append(json.dumps(record))
-    (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
+            record = {"image": name, "question": sample.question, "answer": sample.answer}
+            training.append(json.dumps(record))
+            tasks.append(
+                json.dumps({**record, "task": sample.task, "boxes": [list(box) for box in sample.boxes]})
+            )
+    (directory / TRAINING_FILE).write_text("\n".join(training) + "\n")
+    (directory / TASKS_FILE).write_text("\n".join(tasks) + "\n")
     (directory / "dataset.json").write_text(json.dumps(asdict(config), indent=2))
-    return directory / "data.jsonl"
+    return directory / TRAINING_FILE
+
+
+def corpus(directory: str | Path) -> list[str]:
+    """Every question and answer of a dataset, for training its tokenizer."""
+    lines = []
+    for line in (Path(directory) / TRAINING_FILE).read_text().splitlines():
+        record = json.loads(line)
+        lines += [record["question"], record["answer"]]
+    return lines
