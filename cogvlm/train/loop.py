@@ -89,7 +89,9 @@ def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
         raise ConfigError("fp16 training is not supported by DeepSpeed on CPU; use --bf16 or --fp32")
 
 
-def _quantize_base(model: VisionLanguageModel, config: FinetuneConfig, path: Path, layout) -> QLoraBase:
+def _quantize_base(
+    model: VisionLanguageModel, config: FinetuneConfig, path: Path, layout: ParallelLayout
+) -> QLoraBase:
     """Quantize the loaded base in place (QLoRA) and describe it for the run's checkpoints."""
     quantization = config.quantization
     quantize_(model, quantization.bits, quantization.group_size)
@@ -172,8 +174,8 @@ def _resume(run: _Run) -> int:
     if iteration is None:
         return 0
     config_file = Path(run.config.save_dir) / MODEL_CONFIG_FILE
-    saved = QLoraBase.from_model_config(json.loads(config_file.read_text()), str(config_file))
-    check_resumable(saved, run.qlora, run.config.save_dir)
+    saved_qlora = QLoraBase.from_model_config(json.loads(config_file.read_text()), str(config_file))
+    check_resumable(saved_qlora, run.qlora, run.config.save_dir)
     client = load_training_checkpoint(
         run.engine, run.config.save_dir, iteration, trainable_only=run.qlora is not None
     )

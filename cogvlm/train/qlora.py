@@ -152,6 +152,11 @@ def check_resumable(saved: QLoraBase | None, current: QLoraBase | None, save_dir
             f"{save_dir}: the run was saved with quantization {saved.quantization.describe()}, "
             f"now {current.quantization.describe()}"
         )
+    if len(saved.fingerprints) != len(current.fingerprints):
+        raise ConfigError(
+            f"{save_dir}: the run was saved with tp_size {len(saved.fingerprints)}, "
+            f"now {len(current.fingerprints)}; resume with the same layout"
+        )
     if saved.fingerprints != current.fingerprints:
         raise ConfigError(
             f"{save_dir}: the base {current.base_path} quantizes to other weights than the run's base "

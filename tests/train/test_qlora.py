@@ -251,6 +251,8 @@ def test_resuming_with_another_quantization_or_without_it_is_refused():
         check_resumable(saved, None, "run")
     with pytest.raises(ConfigError, match="the run was saved without"):
         check_resumable(None, saved, "run")
+    with pytest.raises(ConfigError, match="saved with tp_size 1, now 2; resume with the same layout"):
+        check_resumable(saved, QLoraBase("base", "/base", QuantConfig(8), ("a", "b")), "run")
     with pytest.raises(ConfigError, match="quantizes to other weights than the run's base"):
         check_resumable(saved, QLoraBase("other", "/other", QuantConfig(8), ("b",)), "run")
     check_resumable(saved, saved, "run")
