@@ -463,6 +463,14 @@ def _lora_config(args: argparse.Namespace):
     )
 
 
+def _quantization(args: argparse.Namespace) -> dict | None:
+    if args.quant is None:
+        if args.quant_group_size is not None:
+            raise CogVLMError("--quant_group_size needs --quant 4 or --quant 8")
+        return None
+    return {"bits": args.quant, "group_size": args.quant_group_size}
+
+
 def finetune_config_from_args(args: argparse.Namespace):
     """The `FinetuneConfig` of `cogvlm finetune`: DeepSpeed JSON values, overridden by explicit flags."""
     from cogvlm.train.config import (
@@ -490,6 +498,7 @@ def finetune_config_from_args(args: argparse.Namespace):
             num_workers=args.num_workers,
         ),
         lora=_lora_config(args),
+        quantization=_quantization(args),
         trainable=dict(
             full=args.full,
             train_patterns=tuple(args.train_params),
@@ -603,6 +612,16 @@ def _add_adapter_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--lr_scale", action="append", default=[], help="PATTERN=SCALE learning-rate multiplier"
     )
+    group.add_argument(
+        "--quant",
+        type=int,
+        choices=[4, 8],
+        default=None,
+        help="QLoRA: quantize the frozen base to int4/int8 before adding the adapter (LoRA-only training)",
+    )
+    group.add_argument(
+        "--quant_group_size", type=int, default=None, help="inputs per quantization scale (default: per row)"
+    )
 
 
 def add_finetune_parser(commands) -> None:
@@ -683,7 +702,10 @@ def run_merge_lora_command(args: argparse.Namespace) -> int:
     """Fold a LoRA checkpoint's adapter into its weights and save a plain SAT checkpoint."""
     from cogvlm.train.adapters import merge_lora_checkpoint
 
-    print(merge_lora_checkpoint(args.from_pretrained, args.save, _dtype(args)))
+    destination = merge_lora_checkpoint(
+        args.from_pretrained, args.save, _dtype(args), onto=args.merge_onto, base=args.base
+    )
+    print(destination)
     return 0
 
 
@@ -694,6 +716,14 @@ def add_merge_lora_parser(commands) -> None:
     parser.add_argument("--save", required=True, help="output SAT checkpoint directory")
     parser.add_argument("--bf16", action="store_true", help="save in bfloat16")
     parser.add_argument("--fp16", action="store_true", help="save in float16")
+    parser.add_argument(
+        "--merge_onto",
+        choices=["dequantized", "original"],
+        default="dequantized",
+        help="QLoRA runs: fold the adapter into the dequantized base it was trained on (default; the "
+        "result computes what the QLoRA model computes) or into the original floating-point base",
+    )
+    parser.add_argument("--base", default=None, help="QLoRA runs: the base checkpoint, if it has moved")
     parser.set_defaults(handler=run_merge_lora_command)
 
 

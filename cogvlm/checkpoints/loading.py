@@ -150,7 +150,10 @@ def load_weights(
     expected = model.state_dict(keep_vars=True)
     unexpected = set(state_dict) - set(expected)
     if unexpected:
-        raise CheckpointError(f"checkpoint {source}: unexpected keys {_list(unexpected)}")
+        hint = ""
+        if any(".matrix_A." in key or ".original." in key for key in unexpected):
+            hint = " (LoRA adapter weights: fold them in with `cogvlm merge-lora` first)"
+        raise CheckpointError(f"checkpoint {source}: unexpected keys {_list(unexpected)}{hint}")
     missing = set(expected) - set(state_dict) - _computed_buffer_keys(model)
     init_names, covered = _mixins_to_init_from_base(model, missing)
     if missing - covered:

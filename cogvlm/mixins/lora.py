@@ -5,6 +5,10 @@ A wrapped linear layer at `<path>` becomes a `LoraLinear` whose keys are `<path>
 fused part (3 for QKV, 2 for the cross-attention key_value). The output is
 `original(x) + concat_i(B_i A_i dropout(x)) * alpha / rank`. The `lora` mixin itself owns no parameters:
 it records the configuration and which paths it wrapped, as SAT's `LoraMixin` does.
+
+QLoRA: the wrapped layer may be a quantized one (`quantize_` first, then `add_lora`). Its integers and
+scales stay frozen buffers under `original.*`; A and B are floating-point parameters in the scales' dtype,
+and merging folds the update into the dequantized weight, giving a plain floating-point layer back.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cogvlm.models.mixin import Mixin
+from cogvlm.nn.quantized import dequantized_copy, is_quantized
 from cogvlm.parallel.collectives import copy_to_parallel, reduce_from_parallel
 from cogvlm.parallel.groups import NO_PARALLEL
 from cogvlm.parallel.sharding import REPLICATED, ShardRule, shard_tensor
@@ -149,6 +154,16 @@ def _fused_parts(layer: nn.Module) -> int:
     return getattr(layer, "shard_rules", {}).get("weight", REPLICATED).parts
 
 
+def _compute_dtype(layer: nn.Module) -> torch.dtype:
+    # A quantized layer's weight holds integers; its activations run in its scales' dtype.
+    return layer.weight_scale.dtype if is_quantized(layer) else layer.weight.dtype
+
+
+def _base_weight_float32(layer: nn.Module) -> torch.Tensor:
+    """The wrapped layer's local weight in float32 (dequantized for a quantized layer)."""
+    return layer.dequantized_weight(torch.float32) if is_quantized(layer) else layer.weight.float()
+
+
 class LoraLinear(nn.Module):
     """`original(x) + concat_i(B_i A_i dropout(x)) * scaling` for a (possibly tensor-parallel) linear layer.
 
@@ -183,7 +198,7 @@ class LoraLinear(nn.Module):
             a_parts.append(shard_tensor(whole_a, a_rule, self.tp.rank, self.tp.size))
             whole_b = torch.zeros(full_out // self.parts, self.rank)
             b_parts.append(shard_tensor(whole_b, b_rule, self.tp.rank, self.tp.size))
-        to = dict(dtype=weight.dtype, device=weight.device)
+        to = dict(dtype=_compute_dtype(original), device=weight.device)
         self.matrix_A = LoraFactors((a.to(**to) for a in a_parts), a_rule)
         self.matrix_B = LoraFactors((b.to(**to) for b in b_parts), b_rule)
 
@@ -222,20 +237,34 @@ class LoraLinear(nn.Module):
         return self.original(hidden_states) + self.low_rank_delta(hidden_states)
 
     @torch.no_grad()
-    def merged_weight(self) -> torch.Tensor:
-        """`W + concat_i(B_i A_i) * scaling`, computed in float32 and returned in W's dtype."""
+    def delta_weight(self) -> torch.Tensor:
+        """`concat_i(B_i A_i) * scaling` [local out, local in] in float32."""
         delta = torch.cat(
             [self.matrix_B[i].float() @ self.matrix_A[i].float() for i in range(self.parts)], dim=0
         )  # [local out, local in]
-        return (self.original.weight.float() + delta * self.scaling).to(self.original.weight.dtype)
+        return delta * self.scaling
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """`W + concat_i(B_i A_i) * scaling`, computed in float32 and returned in the layer's compute dtype.
+
+        For a quantized layer W is its dequantized weight: the function the adapter was trained with.
+        """
+        merged = _base_weight_float32(self.original) + self.delta_weight()
+        return merged.to(_compute_dtype(self.original))
 
     @torch.no_grad()
     def merge(self) -> nn.Module:
-        """The wrapped layer with the low-rank update folded into its weight (a plain layer again)."""
-        if not isinstance(self.original.weight, nn.Parameter) or not self.original.weight.is_floating_point():
+        """The wrapped layer with the low-rank update folded into its weight (a plain layer again).
+
+        A quantized layer comes back as a plain floating-point layer holding dequantized W plus the update.
+        """
+        merged = self.merged_weight()
+        base = dequantized_copy(self.original) if is_quantized(self.original) else self.original
+        if not isinstance(base.weight, nn.Parameter) or not base.weight.is_floating_point():
             raise ValueError("cannot merge LoRA into a layer whose weight is not a floating-point parameter")
-        self.original.weight.copy_(self.merged_weight())
-        return self.original
+        base.weight.copy_(merged)
+        return base
 
 
 class LoraMixin(Mixin):
@@ -315,7 +344,7 @@ def _swap(model: nn.Module, path: str, replacement: nn.Module) -> None:
 
 
 def add_lora(model: nn.Module, config: LoraConfig) -> tuple[str, ...]:
-    """Wrap every linear layer the config targets; return the wrapped paths.
+    """Wrap every linear layer the config targets (plain or quantized); return the wrapped paths.
 
     A's initial values depend only on (seed, path), never on the tensor-parallel layout, so every rank
     and every parallel size starts from the same adapter.

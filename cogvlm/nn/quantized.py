@@ -6,9 +6,15 @@ element 2j in the high nibble and 2j+1 in the low one. The quantized layer keeps
 stay SAT's: `<layer>.weight` holds the integers and `<layer>.weight_scale` the scales, sharded like the
 weight (a row-parallel per-channel scale is the same on every rank: its absmax is reduced over the group).
 Activations stay in the model dtype; weights are dequantized inside the matmul.
+
+The integers and scales are buffers, never parameters: an optimizer, gradient clipping or a data-parallel
+all-reduce cannot reach them. A quantized layer is differentiable in its input, so a LoRA adapter wrapped
+around it (QLoRA) trains while the base stays frozen.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -21,6 +27,35 @@ from cogvlm.parallel.sharding import REPLICATED
 SUPPORTED_BITS = (4, 8)
 # Group sizes the CUDA int4 kernel (tinygemm) accepts.
 CUDA_INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Weight-only quantization: `bits` (4 or 8) and `group_size` inputs per scale (None: one per row)."""
+
+    bits: int
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise ValueError(f"QuantConfig.bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or self.group_size < 1):
+            raise ValueError(
+                f"QuantConfig.group_size must be a positive int or None, got {self.group_size!r}"
+            )
+
+    def describe(self) -> str:
+        """E.g. "int4, groups of 32" or "int8, per row"."""
+        return f"int{self.bits}, " + (f"groups of {self.group_size}" if self.group_size else "per row")
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict (inverse of `from_json`)."""
+        return {"bits": self.bits, "group_size": self.group_size}
+
+    @classmethod
+    def from_json(cls, data: dict) -> QuantConfig:
+        """Parse `to_json`'s output."""
+        return cls(bits=int(data["bits"]), group_size=data.get("group_size"))
 
 
 def quantize_weight(
@@ -74,14 +109,21 @@ class QuantizedProjection:
         """The weight as int8 [out, in]."""
         return unpack_int4(self.weight) if self.bits == 4 else self.weight
 
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """This rank's weight [local out, local in] in `dtype`."""
+        return dequantize(self.integers(), self.weight_scale, dtype)
+
     def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = hidden_states.dtype
-        if self.uses_int8_kernel:
+        # torch's fused kernels have no backward; when a gradient must flow to the input (an adapter
+        # trains below this layer) the differentiable dequantize-matmul below is used instead.
+        needs_input_grad = torch.is_grad_enabled() and hidden_states.requires_grad
+        if self.uses_int8_kernel and not needs_input_grad:
             flat = hidden_states.reshape(-1, hidden_states.shape[-1])
             output = torch._weight_int8pack_mm(flat, self.weight, self.weight_scale.to(dtype))
             output = output.reshape(*hidden_states.shape[:-1], -1)
             return output if bias is None else output + bias
-        if self.int4_kernel_weight is not None:
+        if self.int4_kernel_weight is not None and not needs_input_grad:
             flat = hidden_states.reshape(-1, hidden_states.shape[-1])
             output = torch._weight_int4pack_mm(
                 flat, self.int4_kernel_weight, self.group_size, self.int4_scales_and_zeros
@@ -92,7 +134,7 @@ class QuantizedProjection:
             # Per-channel scales factor out of the product: one int8 -> float conversion, no weight multiply.
             output = F.linear(hidden_states, self.weight.to(dtype)) * self.weight_scale.to(dtype)
             return output if bias is None else output + bias
-        return F.linear(hidden_states, dequantize(self.integers(), self.weight_scale, dtype), bias)
+        return F.linear(hidden_states, self.dequantized_weight(dtype), bias)
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.group_size else ""
@@ -146,6 +188,28 @@ def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.
     return quantized
 
 
+def dequantized_copy(layer: QuantizedProjection, dtype: torch.dtype | None = None) -> nn.Module:
+    """The plain column- or row-parallel layer whose weight is `layer`'s dequantized weight (in `dtype`,
+    default the scales' dtype); the inverse of quantizing, up to the rounding the integers keep."""
+    is_row = isinstance(layer, RowParallelLinear)
+    plain_class = RowParallelLinear if is_row else ColumnParallelLinear
+    plain = plain_class.__new__(plain_class)
+    nn.Module.__init__(plain)
+    for name in ("in_features", "out_features", "tp", "gather_output", "final_bias"):
+        if hasattr(layer, name):
+            setattr(plain, name, getattr(layer, name))
+    weight = layer.dequantized_weight(torch.float32).to(dtype or layer.weight_scale.dtype)
+    plain.weight = nn.Parameter(weight)
+    plain.bias = layer.bias
+    plain.shard_rules = {"weight": layer.shard_rules["weight"], "bias": layer.shard_rules["bias"]}
+    return plain
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """True for a layer `quantize_` produced."""
+    return isinstance(module, QuantizedProjection)
+
+
 def _select_kernel(layer: QuantizedProjection) -> None:
     """Use torch's fused CUDA kernels where they exist and agree with the reference dequantize-matmul."""
     if layer.weight.device.type != "cuda":
@@ -182,7 +246,7 @@ def quantize_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.
 
     Covers the language model, the vision experts, the LM head, cross-attention and the EVA2-CLIP-E
     tower; plain `nn.Linear`s (GLU adapter, CogAgent's cross tower), embeddings and norms stay as they are.
-    Apply after loading and after sharding.
+    Apply after loading and after sharding, and before adding a LoRA adapter (QLoRA).
     """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"quantization bits must be one of {SUPPORTED_BITS}, got {bits}")
@@ -199,6 +263,18 @@ def quantize_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, _quantized_copy(module, bits, group_size))
+    return model
+
+
+def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every quantized layer of `model` by its plain dequantized version, in place (see
+    `dequantized_copy`); keys become the unquantized ones (no `weight_scale`)."""
+    targets = [(name, module) for name, module in model.named_modules() if is_quantized(module)]
+    with torch.no_grad():
+        for name, module in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, dequantized_copy(module, dtype))
     return model
 
 
@@ -227,10 +303,14 @@ def decode_linears(model: nn.Module) -> list[nn.Module]:
 
 
 __all__ = [
+    "QuantConfig",
     "QuantizedColumnParallelLinear",
     "QuantizedRowParallelLinear",
     "decode_linears",
     "dequantize",
+    "dequantize_",
+    "dequantized_copy",
+    "is_quantized",
     "pack_int4",
     "quantize_",
     "quantize_weight",

@@ -4,7 +4,8 @@ A run's save directory is itself a SAT checkpoint: `model_config.json` (with the
 `latest`, and `<iteration>/mp_rank_XX_model_states.pt` (weights under `module`) beside DeepSpeed's
 optimizer shards and one `rng_state_rank_XXXXX.pt` per rank. Each `<iteration>/` folder is staged
 under a temporary name and renamed into place once every rank has written; `latest` is rewritten last,
-so a kill at any moment leaves the previous checkpoint usable.
+so a kill at any moment leaves the previous checkpoint usable. A QLoRA run's checkpoints hold the adapter
+alone, and its `model_config.json` names the base it is loaded onto (see `train/qlora.py`).
 """
 
 from __future__ import annotations
@@ -26,30 +27,47 @@ from cogvlm.checkpoints.loading import (
     load_weights,
     reset_computed_buffers,
 )
-from cogvlm.mixins.lora import LoraConfig, add_lora, lora_config_from_sat, lora_config_to_sat
+from cogvlm.mixins.lora import (
+    LoraConfig,
+    add_lora,
+    is_lora_parameter,
+    lora_config_from_sat,
+    lora_config_to_sat,
+)
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict, unshard_state_dicts
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
 from cogvlm.train.distributed import barrier, is_rank_zero
+from cogvlm.train.qlora import (
+    QLORA_FIELD,
+    QLoraBase,
+    check_same_base,
+    load_parameters,
+    resolve_base,
+    trainable_names,
+)
 
 RUN_CONFIG_FILE = "finetune_config.json"
 
 
 def config_with_lora(
-    config: CogVLMConfig, lora: LoraConfig | None, version: str | None = None
+    config: CogVLMConfig, lora: LoraConfig | None, version: str | None = None, qlora: QLoraBase | None = None
 ) -> CogVLMConfig:
-    """The model config to record in `model_config.json`: LoRA fields in its extra keys, and the prompt
-    version the model was trained with."""
+    """The model config to record in `model_config.json`: LoRA fields (and a QLoRA run's base) in its
+    extra keys, and the prompt version the model was trained with."""
     extra = {
         k: v
         for k, v in config.extra.items()
-        if k not in ("use_lora", "lora_rank", "layer_range", "lora_args")
+        if k not in ("use_lora", "lora_rank", "layer_range", "lora_args", QLORA_FIELD)
     }
     if lora is not None:
         extra.update(lora_config_to_sat(lora))
+    if qlora is not None:
+        extra[QLORA_FIELD] = qlora.to_json()
     return replace(config, extra=extra, text_processor_version=version or config.text_processor_version)
 
 
@@ -122,17 +140,17 @@ def save_training_checkpoint(
     model_config: CogVLMConfig,
     tokenizer_file: Path,
     run: dict,
+    trainable_only: bool = False,
 ) -> Path:
     """Save engine, optimizer, scheduler, `client_state` and every rank's random generators as
-    `<save_dir>/<iteration>` (every rank calls)."""
+    `<save_dir>/<iteration>` (every rank calls). `trainable_only`: leave frozen parameters out."""
     save_dir = Path(save_dir)
     target = save_dir / str(iteration)
+    save = dict(client_state=client_state, save_latest=False, exclude_frozen_parameters=trainable_only)
     if is_rank_zero():
         with atomic_directory(target) as staging:
             dist.broadcast_object_list([str(staging)], src=0)
-            engine.save_checkpoint(
-                str(staging.parent), tag=staging.name, client_state=client_state, save_latest=False
-            )
+            engine.save_checkpoint(str(staging.parent), tag=staging.name, **save)
             torch.save(rng_state(), rng_state_file(staging, 0))
             barrier()
             _make_shareable(staging)
@@ -144,19 +162,32 @@ def save_training_checkpoint(
         received = [None]
         dist.broadcast_object_list(received, src=0)
         staging = Path(received[0])
-        engine.save_checkpoint(
-            str(staging.parent), tag=staging.name, client_state=client_state, save_latest=False
-        )
+        engine.save_checkpoint(str(staging.parent), tag=staging.name, **save)
         torch.save(rng_state(), rng_state_file(staging, dist.get_rank()))
         barrier()
     barrier()
     return target
 
 
-def load_training_checkpoint(engine, save_dir: str | Path, iteration: int) -> dict:
-    """Restore engine, optimizer and scheduler from `<save_dir>/<iteration>`; return the client state."""
+def load_training_checkpoint(
+    engine, save_dir: str | Path, iteration: int, trainable_only: bool = False
+) -> dict:
+    """Restore engine, optimizer and scheduler from `<save_dir>/<iteration>`; return the client state.
+
+    `trainable_only`: the checkpoint holds the trainable weights alone (a QLoRA run); they are loaded
+    strictly and the rest of the model is left as built.
+    """
+    source = f"{save_dir}/{iteration}"
+
+    def load_trainable(src, dst) -> None:
+        load_parameters(dst, src, trainable_names(dst), source)
+
     path, client_state = engine.load_checkpoint(
-        str(save_dir), tag=str(iteration), load_optimizer_states=True, load_lr_scheduler_states=True
+        str(save_dir),
+        tag=str(iteration),
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+        custom_load_fn=load_trainable if trainable_only else None,
     )
     if path is None:
         raise FileNotFoundError(f"{save_dir}/{iteration}: DeepSpeed found no checkpoint to resume from")
@@ -190,16 +221,23 @@ def load_finetuned_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     tp: TensorParallel = NO_PARALLEL,
+    base: str | None = None,
+    quantize_base: bool = True,
 ) -> tuple[VisionLanguageModel, CheckpointInfo, LoraConfig | None]:
     """Load a SAT checkpoint; one whose config records a LoRA adapter is built with that adapter first.
 
-    Also reads checkpoints written by the reference's fine-tuning (`use_lora` / `lora_rank` fields).
+    Also reads checkpoints written by the reference's fine-tuning (`use_lora` / `lora_rank` fields), and
+    QLoRA runs: their base (recorded, or `base`) is loaded and quantized again (`quantize_base=False`:
+    left in floating point), then the adapter is added and loaded.
     """
     path = Path(path)
     if not (path / sat_format.MODEL_CONFIG_FILE).is_file():
         model, info = load_model(path, dtype=dtype, device=device, tp=tp)
         return model, info, None
     checkpoint = sat_format.open_sat_checkpoint(path)
+    record = QLoraBase.from_model_config(checkpoint.raw_config, str(path / sat_format.MODEL_CONFIG_FILE))
+    if record is not None:
+        return _load_qlora_run(path, checkpoint, record, dtype, device, tp, base, quantize_base)
     if lora_config_from_sat(checkpoint.raw_config) is None:
         model, info = load_model(path, dtype=dtype, device=device, tp=tp)
         return model, info, None
@@ -220,3 +258,35 @@ def load_finetuned_model(
     load_weights(model, state_dict, str(path), tp.size)
     info = CheckpointInfo(path, "sat", config, checkpoint.model_parallel_size)
     return model.eval(), info, lora
+
+
+def _load_qlora_run(
+    path: Path,
+    checkpoint: sat_format.SatCheckpoint,
+    record: QLoraBase,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+    tp: TensorParallel,
+    base: str | None,
+    quantize_base: bool,
+) -> tuple[VisionLanguageModel, CheckpointInfo, LoraConfig]:
+    # The base loads in float32, as training loaded it, so quantizing gives the trained integers and
+    # scales exactly; the requested dtype is applied at the end.
+    source = str(path / sat_format.MODEL_CONFIG_FILE)
+    base_path = resolve_base(record, base, source)
+    model, base_info = load_model(base_path, dtype=torch.float32, device=device, tp=tp)
+    if quantize_base:
+        quantization = record.quantization
+        quantize_(model, quantization.bits, quantization.group_size)
+        check_same_base(record, model, tp.rank, tp.size, source)
+    lora = lora_config_from_sat(checkpoint.raw_config, base_info.config.is_cogagent)
+    add_lora(model, lora)
+    shards = _read_shards(checkpoint, tp)
+    adapter = shards[0] if checkpoint.model_parallel_size == tp.size else _reshard(model, shards, tp)
+    adapter_keys = {name for name, _ in model.named_parameters() if is_lora_parameter(name)}
+    load_parameters(model, adapter, adapter_keys, str(path))
+    if dtype is not None:
+        model.to(dtype)
+    version = checkpoint.raw_config.get("text_processor_version")
+    config = config_with_lora(base_info.config, lora, version, record)
+    return model.eval(), CheckpointInfo(path, "sat", config, checkpoint.model_parallel_size), lora

@@ -10,6 +10,7 @@ from typing import Literal
 
 from cogvlm.errors import ConfigError
 from cogvlm.mixins.lora import LoraConfig
+from cogvlm.nn.quantized import QuantConfig
 from cogvlm.text_processors.prompts import check_version
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -107,6 +108,8 @@ class FinetuneConfig:
     train_iters: int
     local_tokenizer: str | None = None
     lora: LoraConfig | None = field(default_factory=LoraConfig)
+    # QLoRA: quantize the frozen base's parallel linears after loading, before adding the adapter.
+    quantization: QuantConfig | None = None
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -145,6 +148,29 @@ class FinetuneConfig:
             owner,
             "nothing would train: add a LoRA adapter, set full fine-tuning, or give train patterns",
         )
+        if self.quantization is not None:
+            self._check_lora_only(owner)
+
+    def _check_lora_only(self, owner: str) -> None:
+        bits = self.quantization.bits
+        conflicts = [
+            message
+            for is_conflict, message in (
+                (self.lora is None, "no LoRA adapter (--no_lora / --full)"),
+                (self.trainable.full, "full fine-tuning (--full)"),
+                (
+                    bool(self.trainable.train_patterns),
+                    f"train_patterns {list(self.trainable.train_patterns)}",
+                ),
+            )
+            if is_conflict
+        ]
+        _require(
+            not conflicts,
+            owner,
+            f"quantization=int{bits} (--quant {bits}) trains a LoRA adapter on a frozen quantized base "
+            f"and nothing else; it cannot be combined with {' and '.join(conflicts)}",
+        )
 
     @property
     def warmup_iters(self) -> int:
@@ -155,6 +181,7 @@ class FinetuneConfig:
         """A JSON-friendly record of the run (written beside its checkpoints)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["lora"] = None if self.lora is None else self.lora.to_json()
+        data["quantization"] = None if self.quantization is None else self.quantization.to_json()
         for name in ("data", "trainable", "optimizer", "schedule"):
             data[name] = {f.name: getattr(data[name], f.name) for f in fields(data[name])}
         return json.loads(json.dumps(data))
@@ -252,6 +279,7 @@ def build_finetune_config(settings: Mapping) -> FinetuneConfig:
     """A `FinetuneConfig` from flat settings (nested dicts for optimizer, schedule, data, trainable)."""
     values = dict(settings)
     for name, cls in (
+        ("quantization", QuantConfig),
         ("optimizer", OptimizerConfig),
         ("schedule", ScheduleConfig),
         ("data", DataConfig),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import random
 import time
@@ -15,9 +16,11 @@ import torch.distributed as dist
 from cogvlm.api import find_tokenizer
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
+from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE
 from cogvlm.errors import ConfigError
 from cogvlm.mixins.lora import add_lora
 from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.deepspeed_mpu import (
     ParallelLayout,
     build_parallel_layout,
@@ -40,6 +43,12 @@ from cogvlm.train.evaluation import EvaluationResult, batch_context, evaluate, m
 from cogvlm.train.loss import answer_loss
 from cogvlm.train.metrics import MetricsLogger
 from cogvlm.train.order import DataOrder
+from cogvlm.train.qlora import (
+    QLoraBase,
+    check_resumable,
+    gather_rank_fingerprints,
+    save_only_trainable_weights,
+)
 from cogvlm.train.schedule import LearningRateSchedule
 from cogvlm.train.trainable import TrainableReport, apply_trainable, parameter_groups, trainable_filter
 
@@ -70,6 +79,7 @@ class _Run:
     valid_set: VisionTextDataset | None
     order: DataOrder
     tokenizer_file: Path
+    qlora: QLoraBase | None = None
     metrics: MetricsLogger | None = None
 
 
@@ -79,10 +89,25 @@ def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
         raise ConfigError("fp16 training is not supported by DeepSpeed on CPU; use --bf16 or --fp32")
 
 
+def _quantize_base(
+    model: VisionLanguageModel, config: FinetuneConfig, path: Path, layout: ParallelLayout
+) -> QLoraBase:
+    """Quantize the loaded base in place (QLoRA) and describe it for the run's checkpoints."""
+    quantization = config.quantization
+    quantize_(model, quantization.bits, quantization.group_size)
+    return QLoraBase(
+        base=config.from_pretrained,
+        base_path=str(path.resolve()),
+        quantization=quantization,
+        fingerprints=gather_rank_fingerprints(model, layout.tp.size),
+    )
+
+
 def _load_base_model(config: FinetuneConfig, device: torch.device, layout: ParallelLayout):
     # Weights load in float32: DeepSpeed keeps float32 master copies and casts the module for bf16/fp16.
     path = resolve_checkpoint(config.from_pretrained)
     model, info = load_model(path, dtype=torch.float32, device=device, tp=layout.tp)
+    qlora = _quantize_base(model, config, path, layout) if config.quantization is not None else None
     if config.lora is not None:
         add_lora(model, config.lora)
     report = apply_trainable(model, trainable_filter(config.trainable, config.lora is not None))
@@ -90,7 +115,7 @@ def _load_base_model(config: FinetuneConfig, device: torch.device, layout: Paral
     if "eva" in model.mixins:
         model.mixins["eva"].vit_model.checkpoint_activations = config.vision_checkpoint_activations
     mark_tensor_parallel_parameters(model, layout.tp)
-    return model.train(), info, report
+    return model.train(), info, report, qlora
 
 
 def _dataset(path: str | None, config: FinetuneConfig, tokenizer, model_config, what: str):
@@ -128,6 +153,8 @@ def _engine(model: VisionLanguageModel, config: FinetuneConfig, layout: Parallel
         mpu=deepspeed_mpu(layout),
         dist_init_required=False,
     )
+    if config.quantization is not None:
+        save_only_trainable_weights(engine)
     return engine
 
 
@@ -146,7 +173,12 @@ def _resume(run: _Run) -> int:
     iteration = latest_iteration(run.config.save_dir) if run.config.resume else None
     if iteration is None:
         return 0
-    client = load_training_checkpoint(run.engine, run.config.save_dir, iteration)
+    config_file = Path(run.config.save_dir) / MODEL_CONFIG_FILE
+    saved_qlora = QLoraBase.from_model_config(json.loads(config_file.read_text()), str(config_file))
+    check_resumable(saved_qlora, run.qlora, run.config.save_dir)
+    client = load_training_checkpoint(
+        run.engine, run.config.save_dir, iteration, trainable_only=run.qlora is not None
+    )
     saved, current = client.get("data", {}), _data_signature(run)
     changed = {key: (saved.get(key), value) for key, value in current.items() if saved.get(key) != value}
     if changed:
@@ -168,7 +200,14 @@ def _save(run: _Run, iteration: int, model_config) -> None:
         "data_parallel_size": run.layout.data_size,
     }
     save_training_checkpoint(
-        run.engine, run.config.save_dir, iteration, client_state, model_config, run.tokenizer_file, run_record
+        run.engine,
+        run.config.save_dir,
+        iteration,
+        client_state,
+        model_config,
+        run.tokenizer_file,
+        run_record,
+        trainable_only=run.qlora is not None,
     )
 
 
@@ -233,11 +272,17 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
     layout = build_parallel_layout(config.tp_size)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model, info, report = _load_base_model(config, device, layout)
+    model, info, report, qlora = _load_base_model(config, device, layout)
     tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     config = resolve_version(config, info.config.text_processor_version)
     if is_rank_zero():
         logger.info("%s", report.describe())
+        if qlora is not None:
+            logger.info(
+                "QLoRA: frozen base %s quantized (%s); checkpoints hold the adapter only",
+                qlora.base_path,
+                qlora.quantization.describe(),
+            )
         remove_stale_staging(config.save_dir)
     train_set = _dataset(config.data.train_path, config, tokenizer, info.config, "training")
     valid_set = _dataset(config.data.valid_path, config, tokenizer, info.config, "validation")
@@ -245,8 +290,8 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
         len(train_set), config.micro_batch_size, layout.data_rank, layout.data_size, config.seed
     )
     engine = _engine(model, config, layout)
-    run = _Run(config, layout, engine, tokenizer, train_set, valid_set, order, Path(tokenizer.source))
-    return run, report, config_with_lora(info.config, config.lora, config.data.version)
+    run = _Run(config, layout, engine, tokenizer, train_set, valid_set, order, Path(tokenizer.source), qlora)
+    return run, report, config_with_lora(info.config, config.lora, config.data.version, qlora)
 
 
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:

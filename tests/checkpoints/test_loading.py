@@ -129,6 +129,16 @@ def test_unexpected_key_is_an_error_naming_it(sat_copy):
         load_model(sat_copy)
 
 
+def test_lora_keys_are_an_error_that_points_to_merge_lora(sat_copy):
+    state = _state(sat_copy)
+    key = "transformer.layers.0.attention.query_key_value"
+    state[f"{key}.original.weight"] = state.pop(f"{key}.weight")
+    state[f"{key}.matrix_A.0"] = torch.zeros(4, 64)
+    save_sat_checkpoint(sat_copy, read_checkpoint_info(sat_copy).config, [state])
+    with pytest.raises(CheckpointError, match=r"unexpected keys .*LoRA adapter weights: .*cogvlm merge-lora"):
+        load_model(sat_copy)
+
+
 def test_wrong_shape_is_an_error_naming_key_and_shapes(sat_copy):
     state = _state(sat_copy)
     state["mixins.mlp.gate_proj.1.weight"] = torch.zeros(64, 64)

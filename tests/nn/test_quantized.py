@@ -16,9 +16,11 @@ from cogvlm.checkpoints.loading import load_model, load_model_from_state_dict
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.models.context import ForwardContext
 from cogvlm.nn.quantized import (
+    QuantConfig,
     QuantizedColumnParallelLinear,
     QuantizedRowParallelLinear,
     dequantize,
+    dequantize_,
     pack_int4,
     quantize_,
     quantize_weight,
@@ -142,6 +144,34 @@ def test_bad_quantization_settings_are_refused():
         quantize_(_fresh_model(), 3)
     with pytest.raises(ValueError, match="group_size 48 does not divide the 64 local input features"):
         _quantized(8, 48)
+
+
+def test_quant_configs_validate_and_round_trip_through_json():
+    config = QuantConfig(4, 32)
+    assert QuantConfig.from_json(config.to_json()) == config
+    assert config.describe() == "int4, groups of 32" and QuantConfig(8).describe() == "int8, per row"
+    with pytest.raises(ValueError, match="QuantConfig.bits must be one of"):
+        QuantConfig(2)
+    with pytest.raises(ValueError, match="QuantConfig.group_size must be a positive int or None, got 0"):
+        QuantConfig(8, 0)
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(8, None), (4, 16)])
+def test_dequantizing_gives_plain_layers_under_the_original_keys_within_half_a_step(bits, group_size):
+    quantized = _quantized(bits, group_size)
+    integers_and_scales = {
+        name: (module.integers(), module.weight_scale)
+        for name, module in quantized.named_modules()
+        if isinstance(module, QuantizedColumnParallelLinear | QuantizedRowParallelLinear)
+    }
+    plain = dequantize_(quantized).state_dict()
+    original = _fresh_model().state_dict()
+    assert set(plain) == set(original)
+    for name, (integers, scale) in integers_and_scales.items():
+        weight = plain[f"{name}.weight"]
+        assert weight.dtype == torch.float32
+        assert torch.equal(weight, dequantize(integers, scale, torch.float32))
+        assert (weight - original[f"{name}.weight"]).abs().max() <= scale.max() / 2 + 1e-6
 
 
 def test_the_quant_flag_quantizes_the_chat_model():
