@@ -12,6 +12,7 @@ import torch
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.loading import CheckpointInfo, load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
+from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, generate_batch, iterate_batch
@@ -189,7 +190,7 @@ def find_tokenizer(checkpoint: Path, local_tokenizer: str | None) -> LlamaTokeni
 
 
 def load(
-    path: str | Path,
+    path: str | Path = EMBEDDED_NAME,
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
@@ -202,13 +203,17 @@ def load(
 ) -> CogVLM:
     """Load a SAT or HF checkpoint with its tokenizer and prompt format.
 
-    `path` is a directory, a catalog name (found in or downloaded to $SAT_HOME) or a Hugging Face repo id;
+    `path` is a directory, a catalog name (found in or downloaded to $SAT_HOME), a Hugging Face repo id,
+    or "embedded" (the default): the small model shipped in the package (`cogvlm.embedded`);
     `download` says where and how (default: from the environment, see `DownloadConfig.from_environment`).
     The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
+    `dtype` None means float32 on the CPU and the checkpoint's own dtype elsewhere.
     `quant_bits` (4 or 8) quantizes the parallel linears' weights after loading (see `quantize_`).
     Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
     path = resolve_checkpoint(path, download)
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32  # half precision is slow on CPUs; a half checkpoint is widened once at load
     model, info = load_model(path, dtype=dtype, device=device, tp=tp)
     if quant_bits is not None:
         quantize_(model, quant_bits, quant_group_size)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from cogvlm.embedded import EMBEDDED_NAME
+from cogvlm.embedded import EMBEDDED_NAME, EMBEDDED_SCENE
 from cogvlm.errors import CogVLMError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -789,10 +789,11 @@ def add_synth_data_parser(commands) -> None:
     synth.add_argument("output", help="directory to write")
     synth.add_argument("--images", type=int, required=True)
     synth.add_argument("--seed", type=int, required=True)
-    synth.add_argument("--image_px", type=int, default=112)
-    synth.add_argument("--font_px", type=int, default=20)
-    synth.add_argument("--min_object_px", type=int, default=18)
-    synth.add_argument("--max_object_px", type=int, default=34)
+    scene = EMBEDDED_SCENE  # defaults: the embedded model's scenes
+    synth.add_argument("--image_px", type=int, default=scene.image_px)
+    synth.add_argument("--font_px", type=int, default=scene.font_px)
+    synth.add_argument("--min_object_px", type=int, default=scene.min_object_px)
+    synth.add_argument("--max_object_px", type=int, default=scene.max_object_px)
     synth.set_defaults(handler=run_synth_data)
 
 

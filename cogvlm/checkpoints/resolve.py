@@ -19,6 +19,7 @@ from cogvlm.checkpoints import sat_format
 from cogvlm.checkpoints.archive import extract_checkpoint_archive
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry, archive_url, find_entry
 from cogvlm.checkpoints.download import DownloadConfig, fetch_file, notify
+from cogvlm.embedded import EMBEDDED_NAME, embedded_checkpoint
 from cogvlm.errors import CheckpointError, DownloadError
 
 LOCK_DIR = ".locks"
@@ -36,6 +37,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig |
     local = Path(text).expanduser()
     if local.is_dir():
         return local
+    if text == EMBEDDED_NAME:
+        return embedded_checkpoint()
     if _looks_like_path(text):
         raise CheckpointError(f"{local}: no such checkpoint directory")
     if _REPO_ID.fullmatch(text):
