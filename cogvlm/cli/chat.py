@@ -1,0 +1,137 @@
+"""`cogvlm chat` and `cogvlm bench`: generation from the command line, and its speed."""
+
+from __future__ import annotations
+
+import argparse
+
+from cogvlm.cli.common import DECODE_STEPS, QUANT_BITS, add_model_arguments, download_config, flag_dtype
+from cogvlm.embedded import EMBEDDED_NAME
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """Interactive chat about images, or one answer with --image/--query."""
+    from cogvlm.inference import chat
+    from cogvlm.inference.generate import GenerationConfig
+    from cogvlm.inference.sampling import SamplingConfig
+
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        semantics=args.sampler,
+    )
+    generation = GenerationConfig(
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        end_token_ids=(2,),
+        stop_strings=tuple(args.stop),
+        sampling=sampling,
+        seed=args.seed,
+        decode_step=args.decode_step,
+    )
+    config = chat.ChatConfig(
+        checkpoint=args.from_pretrained,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+        dtype=flag_dtype(args),
+        device=args.device,
+        download=download_config(args),
+        quant_bits=args.quant,
+        quant_group_size=args.quant_group_size,
+        generation=generation,
+        stream=args.stream_chat,
+        chinese=args.chinese,
+        image=args.image,
+        query=args.query,
+        grounding_dir=args.grounding_dir,
+    )
+    return chat.run_chat(config)
+
+
+def add_chat_parser(commands) -> None:
+    """`cogvlm chat`: the reference CLI's flags and defaults."""
+    chat = commands.add_parser("chat", help="chat about images (interactive), or answer one --query")
+    add_model_arguments(chat, default_checkpoint=EMBEDDED_NAME)
+    chat.add_argument("--image", default=None, help="one-shot mode: image path or URL ('' for text only)")
+    chat.add_argument("--query", default=None, help="one-shot mode: the question (prints the answer)")
+    chat.add_argument(
+        "--max_length", type=int, default=2048, help="total tokens: prompt, image slots and answer"
+    )
+    chat.add_argument("--max_new_tokens", type=int, default=None, help="cap on generated tokens")
+    chat.add_argument("--top_p", type=float, default=0.4)
+    chat.add_argument("--top_k", type=int, default=1, help="1 (the default) is greedy")
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--repetition_penalty", type=float, default=1.0)
+    chat.add_argument(
+        "--sampler",
+        choices=["reference", "standard"],
+        default="reference",
+        help="reference: SAT's semantics (top-p only with top-k, penalty on generated tokens only)",
+    )
+    chat.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--quant", type=int, choices=QUANT_BITS, default=None, help="weight-only int4/int8")
+    chat.add_argument(
+        "--quant_group_size", type=int, default=None, help="int4/int8 group size (default: per row)"
+    )
+    chat.add_argument("--stream_chat", action="store_true", help="print the reply as it is generated")
+    chat.add_argument(
+        "--decode_step",
+        choices=DECODE_STEPS,
+        default="eager",
+        help="cuda_graph: replay each decoding step as one CUDA graph (GPU only)",
+    )
+    chat.add_argument("--chinese", action="store_true", help="Chinese prompts")
+    chat.add_argument("--grounding_dir", default=None, help="where images with drawn boxes go (default: tmp)")
+    chat.set_defaults(handler=run_chat)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Print the benchmark figures of one config as JSON."""
+    import json
+    from pathlib import Path
+
+    from cogvlm.inference import bench
+
+    is_cuda = args.device.startswith("cuda")
+    config = bench.BenchConfig(
+        name=args.config,
+        image=Path(args.image),
+        tokenizer=Path(args.tokenizer),
+        device=args.device,
+        dtype=args.dtype or ("bfloat16" if is_cuda else "float32"),
+        threads=args.threads,
+        new_tokens=args.new_tokens,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        quant_bits=args.quant,
+        decode_step=args.decode_step or ("cuda_graph" if is_cuda else "eager"),
+    )
+    print(json.dumps(bench.run_bench(config), indent=2))
+    return 0
+
+
+def add_bench_parser(commands) -> None:
+    """`cogvlm bench`."""
+    # The config names are the choices, so building the parser imports the bench module.
+    from cogvlm.inference.bench import bench_config_names, default_asset
+
+    bench = commands.add_parser("bench", help="measure speed and memory of a named config (prints JSON)")
+    bench.add_argument("config", choices=bench_config_names(), help="tiny, small-* (CPU) or full size (CUDA)")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default=None, help="float32 (the protocol's, default on CPU) or bfloat16")
+    bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (the protocol: 2)")
+    bench.add_argument("--new_tokens", type=int, default=64)
+    bench.add_argument("--batch_size", type=int, default=4, help="rows of the batched decode figure")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
+    bench.add_argument("--quant", type=int, choices=QUANT_BITS, default=None)
+    bench.add_argument(
+        "--decode_step",
+        choices=DECODE_STEPS,
+        default=None,
+        help="how decoding steps run (default: cuda_graph on CUDA, eager on CPU)",
+    )
+    bench.add_argument("--image", default=str(default_asset("test_image.png")))
+    bench.add_argument("--tokenizer", default=str(default_asset("tokenizer.model")))
+    bench.set_defaults(handler=run_bench)

@@ -1,0 +1,123 @@
+"""Checkpoint subcommands: `cogvlm download`, `list`, `convert`, `split` and `merge`."""
+
+from __future__ import annotations
+
+import argparse
+
+from cogvlm.cli.common import DTYPES, add_download_arguments, download_config
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Fetch each named checkpoint (if missing) and print where it is."""
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+
+    config = download_config(args, keep_archive=args.keep_archive)
+    for name in args.names:
+        print(resolve_checkpoint(name, config))
+    return 0
+
+
+def add_download_parser(commands) -> None:
+    """`cogvlm download`."""
+    download = commands.add_parser("download", help="download checkpoints into SAT_HOME or the HF cache")
+    download.add_argument(
+        "names", nargs="+", metavar="NAME", help="catalog name (`cogvlm list`) or HF repo id"
+    )
+    download.add_argument("--keep_archive", action="store_true", help="keep <name>.zip in SAT_HOME")
+    add_download_arguments(download)
+    download.set_defaults(handler=run_download)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the local checkpoints and the catalog."""
+    from cogvlm.checkpoints.listing import render_listing
+
+    print(render_listing(download_config(args), as_json=args.json))
+    return 0
+
+
+def add_list_parser(commands) -> None:
+    """`cogvlm list`."""
+    listing = commands.add_parser("list", help="checkpoints in SAT_HOME and in the catalog")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_download_arguments(listing)
+    listing.set_defaults(handler=run_list)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert a checkpoint between the SAT and HF formats."""
+    from pathlib import Path
+
+    from cogvlm.checkpoints.convert import ConvertConfig, convert_checkpoint, parse_byte_size
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+
+    source = resolve_checkpoint(args.from_pretrained, download_config(args))
+    config = ConvertConfig(
+        source=source,
+        output=Path(args.output),
+        target_format=args.to,
+        max_shard_bytes=parse_byte_size(args.max_shard_size),
+        overwrite=args.overwrite,
+        dtype=None if args.dtype is None else DTYPES[args.dtype],
+    )
+    result = convert_checkpoint(config)
+    print(
+        f"{source} ({result.source_format}) -> {result.output} ({result.target_format}): "
+        f"{result.num_tensors} tensors, dtype {', '.join(result.dtypes)}"
+    )
+    return 0
+
+
+def add_convert_parser(commands) -> None:
+    """`cogvlm convert`."""
+    convert = commands.add_parser("convert", help="convert a checkpoint between SAT and HF formats (MP=1)")
+    convert.add_argument("--from_pretrained", required=True, help="directory, catalog name or HF repo id")
+    convert.add_argument("--output", required=True, help="directory to write (atomically)")
+    convert.add_argument(
+        "--to", choices=["sat", "hf"], default=None, help="target format (default: the other)"
+    )
+    convert.add_argument(
+        "--max_shard_size", default="5GiB", help="largest HF safetensors shard, e.g. 5GiB, 500MB"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    convert.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="cast floating-point weights (default: keep); with it, --to may name the source's own format",
+    )
+    add_download_arguments(convert)
+    convert.set_defaults(handler=run_convert)
+
+
+def run_split(args: argparse.Namespace) -> int:
+    """Split a SAT checkpoint into `--mp` model-parallel ranks."""
+    from cogvlm.checkpoints.model_parallel import split_checkpoint
+
+    print(split_checkpoint(args.source, args.target, args.mp))
+    return 0
+
+
+def add_split_parser(commands) -> None:
+    """`cogvlm split SOURCE TARGET --mp N`."""
+    split = commands.add_parser("split", help="split a SAT checkpoint for N-way tensor parallelism")
+    split.add_argument("source", help="SAT checkpoint directory (any model-parallel size)")
+    split.add_argument("target", help="directory to write (replaced atomically)")
+    split.add_argument("--mp", type=int, required=True, help="model-parallel size of the result")
+    split.set_defaults(handler=run_split)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge a model-parallel SAT checkpoint back into one rank."""
+    from cogvlm.checkpoints.model_parallel import merge_checkpoint
+
+    print(merge_checkpoint(args.source, args.target))
+    return 0
+
+
+def add_merge_parser(commands) -> None:
+    """`cogvlm merge SOURCE TARGET`."""
+    merge = commands.add_parser("merge", help="merge a model-parallel SAT checkpoint into MP=1")
+    merge.add_argument("source", help="SAT checkpoint directory with mp_rank_XX files")
+    merge.add_argument("target", help="directory to write (replaced atomically)")
+    merge.set_defaults(handler=run_merge)

@@ -1,0 +1,103 @@
+"""Flags and translations that several `cogvlm` subcommands share: dtype, device, download and model flags."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+
+from cogvlm.errors import CogVLMError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT_VERSIONS = ["base", "chat", "chat_old", "vqa"]
+DECODE_STEPS = ["eager", "static", "cuda_graph"]
+QUANT_BITS = [4, 8]
+
+
+def chosen_precision(args: argparse.Namespace, names: Sequence[str] = ("bf16", "fp16")) -> str | None:
+    """The one precision flag among `names` that was given, or None; giving two is an error."""
+    chosen = [name for name in names if getattr(args, name)]
+    if len(chosen) > 1:
+        raise CogVLMError(f"--{' and --'.join(chosen)} are mutually exclusive")
+    return chosen[0] if chosen else None
+
+
+def flag_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    """The dtype that --bf16 or --fp16 asks for; None leaves the choice to the feature."""
+    precision = chosen_precision(args)
+    return None if precision is None else DTYPES[precision]
+
+
+def flag_device(args: argparse.Namespace) -> str:
+    """--device, with `auto` resolved to cuda when a GPU is visible, else cpu."""
+    if args.device != "auto":
+        return args.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where checkpoints are kept and fetched from; the flags override the environment variables."""
+    parser.add_argument(
+        "--sat_home", default=None, help="checkpoint folder (default $SAT_HOME, else ~/.sat_models)"
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="Hub-compatible server or mirror (default $COGVLM_ENDPOINT, $HF_ENDPOINT, https://huggingface.co)",
+    )
+    parser.add_argument(
+        "--offline", action="store_true", help="never download (also COGVLM_OFFLINE=1 or HF_HUB_OFFLINE=1)"
+    )
+
+
+def download_config(args: argparse.Namespace, **settings):
+    """The `DownloadConfig` of the environment, overridden by the download flags and `settings`."""
+    from cogvlm.checkpoints.download import DownloadConfig
+
+    return DownloadConfig.from_environment(
+        sat_home=args.sat_home, endpoint=args.endpoint, is_offline=args.offline or None, **settings
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str | None = None) -> None:
+    """The flags every command that loads a model shares (named as in the reference CLI)."""
+    parser.add_argument(
+        "--from_pretrained",
+        required=default_checkpoint is None,
+        default=default_checkpoint,
+        help="checkpoint: a directory (SAT or HF format), a catalog name (`cogvlm list`) or an HF repo id"
+        + (f"; default {default_checkpoint}" if default_checkpoint else ""),
+    )
+    parser.add_argument(
+        "--local_tokenizer",
+        default=None,
+        help="tokenizer.model file, its directory, or an HF repo id in the local cache",
+    )
+    parser.add_argument("--version", default=None, choices=PROMPT_VERSIONS, help="prompt format")
+    parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
+    parser.add_argument("--fp16", action="store_true", help="run in float16")
+    parser.add_argument(
+        "--device", default="auto", help="torch device; auto: cuda:LOCAL_RANK if available, else cpu"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="tensor-parallel ranks: re-run this command under torchrun on N processes",
+    )
+    add_download_arguments(parser)
+
+
+def load_session(args: argparse.Namespace, dtype: torch.dtype | None):
+    """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`."""
+    from cogvlm.api import load
+
+    return load(
+        args.from_pretrained,
+        dtype=dtype,
+        device=flag_device(args),
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+        download=download_config(args),
+    )

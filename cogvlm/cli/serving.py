@@ -1,0 +1,79 @@
+"""`cogvlm serve` (OpenAI-compatible HTTP API) and `cogvlm web` (Gradio demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cogvlm.cli.common import add_model_arguments, flag_dtype, load_session
+from cogvlm.embedded import EMBEDDED_NAME
+
+
+def add_address_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """--host and --port of a server, bound to loopback unless asked otherwise."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=default_port)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API."""
+    import os
+
+    from cogvlm.inference.server.config import ServerConfig
+    from cogvlm.inference.server.run import serve
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        model_id=args.model_id or os.path.basename(os.path.normpath(args.from_pretrained)),
+        api_key=args.api_key or os.environ.get("COGVLM_API_KEY") or None,
+        max_active=args.max_active,
+        max_queue=args.max_queue,
+        request_timeout_s=args.timeout,
+        default_max_tokens=args.default_max_tokens,
+        max_image_pixels=args.max_image_pixels,
+        allow_remote_images=args.allow_remote_images,
+        allow_file_images=args.allow_file_images,
+    )
+    serve(load_session(args, flag_dtype(args)), config)
+    return 0
+
+
+def add_serve_parser(commands) -> None:
+    """`cogvlm serve`."""
+    serve = commands.add_parser("serve", help="OpenAI-compatible chat-completions server")
+    add_model_arguments(serve, default_checkpoint=EMBEDDED_NAME)
+    add_address_arguments(serve, default_port=8000)
+    serve.add_argument("--model-id", default=None, help="model name reported by /v1/models")
+    serve.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set COGVLM_API_KEY)"
+    )
+    serve.add_argument("--max-active", type=int, default=4, help="requests generated at once")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: HTTP 429")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
+    serve.add_argument("--default-max-tokens", type=int, default=512)
+    serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    serve.add_argument(
+        "--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs"
+    )
+    serve.add_argument(
+        "--allow-file-images", action="store_true", help="let the server read file:// image URLs"
+    )
+    serve.set_defaults(handler=run_serve)
+
+
+def run_web(args: argparse.Namespace) -> int:
+    """Serve the Gradio web demo."""
+    from cogvlm.inference import web
+
+    session = load_session(args, flag_dtype(args))
+    web.run_web(session, web.WebConfig(host=args.host, port=args.port, max_length=args.max_length))
+    return 0
+
+
+def add_web_parser(commands) -> None:
+    """`cogvlm web`."""
+    web = commands.add_parser("web", help="Gradio web demo")
+    add_model_arguments(web, default_checkpoint=EMBEDDED_NAME)
+    add_address_arguments(web, default_port=7860)
+    web.add_argument("--max_length", type=int, default=2048)
+    web.set_defaults(handler=run_web)

@@ -1,0 +1,93 @@
+"""Synthetic-data subcommands: `cogvlm synth-data`, `init-model` and `eval-synthetic`."""
+
+from __future__ import annotations
+
+import argparse
+
+from cogvlm.cli.common import add_model_arguments, load_session
+from cogvlm.embedded import EMBEDDED_SCENE
+
+
+def run_synth_data(args: argparse.Namespace) -> int:
+    """Write a synthetic dataset (images, training JSONL and scoring JSONL)."""
+    from cogvlm.train.synthetic import DatasetConfig, SceneConfig, write_dataset
+
+    scene = SceneConfig(
+        image_px=args.image_px,
+        font_px=args.font_px,
+        min_object_px=args.min_object_px,
+        max_object_px=args.max_object_px,
+    )
+    print(write_dataset(args.output, DatasetConfig(num_images=args.images, seed=args.seed, scene=scene)))
+    return 0
+
+
+def add_synth_data_parser(commands) -> None:
+    """`cogvlm synth-data`."""
+    synth = commands.add_parser(
+        "synth-data", help="generate shapes-and-text images with questions and answers"
+    )
+    synth.add_argument("output", help="directory to write")
+    synth.add_argument("--images", type=int, required=True)
+    synth.add_argument("--seed", type=int, required=True)
+    scene = EMBEDDED_SCENE  # defaults: the embedded model's scenes
+    synth.add_argument("--image_px", type=int, default=scene.image_px)
+    synth.add_argument("--font_px", type=int, default=scene.font_px)
+    synth.add_argument("--min_object_px", type=int, default=scene.min_object_px)
+    synth.add_argument("--max_object_px", type=int, default=scene.max_object_px)
+    synth.set_defaults(handler=run_synth_data)
+
+
+def run_init_model(args: argparse.Namespace) -> int:
+    """Train a tokenizer on a synthetic dataset and write a randomly initialised checkpoint with it."""
+    import tempfile
+    from pathlib import Path
+
+    from cogvlm.models.presets import preset
+    from cogvlm.train.init_model import init_checkpoint
+    from cogvlm.train.synthetic import corpus
+    from cogvlm.train.tokenizer import train_tokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab = preset(args.preset).llm.vocab_size
+        tokenizer = train_tokenizer(corpus(args.data), Path(scratch) / "tokenizer.model", vocab)
+        print(init_checkpoint(args.preset, tokenizer, args.output, seed=args.seed))
+    return 0
+
+
+def add_init_model_parser(commands) -> None:
+    """`cogvlm init-model`."""
+    init = commands.add_parser("init-model", help="a random-weight checkpoint and a tokenizer for a dataset")
+    init.add_argument("output", help="checkpoint directory to write")
+    init.add_argument("--preset", default="embedded-cogvlm")
+    init.add_argument("--data", required=True, help="synthetic dataset whose text trains the tokenizer")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(handler=run_init_model)
+
+
+def run_eval_synthetic(args: argparse.Namespace) -> int:
+    """Score a model on a synthetic dataset, per task; prints JSON."""
+    import json
+
+    from cogvlm.train.synthetic_eval import evaluate, session_answerer
+
+    # The model's own dtype: --bf16/--fp16 are accepted (shared model flags) but not applied here.
+    session = load_session(args, dtype=None)
+    answer = session_answerer(session, args.max_new_tokens)
+    scores = evaluate(answer, args.data, session.config.vision.image_px, per_task=args.per_task)
+    report = {
+        task: {"total": s.total, "correct": s.correct, "accuracy": round(s.accuracy, 4)}
+        for task, s in scores.items()
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def add_eval_synthetic_parser(commands) -> None:
+    """`cogvlm eval-synthetic`."""
+    evaluate = commands.add_parser("eval-synthetic", help="score a model per task on a synthetic dataset")
+    add_model_arguments(evaluate)
+    evaluate.add_argument("--data", required=True, help="dataset written by `cogvlm synth-data`")
+    evaluate.add_argument("--per_task", type=int, default=None, help="at most this many samples per task")
+    evaluate.add_argument("--max_new_tokens", type=int, default=32)
+    evaluate.set_defaults(handler=run_eval_synthetic)
