@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cogvlm.cli.common import add_model_arguments, load_session
+from cogvlm.cli.common import add_model_arguments, flag_dtype, load_session
 from cogvlm.embedded import EMBEDDED_SCENE
 
 
@@ -71,8 +71,7 @@ def run_eval_synthetic(args: argparse.Namespace) -> int:
 
     from cogvlm.train.synthetic_eval import evaluate, session_answerer
 
-    # The model's own dtype: --bf16/--fp16 are accepted (shared model flags) but not applied here.
-    session = load_session(args, dtype=None)
+    session = load_session(args, dtype=flag_dtype(args))
     answer = session_answerer(session, args.max_new_tokens)
     scores = evaluate(answer, args.data, session.config.vision.image_px, per_task=args.per_task)
     report = {
