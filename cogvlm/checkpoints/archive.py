@@ -8,7 +8,6 @@ check pass, so a bad archive leaves nothing behind.
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import zipfile
@@ -102,13 +101,4 @@ def extract_checkpoint_archive(
                 _copy_member(bundle, info, destination, archive)
             if check is not None:
                 check(staging)
-            _allow_others_to_read(staging)
     return target
-
-
-def _allow_others_to_read(directory: Path) -> None:
-    # mkdtemp makes the staging directory 0700; a shared SAT_HOME wants the usual umask-derived mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
-        os.chmod(path, 0o777 & ~umask)
