@@ -29,6 +29,7 @@ from cogvlm.cli.serving import add_serve_parser, add_web_parser, run_serve, run_
 from cogvlm.cli.synthetic import (
     add_eval_synthetic_parser,
     add_init_model_parser,
+    add_mix_data_parser,
     add_synth_data_parser,
     run_eval_synthetic,
     run_init_model,
@@ -63,6 +64,7 @@ SUBCOMMANDS = (
     add_export_lora_parser,
     add_split_data_parser,
     add_synth_data_parser,
+    add_mix_data_parser,
     add_init_model_parser,
     add_eval_synthetic_parser,
 )

@@ -38,6 +38,44 @@ def add_synth_data_parser(commands) -> None:
     synth.set_defaults(handler=run_synth_data)
 
 
+def _task_weights(values: list[str]) -> dict[str, float]:
+    from cogvlm.errors import CogVLMError
+
+    weights = {}
+    for value in values:
+        task, _, weight = value.partition("=")
+        try:
+            weights[task] = float(weight)
+        except ValueError:
+            raise CogVLMError(f"--weight {value!r}: expected TASK=NUMBER, e.g. grounding=2") from None
+    return weights
+
+
+def run_mix_data(args: argparse.Namespace) -> int:
+    """Write a re-weighted training JSONL of a synthetic dataset; prints the samples per task."""
+    import json
+
+    from cogvlm.errors import CogVLMError
+    from cogvlm.train.synthetic import mix_tasks
+
+    try:
+        output, counts = mix_tasks(args.data, _task_weights(args.weight), args.output, args.seed)
+    except ValueError as error:
+        raise CogVLMError(str(error)) from None
+    print(json.dumps({"output": str(output), "samples": counts}))
+    return 0
+
+
+def add_mix_data_parser(commands) -> None:
+    """`cogvlm mix-data`."""
+    mix = commands.add_parser("mix-data", help="a training JSONL that repeats or thins tasks of a dataset")
+    mix.add_argument("data", help="dataset written by `cogvlm synth-data`")
+    mix.add_argument("--output", required=True, help="JSONL file to write")
+    mix.add_argument("--weight", action="append", default=[], help="TASK=NUMBER (repeatable; default 1)")
+    mix.add_argument("--seed", type=int, default=0)
+    mix.set_defaults(handler=run_mix_data)
+
+
 def run_init_model(args: argparse.Namespace) -> int:
     """Train a tokenizer on a synthetic dataset and write a randomly initialised checkpoint with it."""
     import tempfile

@@ -9,6 +9,7 @@ the image size) and the reverse (a box to a description).
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -268,3 +269,34 @@ def corpus(directory: str | Path) -> list[str]:
         record = json.loads(line)
         lines += [record["question"], record["answer"]]
     return lines
+
+
+def mix_tasks(
+    directory: str | Path, weights: dict[str, float], output: str | Path, seed: int = 0
+) -> tuple[Path, dict[str, int]]:
+    """Write a training JSONL that repeats each task's samples `weights[task]` times (default 1), shuffled.
+
+    A fractional weight keeps each further copy with that probability (0.5: about half the samples).
+    Image paths are rewritten relative to `output`. Returns the file and the samples written per task.
+    """
+    directory, output = Path(directory), Path(output)
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+    negative = {task: weight for task, weight in weights.items() if weight < 0}
+    if negative:
+        raise ValueError(f"task weights must be >= 0, got {negative}")
+    rng = random.Random(seed)
+    records, counts = [], dict.fromkeys(TASKS, 0)
+    for line in (directory / TASKS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        weight = weights.get(record["task"], 1.0)
+        copies = int(weight) + (rng.random() < weight - int(weight))
+        image = os.path.relpath(directory / record["image"], output.parent)
+        entry = json.dumps({"image": image, "question": record["question"], "answer": record["answer"]})
+        records += [entry] * copies
+        counts[record["task"]] += copies
+    rng.shuffle(records)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join(records) + "\n")
+    return output, counts

@@ -11,10 +11,12 @@ from cogvlm.text_processors.grounding import parse_boxes, to_pixels
 from cogvlm.train.data import jsonl_samples
 from cogvlm.train.synthetic import (
     COLORS,
+    TASKS,
     DatasetConfig,
     SceneConfig,
     caption,
     make_scene,
+    mix_tasks,
     render,
     samples_for,
     with_article,
@@ -89,3 +91,24 @@ def test_the_training_file_is_the_fine_tuning_format(tmp_path):
 def test_bad_scene_settings_are_refused():
     with pytest.raises(ValueError, match="max_object_px=80 is too large for image_px=112"):
         SceneConfig(image_px=112, max_object_px=80)
+
+
+def test_mixing_repeats_thins_and_drops_tasks_and_keeps_image_paths_valid(tmp_path):
+    dataset = tmp_path / "data"
+    write_dataset(dataset, DatasetConfig(num_images=60, seed=8, scene=SCENE))
+    tasks = [json.loads(line) for line in (dataset / "tasks.jsonl").read_text().splitlines()]
+    before = {task: sum(r["task"] == task for r in tasks) for task in TASKS}
+    weights = {"grounding": 2, "caption": 0.5, "count": 0}
+    output, counts = mix_tasks(dataset, weights, tmp_path / "elsewhere" / "mix.jsonl", seed=1)
+    assert counts["grounding"] == 2 * before["grounding"]
+    assert counts["count"] == 0
+    assert 0.25 * before["caption"] < counts["caption"] < 0.75 * before["caption"]
+    assert counts["color"] == before["color"]
+    samples = jsonl_samples(output)  # the fine-tuning reader: image paths resolve from the new file
+    assert len(samples) == sum(counts.values())
+    assert all(sample.image.is_file() for sample in samples)
+    assert mix_tasks(dataset, weights, tmp_path / "again.jsonl", seed=1)[1] == counts
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['colour'\]"):
+        mix_tasks(dataset, {"colour": 2}, tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        mix_tasks(dataset, {"text": -1}, tmp_path / "x.jsonl")
