@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cogvlm.cli.common import add_model_arguments, flag_dtype, load_session
-from cogvlm.embedded import EMBEDDED_SCENE
+from cogvlm.embedded import EMBEDDED_NAME, EMBEDDED_SCENE
 
 
 def run_synth_data(args: argparse.Namespace) -> int:
@@ -123,7 +123,7 @@ def run_eval_synthetic(args: argparse.Namespace) -> int:
 def add_eval_synthetic_parser(commands) -> None:
     """`cogvlm eval-synthetic`."""
     evaluate = commands.add_parser("eval-synthetic", help="score a model per task on a synthetic dataset")
-    add_model_arguments(evaluate)
+    add_model_arguments(evaluate, default_checkpoint=EMBEDDED_NAME)
     evaluate.add_argument("--data", required=True, help="dataset written by `cogvlm synth-data`")
     evaluate.add_argument("--per_task", type=int, default=None, help="at most this many samples per task")
     evaluate.add_argument("--max_new_tokens", type=int, default=32)
