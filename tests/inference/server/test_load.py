@@ -114,10 +114,19 @@ def test_a_full_queue_answers_429_and_recovers(small_server):
     assert small_server.is_alive()
 
 
-def test_a_request_over_its_deadline_gets_a_504(small_server):
+@pytest.fixture(scope="module")
+def impatient_server():
+    # 900 decoding steps take far longer than 0.2 s on any machine (each step is a Python-level forward
+    # pass), whereas the 2 s of `small_server` were enough for the tiny model on a quiet fast machine.
+    running = RunningServer("--timeout", "0.2")
+    yield running
+    running.stop()
+
+
+def test_a_request_over_its_deadline_gets_a_504(impatient_server):
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 900, "temperature": 0}
     started = time.monotonic()
-    response = httpx.post(small_server.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    response = httpx.post(impatient_server.url + "/v1/chat/completions", json=body, timeout=120)
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "timeout"
     assert time.monotonic() - started < 10
