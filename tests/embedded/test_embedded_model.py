@@ -1,7 +1,8 @@
 """The shipped model: small, the default everywhere, and as good as its model card says on fresh data.
 
 The scores are measured on a test set generated here with a seed used nowhere else (training used seed 1,
-the model card's held-out set seed 3), so a model that memorised its data would fail.
+the model card's held-out set seed 3, the example image seed 10), so a model that memorised its data
+would fail.
 """
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ from cogvlm.train.synthetic_eval import evaluate, iou, session_answerer
 TEST_SEED = 20261123
 TEST_IMAGES = 150
 MAX_SHIPPED_BYTES = 20 * 10**6
-# Minimum held-out score per task (exact match; grounding: IoU >= 0.5), a margin below the model card's
-# figures, which were measured on 300 images of seed 3.
+# Minimum score per task on this test set (exact match; grounding: IoU >= 0.5), set a margin below what
+# the shipped model scores here and on the model card's held-out set (see MODEL_CARD.md). Text reading is
+# not learnt (exact match 0): `test_text_answers_have_the_form_of_a_code` checks what it does learn.
 THRESHOLDS = {
-    "caption": 0.0,
-    "color": 0.0,
-    "shape": 0.0,
-    "count": 0.0,
-    "position": 0.0,
-    "text": 0.0,
-    "grounding": 0.0,
-    "box_caption": 0.0,
+    "caption": 0.03,
+    "color": 0.60,
+    "shape": 0.33,
+    "count": 0.80,
+    "position": 0.40,
+    "grounding": 0.07,
+    "box_caption": 0.27,
 }
 
 
@@ -109,10 +110,11 @@ def test_readme_command_finds_the_red_circle_and_draws_it(tmp_path):
     assert Image.open(path).size == Image.open(example_image()).size
 
 
-def test_default_model_reads_and_describes_the_example(session):
+def test_default_model_counts_and_compares_on_the_example(session):
     image = session.process_image(str(example_image()))
-    assert session.chat(image, "What does the text say?").response == "UEM8"
-    assert session.chat(image, "What color is the triangle?").response == "red"
+    assert session.chat(image, "How many shapes are there?").response == "two"
+    question = "Is the red circle left or right of the orange circle?"
+    assert session.chat(image, question).response == "left"
 
 
 def test_embedded_is_the_name_and_the_default(tmp_path, monkeypatch):
