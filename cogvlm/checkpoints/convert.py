@@ -191,20 +191,25 @@ def write_sat_directory(directory: Path, raw_config: Mapping, state: Mapping[str
     return directory
 
 
-def hf_to_sat(source: Path, output: Path, dtype: torch.dtype | None = None) -> ConvertResult:
-    """Write the SAT form (MP=1) of an HF checkpoint."""
+def read_hf_for_conversion(
+    source: Path, dtype: torch.dtype | None
+) -> tuple[dict, CogVLMConfig, dict[str, torch.Tensor]]:
+    """The raw HF config.json, our config and the SAT-named state dict, floating tensors cast to `dtype`."""
     hf_raw = sat_format.read_json(source / hf_format.CONFIG_FILE)
     config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
-    state = cast_floating(hf_format.load_hf_weights(source), dtype)
+    return hf_raw, config, cast_floating(hf_format.load_hf_weights(source), dtype)
+
+
+def hf_to_sat(source: Path, output: Path, dtype: torch.dtype | None = None) -> ConvertResult:
+    """Write the SAT form (MP=1) of an HF checkpoint."""
+    hf_raw, config, state = read_hf_for_conversion(source, dtype)
     write_sat_directory(output, sat_config_from_hf(hf_raw, config, state, source), state)
     return _result(output, "hf", "sat", state)
 
 
 def hf_to_hf(source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtype) -> ConvertResult:
     """An HF copy of an HF checkpoint, cast to `dtype`."""
-    hf_raw = sat_format.read_json(source / hf_format.CONFIG_FILE)
-    config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
-    state = cast_floating(hf_format.load_hf_weights(source), dtype)
+    hf_raw, config, state = read_hf_for_conversion(source, dtype)
     extra = {SAT_CONFIG_FIELD: hf_raw[SAT_CONFIG_FIELD]} if SAT_CONFIG_FIELD in hf_raw else None
     hf_format.save_hf_checkpoint(output, config, state, max_shard_bytes=max_shard_bytes, extra_fields=extra)
     return _result(output, "hf", "hf", state)
