@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cogvlm.checkpoints.atomic import atomic_file
 from cogvlm.text_processors.grounding import PixelBox, format_boxes, from_pixels
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -297,6 +298,6 @@ def mix_tasks(
         records += [entry] * copies
         counts[record["task"]] += copies
     rng.shuffle(records)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(records) + "\n")
+    with atomic_file(output, "w") as handle:  # an interrupted run leaves no truncated training file
+        handle.write("\n".join(records) + "\n")
     return output, counts
