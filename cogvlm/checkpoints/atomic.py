@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
@@ -27,8 +27,11 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces `target`, on error it is removed.
+def atomic_directory(target: Path, extra_files: Mapping[str, Path] | None = None) -> Iterator[Path]:
+    """Yield a staging directory; on success it replaces `target`, on error it is removed.
+
+    It starts empty but for `extra_files` ({name in the directory: file to copy}), so files that belong to
+    the result (a tokenizer beside weights) appear in the same rename as the rest.
 
     An existing `target` is moved aside first and deleted only once the new one is in place, so a
     failure at any point leaves either the old or the new directory, never a half-written one.
@@ -38,6 +41,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should be like any new folder
     try:
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
         yield staging
         _fsync_tree(staging)
     except BaseException:

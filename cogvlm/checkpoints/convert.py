@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +141,12 @@ def sat_to_hf(
     raw, config, state = read_sat_for_conversion(source)
     state = cast_floating(state, dtype)
     hf_format.save_hf_checkpoint(
-        output, config, state, max_shard_bytes=max_shard_bytes, extra_fields={SAT_CONFIG_FIELD: raw}
+        output,
+        config,
+        state,
+        max_shard_bytes=max_shard_bytes,
+        extra_fields={SAT_CONFIG_FIELD: raw},
+        extra_files=tokenizer_beside(source),
     )
     return _result(output, "sat", "hf", state)
 
@@ -151,7 +155,7 @@ def sat_to_sat(source: Path, output: Path, dtype: torch.dtype) -> ConvertResult:
     """An MP=1 SAT copy of a SAT checkpoint (shards merged, a run's extras dropped), cast to `dtype`."""
     raw, _, state = read_sat_for_conversion(source)
     state = cast_floating(state, dtype)
-    write_sat_directory(output, _at_model_parallel_size_1(raw), state)
+    write_sat_directory(output, _at_model_parallel_size_1(raw), state, tokenizer_beside(source))
     return _result(output, "sat", "sat", state)
 
 
@@ -181,9 +185,15 @@ def sat_config_from_hf(hf_raw: Mapping, config: CogVLMConfig, state: Mapping, so
     return sat_format.config_to_sat(config, 1)
 
 
-def write_sat_directory(directory: Path, raw_config: Mapping, state: Mapping[str, torch.Tensor]) -> Path:
-    """Write an MP=1 SAT checkpoint (`model_config.json`, `latest` = 1, `1/mp_rank_00_...`) atomically."""
-    with atomic_directory(directory) as staging:
+def write_sat_directory(
+    directory: Path,
+    raw_config: Mapping,
+    state: Mapping[str, torch.Tensor],
+    extra_files: Mapping[str, Path] | None = None,
+) -> Path:
+    """Write an MP=1 SAT checkpoint (`model_config.json`, `latest` = 1, `1/mp_rank_00_...`) atomically,
+    with `extra_files` ({name: file}) copied in."""
+    with atomic_directory(directory, extra_files) as staging:
         (staging / sat_format.MODEL_CONFIG_FILE).write_text(json.dumps(raw_config, indent=4))
         (staging / sat_format.LATEST_FILE).write_text("1")
         (staging / "1").mkdir()
@@ -203,7 +213,9 @@ def read_hf_for_conversion(
 def hf_to_sat(source: Path, output: Path, dtype: torch.dtype | None = None) -> ConvertResult:
     """Write the SAT form (MP=1) of an HF checkpoint."""
     hf_raw, config, state = read_hf_for_conversion(source, dtype)
-    write_sat_directory(output, sat_config_from_hf(hf_raw, config, state, source), state)
+    write_sat_directory(
+        output, sat_config_from_hf(hf_raw, config, state, source), state, tokenizer_beside(source)
+    )
     return _result(output, "hf", "sat", state)
 
 
@@ -211,14 +223,21 @@ def hf_to_hf(source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtyp
     """An HF copy of an HF checkpoint, cast to `dtype`."""
     hf_raw, config, state = read_hf_for_conversion(source, dtype)
     extra = {SAT_CONFIG_FIELD: hf_raw[SAT_CONFIG_FIELD]} if SAT_CONFIG_FIELD in hf_raw else None
-    hf_format.save_hf_checkpoint(output, config, state, max_shard_bytes=max_shard_bytes, extra_fields=extra)
+    hf_format.save_hf_checkpoint(
+        output,
+        config,
+        state,
+        max_shard_bytes=max_shard_bytes,
+        extra_fields=extra,
+        extra_files=tokenizer_beside(source),
+    )
     return _result(output, "hf", "hf", state)
 
 
-def _copy_tokenizer(source: Path, output: Path) -> None:
-    tokenizer = source / TOKENIZER_FILE
-    if tokenizer.is_file():
-        shutil.copyfile(tokenizer, output / TOKENIZER_FILE)
+def tokenizer_beside(checkpoint: Path) -> dict[str, Path]:
+    """{"tokenizer.model": its path} if the checkpoint directory holds one, else {} (for `extra_files`)."""
+    tokenizer = checkpoint / TOKENIZER_FILE
+    return {TOKENIZER_FILE: tokenizer} if tokenizer.is_file() else {}
 
 
 def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
@@ -236,12 +255,9 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     if output.exists() and not config.overwrite:
         raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
     if (source_format, target_format) == ("sat", "hf"):
-        result = sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
-    elif (source_format, target_format) == ("hf", "sat"):
-        result = hf_to_sat(source, output, config.dtype)
-    elif source_format == "sat":
-        result = sat_to_sat(source, output, config.dtype)
-    else:
-        result = hf_to_hf(source, output, config.max_shard_bytes, config.dtype)
-    _copy_tokenizer(source, output)
-    return result
+        return sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
+    if (source_format, target_format) == ("hf", "sat"):
+        return hf_to_sat(source, output, config.dtype)
+    if source_format == "sat":
+        return sat_to_sat(source, output, config.dtype)
+    return hf_to_hf(source, output, config.max_shard_bytes, config.dtype)

@@ -360,16 +360,18 @@ def save_hf_checkpoint(
     sat_state_dict: Mapping[str, torch.Tensor],
     max_shard_bytes: int = 5 << 30,
     extra_fields: Mapping | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write an HF directory (config.json, safetensors shards and their index) atomically.
 
-    `extra_fields` are added to config.json (e.g. the SAT config a conversion came from).
+    `extra_fields` are added to config.json (e.g. the SAT config a conversion came from); `extra_files`
+    ({name: file}) are copied in within the same atomic write.
     """
     directory = Path(directory)
     tensors = sat_state_dict_to_hf(sat_state_dict, config.llm.num_layers)
     dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
     shards = list(_shards(tensors, max_shard_bytes))
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, extra_files) as staging:
         raw_config = {**config_to_hf(config, dtype), **(extra_fields or {})}
         (staging / CONFIG_FILE).write_text(json.dumps(raw_config, indent=2))
         weight_map = {}

@@ -313,10 +313,14 @@ def save_sat_checkpoint(
     config: CogVLMConfig,
     rank_state_dicts: list[Mapping[str, torch.Tensor]],
     iteration: int = 1,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Path:
-    """Write a SAT checkpoint (one state dict per model-parallel rank) atomically; return its path."""
+    """Write a SAT checkpoint (one state dict per model-parallel rank) atomically; return its path.
+
+    `extra_files` ({name: file}) are copied in within the same atomic write (see `atomic_directory`).
+    """
     directory = Path(directory)
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, extra_files) as staging:
         (staging / MODEL_CONFIG_FILE).write_text(
             json.dumps(config_to_sat(config, len(rank_state_dicts)), indent=4)
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -56,9 +55,7 @@ def init_checkpoint(preset_name: str, tokenizer_path: str | Path, output: str | 
     torch.manual_seed(seed)
     state = build_model(config).state_dict()
     state[VISION_POSITIONS_KEY] = sincos_positions(*_vision_grid(state))
-    output = save_sat_checkpoint(output, config, [state])
-    shutil.copyfile(tokenizer_path, output / TOKENIZER_FILE)
-    return output
+    return save_sat_checkpoint(output, config, [state], extra_files={TOKENIZER_FILE: Path(tokenizer_path)})
 
 
 def reset_vision_positions(source: str | Path, output: str | Path) -> Path:
@@ -68,6 +65,4 @@ def reset_vision_positions(source: str | Path, output: str | Path) -> Path:
     state = dict(state)
     table = sincos_positions(*_vision_grid(state))
     state[VISION_POSITIONS_KEY] = table.to(state[VISION_POSITIONS_KEY].dtype)
-    write_sat_directory(Path(output), raw, state)
-    shutil.copyfile(source / TOKENIZER_FILE, Path(output) / TOKENIZER_FILE)
-    return Path(output)
+    return write_sat_directory(Path(output), raw, state, {TOKENIZER_FILE: source / TOKENIZER_FILE})

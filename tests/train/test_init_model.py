@@ -57,3 +57,11 @@ def test_init_model_command_writes_a_loadable_fresh_checkpoint_with_its_tokenize
     assert session.tokenizer.decode(session.tokenizer.encode("Where is the red circle?")) == (
         "Where is the red circle?"
     )
+
+
+def test_resetting_a_checkpoint_without_its_tokenizer_writes_nothing(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(golden_dir() / "cogvlm" / "sat_checkpoint", source)
+    with pytest.raises(FileNotFoundError, match="tokenizer.model"):
+        reset_vision_positions(source, tmp_path / "reset")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["source"]
