@@ -30,11 +30,9 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "GenerationRequest",
-    "GenerationStep",
     "generate",
     "generate_batch",
     "iterate_batch",
-    "iterate_generation",
     "new_kv_cache",
     "stream_generation",
 ]
@@ -79,15 +77,6 @@ class GenerationConfig:
                 "the prompt exceeds the context length limit"
             )
         return budget
-
-
-@dataclass(frozen=True)
-class GenerationStep:
-    """One generated token, the logits it was sampled from, and its position id."""
-
-    token_id: int
-    logits: torch.Tensor  # [vocab] float32
-    position_id: int
 
 
 @dataclass(frozen=True)
@@ -145,7 +134,7 @@ def _generators(config: GenerationConfig, rows: int, device: torch.device) -> li
     return [torch.Generator(device=device).manual_seed(config.seed) for _ in range(rows)]
 
 
-def _prompt_tokens_seen(batch: PromptBatch, config: SamplingConfig, vocab: int) -> torch.Tensor | None:
+def prompt_tokens_seen(batch: PromptBatch, config: SamplingConfig, vocab: int) -> torch.Tensor | None:
     """Bool [batch, vocab]: tokens the repetition penalty covers before the first step."""
     if config.repetition_penalty == 1.0:
         return None
@@ -215,7 +204,7 @@ def iterate_batch(
 ) -> Iterator[BatchStep]:
     """Prefill every request as one left-padded batch, then yield one `BatchStep` per decoding step."""
     device = model.transformer.word_embeddings.weight.device
-    batch = _to_device(collate(list(requests)), device)
+    batch = batch_to_device(collate(list(requests)), device)
     budgets = [config.new_token_budget(length) for length in batch.lengths]
     steps = max(budgets)
     stopping = _Stopping(budgets, config, tokenizer)
@@ -231,9 +220,9 @@ def iterate_batch(
     # across a `yield`, so that interleaved generations (a server advancing several) cannot reset it.
     with torch.inference_mode():
         memory = None if batch.cross_pixel_values is None else model.encode_cross(batch.cross_pixel_values)
-        logits = _prefill(model, batch, cache, memory)
+        logits = prefill(model, batch, cache, memory)
         decode = build_decode_step(config.decode_step, model, cache, key_is_valid, memory)
-        seen = _prompt_tokens_seen(batch, config.sampling, _vocab_size(model))
+        seen = prompt_tokens_seen(batch, config.sampling, _vocab_size(model))
     for step in range(steps):
         with torch.inference_mode():
             # Every rank must continue with the same tokens, as the reference broadcasts them from rank 0.
@@ -250,7 +239,7 @@ def iterate_batch(
             logits = decode(tokens, positions)
 
 
-def _prefill(model, batch: PromptBatch, cache: KVCache, memory) -> torch.Tensor:
+def prefill(model, batch: PromptBatch, cache: KVCache, memory) -> torch.Tensor:
     """The prompt's forward pass: fills the cache, returns the last position's logits [batch, vocab]."""
     ctx = ForwardContext(
         position_ids=batch.position_ids,
@@ -264,7 +253,7 @@ def _prefill(model, batch: PromptBatch, cache: KVCache, memory) -> torch.Tensor:
     return model(batch.input_ids, ctx, last_position_only=True).logits[:, -1].float()
 
 
-def _to_device(batch: PromptBatch, device: torch.device) -> PromptBatch:
+def batch_to_device(batch: PromptBatch, device: torch.device) -> PromptBatch:
     moved = {
         name: value.to(device) if isinstance(value, torch.Tensor) else value
         for name, value in vars(batch).items()
@@ -327,20 +316,6 @@ def generate(
     """Generate for one prompt (and its image); returns every token, and the step logits if kept."""
     request = GenerationRequest(text, pixel_values, cross_pixel_values)
     return generate_batch(model, [request], config, tokenizer=tokenizer, keep_step_logits=keep_step_logits)[0]
-
-
-def iterate_generation(
-    model: VisionLanguageModel,
-    text: TextInputs,
-    config: GenerationConfig,
-    *,
-    pixel_values: torch.Tensor | None = None,
-    cross_pixel_values: torch.Tensor | None = None,
-) -> Iterator[GenerationStep]:
-    """Yield generated tokens one by one; stops after an end token or when the budget is spent."""
-    request = GenerationRequest(text, pixel_values, cross_pixel_values)
-    for step in iterate_batch(model, [request], config):
-        yield GenerationStep(int(step.tokens[0]), step.logits[0], int(step.position_ids[0]))
 
 
 def stream_generation(

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from cogvlm.api import CogVLM, ImageInputs
 from cogvlm.errors import CogVLMError
 from cogvlm.image_processors.drawing import draw_response
-from cogvlm.inference.generate import GenerationConfig, iterate_generation
+from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
-from cogvlm.text_processors import IncrementalDecoder, build_inference_inputs, build_prompt
 from cogvlm.text_processors.agent import parse_agent_reply
 from cogvlm.text_processors.grounding import find_box_groups
 from cogvlm.text_processors.templates import build_task_prompt
@@ -36,26 +35,11 @@ def stream_reply(
     generation: GenerationConfig,
 ) -> Iterator[str]:
     """The growing reply text, one update per decoded piece."""
-    prompt = build_prompt(session.version, query, history, has_image=images is not None)
-    text = build_inference_inputs(session.tokenizer, prompt, session.config.image_length)
-    decoder = IncrementalDecoder(session.tokenizer)
     reply = ""
-    dtype = session.model.transformer.word_embeddings.weight.dtype
-    steps = iterate_generation(
-        session.model,
-        text,
-        generation,
-        pixel_values=None if images is None else images.pixel_values.to(dtype),
-        cross_pixel_values=None
-        if images is None or images.cross_pixel_values is None
-        else images.cross_pixel_values.to(dtype),
-    )
-    for step in steps:
-        if step.token_id in generation.end_token_ids:
-            break
-        reply += decoder.push(step.token_id)
+    for piece in session.stream_chat(images, query, history, generation):
+        reply += piece
         yield reply
-    yield reply + decoder.flush()
+    yield reply
 
 
 def _pairs(messages: list[dict]) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ class CrossMemory:
     instead of once per step.
     """
 
-    encoder_outputs: torch.Tensor  # [batch, encoder_seq, encoder_hidden]
+    encoder_outputs: torch.Tensor | None  # [batch, encoder_seq, encoder_hidden]; None once all are cached
     key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def key_value(
@@ -30,6 +30,8 @@ class CrossMemory:
         """Return this layer's cross keys and values [batch, heads, encoder_seq, head_dim]."""
         cached = self.key_values.get(layer_index)
         if cached is None:
+            if self.encoder_outputs is None:
+                raise ValueError(f"cross-attention memory has no keys/values for layer {layer_index}")
             fused = cross_attention.key_value(self.encoder_outputs)  # [batch, encoder_seq, 2 * width]
             key, value = fused.chunk(2, dim=-1)
             cached = (

@@ -46,6 +46,7 @@ class ChatService:
         self.session = session
         self.config = config
         self.scheduler = Scheduler(
+            session.model,
             session.tokenizer,
             max_active=config.max_active,
             max_queue=config.max_queue,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from cogvlm.api import CogVLM
 from cogvlm.errors import PromptTooLongError
-from cogvlm.inference.generate import GenerationConfig, iterate_generation
+from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
 from cogvlm.inference.server.config import ServerConfig
 from cogvlm.inference.server.errors import invalid
 from cogvlm.inference.server.requests import ChatRequest
 from cogvlm.inference.server.scheduler import PreparedJob
-from cogvlm.text_processors import build_inference_inputs, build_prompt
 
 
 def sampling_for(request: ChatRequest, vocab_size: int) -> SamplingConfig:
@@ -27,11 +26,10 @@ def sampling_for(request: ChatRequest, vocab_size: int) -> SamplingConfig:
 
 
 def prepare_job(session: CogVLM, config: ServerConfig, request: ChatRequest) -> PreparedJob:
-    """Build the prompt and the lazy token iterator (prefill runs on its first step)."""
+    """Build the prompt, the image tensors and the generation settings (the scheduler runs them)."""
     model = session.model
     images = session.process_image(request.image) if request.image is not None else None
-    prompt = build_prompt(session.version, request.query, request.history, has_image=images is not None)
-    text = build_inference_inputs(session.tokenizer, prompt, model.config.image_length)
+    inputs = session.request(images, request.query, request.history)
     eos = (session.tokenizer.eos_id,)
     generation = GenerationConfig(
         max_length=model.config.llm.max_sequence_length,
@@ -41,17 +39,7 @@ def prepare_job(session: CogVLM, config: ServerConfig, request: ChatRequest) -> 
         seed=request.seed,
     )
     try:
-        generation.new_token_budget(text.seq_len)
+        generation.new_token_budget(inputs.text.seq_len)
     except PromptTooLongError as error:
         raise invalid(str(error), "messages", "context_length_exceeded") from None
-    dtype = model.transformer.word_embeddings.weight.dtype
-    steps = iterate_generation(
-        model,
-        text,
-        generation,
-        pixel_values=None if images is None else images.pixel_values.to(dtype),
-        cross_pixel_values=None
-        if images is None or images.cross_pixel_values is None
-        else images.cross_pixel_values.to(dtype),
-    )
-    return PreparedJob((step.token_id for step in steps), text.seq_len, eos, request.stop)
+    return PreparedJob(inputs, generation, inputs.text.seq_len, request.stop)

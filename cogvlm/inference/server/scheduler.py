@@ -1,5 +1,6 @@
-"""Runs generation jobs on one worker thread: a bounded queue, a bounded set of active jobs advanced
-token by token in turn, cancellation (client gone) and per-request deadlines."""
+"""Runs generation on one worker thread: a bounded queue and one continuous decode batch, in which
+requests start as soon as a row is free and every live request advances one token per forward pass;
+cancellation (client gone) and per-request deadlines free a row between steps."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from cogvlm.inference.batching import GenerationRequest
+from cogvlm.inference.decode_batch import DecodeBatch, RowToken
+from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.server.errors import APIError
-from cogvlm.inference.server.stop_strings import StopStringFilter
-from cogvlm.text_processors import IncrementalDecoder
+from cogvlm.inference.streaming import TextStream
+from cogvlm.models.cogvlm import VisionLanguageModel
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,11 @@ class Failed:
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """What a job needs to start: its token iterator (prefill happens on the first step) and its limits."""
+    """A job's model inputs, its generation settings (without stop strings) and its stop strings."""
 
-    steps: Iterator[int]
+    request: GenerationRequest
+    config: GenerationConfig
     prompt_tokens: int
-    end_token_ids: tuple[int, ...]
     stop: tuple[str, ...]
 
 
@@ -57,8 +60,7 @@ class Job:
     events: asyncio.Queue
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
-    decoder: IncrementalDecoder | None = None
-    stop_filter: StopStringFilter | None = None
+    text: TextStream | None = None
     completion_tokens: int = 0
 
     def emit(self, event) -> None:
@@ -71,17 +73,26 @@ class Job:
 
 
 class Scheduler:
-    """Admits up to `max_active` jobs and advances each by one token per round; others wait in a queue."""
+    """Queues jobs and runs up to `max_active` of them as rows of one continuous decode batch."""
 
-    def __init__(self, tokenizer, *, max_active: int, max_queue: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        tokenizer,
+        *,
+        max_active: int,
+        max_queue: int,
+        timeout_s: float,
+    ) -> None:
+        self._batch = DecodeBatch(model, max_rows=max_active)
         self._tokenizer = tokenizer
-        self._max_active = max_active
         self._max_queue = max_queue
         self._timeout_s = timeout_s
         self._waiting: collections.deque[Job] = collections.deque()
-        self._active: list[Job] = []
+        self._active: dict[int, Job] = {}  # by row id
         self._condition = threading.Condition()
         self._stopping = False
+        self._largest_step = 0  # most rows one forward pass has advanced
         self._thread = threading.Thread(target=self._run, name="cogvlm-generation", daemon=True)
 
     def start(self) -> None:
@@ -97,9 +108,13 @@ class Scheduler:
 
     @property
     def load(self) -> dict[str, int]:
-        """How many jobs run and wait."""
+        """How many jobs run and wait, and the most that one decoding step has advanced together."""
         with self._condition:
-            return {"active": len(self._active), "waiting": len(self._waiting)}
+            return {
+                "active": len(self._active),
+                "waiting": len(self._waiting),
+                "largest_step": self._largest_step,
+            }
 
     def submit(self, prepared: PreparedJob) -> Job:
         """Queue a job for the calling coroutine's event loop; a full queue is a 429."""
@@ -119,24 +134,68 @@ class Scheduler:
             self._condition.notify()
         return job
 
-    def _admit(self) -> bool:
-        """Move waiting jobs into free active slots; return False when there is nothing to do."""
+    def _run(self) -> None:
+        while self._wait_for_work():
+            self._drop_gone_rows()
+            self._admit()
+            self._step()
+
+    def _wait_for_work(self) -> bool:
+        """Block while there is nothing to do; False once the scheduler stops."""
         with self._condition:
             while not self._stopping and not self._active and not self._waiting:
                 self._condition.wait()
-            if self._stopping:
-                return False
-            admitted = []
-            while self._waiting and len(self._active) + len(admitted) < self._max_active:
-                admitted.append(self._waiting.popleft())
-        for job in admitted:
-            if self._expired(job):
+            return not self._stopping
+
+    def _next_waiting(self) -> Job | None:
+        """The oldest waiting job if it can join the batch now (jobs start in arrival order)."""
+        with self._condition:
+            while self._waiting and self._expired(self._waiting[0]):
+                self._waiting.popleft()
+            if not self._waiting or not self._batch.can_join(self._waiting[0].prepared.request):
+                return None
+            return self._waiting.popleft()
+
+    def _admit(self) -> None:
+        """Prefill waiting jobs into free rows; each one's first token comes from its prefill."""
+        while (job := self._next_waiting()) is not None:
+            try:
+                first = self._batch.join(job.prepared.request, job.prepared.config)
+            except Exception as error:  # a bug must fail one request, not the server
+                job.emit(Failed(_generation_error(error)))
                 continue
-            job.decoder = IncrementalDecoder(self._tokenizer)
-            job.stop_filter = StopStringFilter(job.prepared.stop)
-            with self._condition:
-                self._active.append(job)
-        return True
+            job.text = TextStream(self._tokenizer, job.prepared.stop)
+            if first.finish_reason is None:
+                with self._condition:
+                    self._active[first.row_id] = job
+            self._deliver(job, first)
+
+    def _step(self) -> None:
+        """Advance every live row by one token."""
+        if not self._active:
+            return
+        try:
+            results = self._batch.step()
+        except Exception as error:  # the whole batch failed: fail its jobs, keep serving
+            for row_id in list(self._active):
+                self._release(row_id).emit(Failed(_generation_error(error)))
+            return
+        self._largest_step = max(self._largest_step, len(results))
+        for result in results:
+            job = self._active.get(result.row_id)
+            if job is not None:
+                self._deliver(job, result)
+
+    def _drop_gone_rows(self) -> None:
+        """Free the rows of jobs whose client left or whose deadline passed."""
+        for row_id, job in list(self._active.items()):
+            if self._expired(job):
+                self._release(row_id)
+
+    def _release(self, row_id: int) -> Job:
+        self._batch.leave(row_id)
+        with self._condition:
+            return self._active.pop(row_id)
 
     def _expired(self, job: Job) -> bool:
         if job.cancelled.is_set():
@@ -155,41 +214,28 @@ class Scheduler:
             return True
         return False
 
-    def _run(self) -> None:
-        while self._admit():
-            for job in list(self._active):
-                if self._expired(job) or not self._advance(job):
-                    with self._condition:
-                        self._active.remove(job)
-
-    def _advance(self, job: Job) -> bool:
-        """Generate one token of `job`; return False once the job is over."""
-        try:
-            token = next(job.prepared.steps, None)
-        except Exception as error:  # a bug must fail one request, not the server
-            job.emit(
-                Failed(
-                    APIError(500, f"generation failed: {type(error).__name__}: {error}", type="server_error")
-                )
-            )
-            return False
-        if token is None or token in job.prepared.end_token_ids:
-            job.completion_tokens += token is not None
-            reason = "length" if token is None else "stop"
-            self._finish(job, reason, job.decoder.flush())
-            return False
+    def _deliver(self, job: Job, result: RowToken) -> None:
+        """Pass one token's text on; finish the job on an end token, its budget, or a stop string."""
         job.completion_tokens += 1
-        text = job.stop_filter.push(job.decoder.push(token))
-        if text:
-            job.emit(Delta(text))
-        if job.stop_filter.stopped:
-            self._finish(job, "stop", "")
-            return False
-        return True
+        text = job.text.push(result.token_id)
+        stopped = job.text.hit_stop_string
+        if not stopped and result.finish_reason is None:
+            if text:
+                job.emit(Delta(text))
+            return
+        if result.finish_reason is None:
+            self._batch.leave(result.row_id)  # a stop string: the batch does not know it ended
+        with self._condition:
+            self._active.pop(result.row_id, None)
+        reason = "stop" if stopped or result.finish_reason == "end_token" else "length"
+        self._finish(job, reason, text + job.text.finish())
 
-    def _finish(self, job: Job, reason: str, tail: str) -> None:
-        text = job.stop_filter.push(tail) + job.stop_filter.flush()
+    @staticmethod
+    def _finish(job: Job, reason: str, text: str) -> None:
         if text:
             job.emit(Delta(text))
-        reason = "stop" if job.stop_filter.stopped else reason
         job.emit(Finished(reason, job.prepared.prompt_tokens, job.completion_tokens))
+
+
+def _generation_error(error: Exception) -> APIError:
+    return APIError(500, f"generation failed: {type(error).__name__}: {error}", type="server_error")

@@ -1,0 +1,94 @@
+"""The server's scheduler in process: jobs share decode steps, and one job's failure or stop string
+touches no other job."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import torch
+
+from cogvlm.inference.batching import GenerationRequest
+from cogvlm.inference.generate import GenerationConfig
+from cogvlm.inference.server.scheduler import Delta, Failed, Finished, PreparedJob, Scheduler
+from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
+from tests.golden import golden_dir, load_json
+from tests.golden_models import golden_model, image_inputs, tokenizer_file
+
+MODEL_DIR = golden_dir() / "cogvlm"
+
+
+def _prepared(case: str, stop: tuple[str, ...] = ()) -> tuple[PreparedJob, dict]:
+    model = golden_model(MODEL_DIR)
+    prompt = load_json(MODEL_DIR / "text_inputs.json")[case]
+    generation = load_json(MODEL_DIR / "generation.json")[case]
+    text = build_inference_inputs(_tokenizer(), prompt["prompt"], model.config.image_length)
+    request = GenerationRequest(text, image_inputs(MODEL_DIR)["pixel_values"])
+    config = GenerationConfig(max_new_tokens=generation["max_new_tokens"])
+    return PreparedJob(request, config, text.seq_len, stop), generation
+
+
+def _tokenizer() -> LlamaTokenizer:
+    return LlamaTokenizer.from_file(tokenizer_file())
+
+
+async def _collect(job) -> tuple[str, object]:
+    pieces = []
+    while True:
+        event = await job.events.get()
+        if isinstance(event, Delta):
+            pieces.append(event.text)
+        else:
+            return "".join(pieces), event
+
+
+def _run_jobs(prepared: list[PreparedJob], max_active: int) -> tuple[list[tuple[str, object]], dict]:
+    scheduler = Scheduler(
+        golden_model(MODEL_DIR), _tokenizer(), max_active=max_active, max_queue=16, timeout_s=120
+    )
+
+    async def main():
+        jobs = [scheduler.submit(p) for p in prepared]  # queued before the worker starts: they join together
+        scheduler.start()
+        try:
+            return await asyncio.gather(*(_collect(job) for job in jobs))
+        finally:
+            load = scheduler.load
+            scheduler.stop()
+            main.load = load
+
+    results = asyncio.run(main())
+    return results, main.load
+
+
+def test_jobs_decode_together_and_each_gets_its_reference_answer():
+    cases = ["chat_old_q1", "chat_old_q2", "chat_q1", "vqa_q1"]
+    prepared = [_prepared(case) for case in cases]
+    results, load = _run_jobs([p for p, _ in prepared], max_active=4)
+    assert load["largest_step"] == 4
+    for (text, finished), (job, generation) in zip(results, prepared, strict=True):
+        assert isinstance(finished, Finished)
+        expected = _tokenizer().decode(generation["new_token_ids"], skip_special_tokens=True)
+        assert text == expected
+        assert (finished.finish_reason, finished.completion_tokens) == (
+            "length",
+            len(generation["new_token_ids"]),
+        )
+        assert finished.prompt_tokens == job.prompt_tokens
+
+
+def test_a_failing_prefill_fails_its_job_only_and_a_stop_string_frees_its_row():
+    good, generation = _prepared("chat_old_q1")
+    expected = _tokenizer().decode(generation["new_token_ids"], skip_special_tokens=True)
+    broken = dataclasses.replace(
+        good, request=dataclasses.replace(good.request, pixel_values=torch.zeros(1, 3, 5, 5))
+    )
+    stop_word = expected.split()[1]
+    stopped = dataclasses.replace(good, stop=(stop_word,))
+    results, load = _run_jobs([broken, stopped, good], max_active=2)
+    (_, failure), (stopped_text, stopped_end), (text, finished) = results
+    assert isinstance(failure, Failed) and failure.error.status == 500
+    assert stopped_text == expected[: expected.index(stop_word)]
+    assert stopped_end.finish_reason == "stop"
+    assert text == expected and finished.finish_reason == "length"
+    assert load["active"] == 0 and load["waiting"] == 0
