@@ -34,9 +34,10 @@ class CrossMemory:
                 raise ValueError(f"cross-attention memory has no keys/values for layer {layer_index}")
             fused = cross_attention.key_value(self.encoder_outputs)  # [batch, encoder_seq, 2 * width]
             key, value = fused.chunk(2, dim=-1)
+            # Contiguous per head: decoding reads these every step, and strided keys slow attention down.
             cached = (
-                split_heads(key, cross_attention.head_dim),
-                split_heads(value, cross_attention.head_dim),
+                split_heads(key, cross_attention.head_dim).contiguous(),
+                split_heads(value, cross_attention.head_dim).contiguous(),
             )
             if not torch.is_grad_enabled():
                 self.key_values[layer_index] = cached
