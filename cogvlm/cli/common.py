@@ -11,7 +11,7 @@ from cogvlm.errors import CogVLMError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT_VERSIONS = ["base", "chat", "chat_old", "vqa"]
-DECODE_STEPS = ["eager", "static", "cuda_graph"]
+DECODE_STEPS = ["eager", "compiled", "static", "cuda_graph"]  # decode_step.DECODE_STEP_KINDS
 QUANT_BITS = [4, 8]
 
 

@@ -1,13 +1,18 @@
 """One decoding step after the prefill: eager with a growing cache view, or over fixed shapes (CUDA graphs).
 
-`eager` attends to the written part of the KV cache (fewest bytes read; best on CPU). `static` keeps every
-shape fixed: the token, its position and the cache slot live in preallocated buffers, and attention covers
-the whole cache under a mask that opens one slot per step. `cuda_graph` captures that static step once and
-replays it, so a step costs one graph launch and no host work or synchronisation.
+`eager` attends to the written part of the KV cache (fewest bytes read; best on CPU). `compiled` is the
+eager step through `torch.compile` (dynamic shapes, as the cache view grows): the many small operations of
+a layer (norms, rotary, cache writes) fuse into a few kernels, at the price of a compilation (tens of
+seconds on a small CPU) the first time a model decodes in a process. `static` keeps every shape fixed: the
+token, its position and the cache slot live in preallocated buffers, and attention covers the whole cache
+under a mask that opens one slot per step. `cuda_graph` captures that static step once and replays it, so
+a step costs one graph launch and no host work or synchronisation.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -16,13 +21,30 @@ from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import CrossMemory, ForwardContext
 from cogvlm.nn.kv_cache import KVCache
 
-DecodeStepKind = Literal["eager", "static", "cuda_graph"]
-DECODE_STEP_KINDS: tuple[str, ...] = ("eager", "static", "cuda_graph")
+DecodeStepKind = Literal["eager", "compiled", "static", "cuda_graph"]
+DECODE_STEP_KINDS: tuple[str, ...] = ("eager", "compiled", "static", "cuda_graph")
 WARMUP_STEPS = 2
 
 
 def _last_logits(model: VisionLanguageModel, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
     return model(input_ids, ctx, last_position_only=True).logits[:, -1].float()  # [batch, vocab]
+
+
+@functools.cache
+def compiled_last_logits() -> Callable[[VisionLanguageModel, torch.Tensor, ForwardContext], torch.Tensor]:
+    """`_last_logits` through `torch.compile`; compiled code is kept per model and shape family."""
+    compiled = torch.compile(_last_logits, dynamic=True)
+
+    def forward(model: VisionLanguageModel, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        try:
+            return compiled(model, input_ids, ctx)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            raise RuntimeError(
+                "the compiled decoding step could not be built (on CPU torch.compile needs a C++ compiler "
+                f"such as g++); use decode_step='eager' (--decode_step eager) instead: {error}"
+            ) from error
+
+    return forward
 
 
 class EagerDecodeStep:
@@ -34,8 +56,11 @@ class EagerDecodeStep:
         cache: KVCache,
         key_is_valid: torch.Tensor | None,
         memory: CrossMemory | None,
+        *,
+        compiled: bool = False,
     ) -> None:
         self.model, self.cache, self.key_is_valid, self.memory = model, cache, key_is_valid, memory
+        self.forward = compiled_last_logits() if compiled else _last_logits
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits [batch, vocab] after feeding `tokens` [batch] at `positions` [batch]."""
@@ -47,7 +72,7 @@ class EagerDecodeStep:
             cross_memory=self.memory,
             kv_cache=self.cache,
         )
-        return _last_logits(self.model, tokens[:, None], ctx)
+        return self.forward(self.model, tokens[:, None], ctx)
 
 
 class StaticDecodeStep:
@@ -125,8 +150,8 @@ def build_decode_step(
     memory: CrossMemory | None,
 ) -> EagerDecodeStep | StaticDecodeStep:
     """The decoding step of `kind` for a cache that holds the prefill."""
-    if kind == "eager":
-        return EagerDecodeStep(model, cache, key_is_valid, memory)
+    if kind in ("eager", "compiled"):
+        return EagerDecodeStep(model, cache, key_is_valid, memory, compiled=kind == "compiled")
     if kind not in DECODE_STEP_KINDS:
         raise ValueError(f"decode_step must be one of {DECODE_STEP_KINDS}, got {kind!r}")
     if key_is_valid is None:

@@ -52,9 +52,10 @@ def _golden_cases() -> list[str]:
     return sorted(load_json(MODEL_DIR / "text_inputs.json"))
 
 
-@pytest.mark.parametrize("decode_step", ["eager", "static"])
+@pytest.mark.parametrize("decode_step", ["eager", "static", "compiled"])
 def test_a_batch_of_every_golden_prompt_reproduces_each_reference_continuation(decode_step):
     # "static" is the CUDA-graph step without the graph: fixed shapes, the whole cache under a mask.
+    # "compiled" is the eager step through torch.compile (fused kernels; real compilation here).
     names = _golden_cases()
     lengths = {_request(name).text.seq_len for name in names}
     assert len(lengths) > 1  # the batch really is left-padded
