@@ -33,6 +33,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         allow_remote_images=args.allow_remote_images,
         allow_file_images=args.allow_file_images,
+        compiled_decode=args.compile,
     )
     serve(load_session(args, flag_dtype(args)), config)
     return 0
@@ -47,7 +48,12 @@ def add_serve_parser(commands) -> None:
     serve.add_argument(
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set COGVLM_API_KEY)"
     )
-    serve.add_argument("--max-active", type=int, default=4, help="requests generated at once")
+    serve.add_argument("--max-active", type=int, default=4, help="requests decoded together (one batch)")
+    serve.add_argument(
+        "--compile",
+        action="store_true",
+        help="run decoding steps through torch.compile (faster once compiled; the first requests wait)",
+    )
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: HTTP 429")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
     serve.add_argument("--default-max-tokens", type=int, default=512)

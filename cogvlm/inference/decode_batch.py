@@ -19,6 +19,7 @@ import torch
 
 from cogvlm.errors import PromptTooLongError
 from cogvlm.inference.batching import GenerationRequest, collate
+from cogvlm.inference.decode_step import compiled_last_logits, last_logits
 from cogvlm.inference.generate import (
     GenerationConfig,
     batch_to_device,
@@ -133,10 +134,18 @@ class DecodeBatch:
     """Up to `max_rows` generations advanced together, joining and leaving between steps.
 
     `max_length` bounds each row's prompt plus generated tokens (default: the model's context length);
-    the cache holds `max_rows` rows of that length.
+    the cache holds `max_rows` rows of that length. `compiled` runs the steps through `torch.compile`
+    (as `decode_step="compiled"`; the first steps of each batch size family compile).
     """
 
-    def __init__(self, model: VisionLanguageModel, *, max_rows: int, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        *,
+        max_rows: int,
+        max_length: int | None = None,
+        compiled: bool = False,
+    ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.model = model
@@ -148,6 +157,7 @@ class DecodeBatch:
         self._cross_live = False
         self._ids = itertools.count()
         self._device = model.transformer.word_embeddings.weight.device
+        self._forward = compiled_last_logits() if compiled else last_logits
 
     @property
     def size(self) -> int:
@@ -241,7 +251,7 @@ class DecodeBatch:
                 cross_memory=self._cross.memory(len(rows)) if self.has_cross_rows else None,
                 kv_cache=self.cache,
             )
-            logits = self.model(tokens, ctx, last_position_only=True).logits[:, -1].float()
+            logits = self._forward(self.model, tokens, ctx)
             results = []
             for index, row in enumerate(rows):
                 if row.seen is not None:

@@ -26,14 +26,15 @@ DECODE_STEP_KINDS: tuple[str, ...] = ("eager", "compiled", "static", "cuda_graph
 WARMUP_STEPS = 2
 
 
-def _last_logits(model: VisionLanguageModel, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+def last_logits(model: VisionLanguageModel, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    """The float32 logits of each row's last position after one forward pass."""
     return model(input_ids, ctx, last_position_only=True).logits[:, -1].float()  # [batch, vocab]
 
 
 @functools.cache
 def compiled_last_logits() -> Callable[[VisionLanguageModel, torch.Tensor, ForwardContext], torch.Tensor]:
-    """`_last_logits` through `torch.compile`; compiled code is kept per model and shape family."""
-    compiled = torch.compile(_last_logits, dynamic=True)
+    """`last_logits` through `torch.compile`; compiled code is kept per model and shape family."""
+    compiled = torch.compile(last_logits, dynamic=True)
 
     def forward(model: VisionLanguageModel, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         try:
@@ -60,7 +61,7 @@ class EagerDecodeStep:
         compiled: bool = False,
     ) -> None:
         self.model, self.cache, self.key_is_valid, self.memory = model, cache, key_is_valid, memory
-        self.forward = compiled_last_logits() if compiled else _last_logits
+        self.forward = compiled_last_logits() if compiled else last_logits
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits [batch, vocab] after feeding `tokens` [batch] at `positions` [batch]."""
@@ -111,7 +112,7 @@ class StaticDecodeStep:
             kv_cache=self.cache,
         )
         try:
-            return _last_logits(self.model, self.tokens, ctx)
+            return last_logits(self.model, self.tokens, ctx)
         finally:
             self.cache.write_index = None
 

@@ -58,12 +58,14 @@ def _run(batch: DecodeBatch, arrivals: dict[int, list[tuple[str, GenerationReque
     return produced
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("model_dir", checkpoint_dirs(), ids=lambda d: d.name)
-def test_prompts_joining_at_different_steps_reproduce_every_reference_continuation(model_dir):
+def test_prompts_joining_at_different_steps_reproduce_every_reference_continuation(model_dir, compiled):
+    # "compiled" runs the steps through torch.compile (a real compilation, with growing batch and cache).
     prompts = load_json(model_dir / "text_inputs.json")
     generations = load_json(model_dir / "generation.json")
     names = sorted(prompts)
-    batch = DecodeBatch(golden_model(model_dir), max_rows=len(names), max_length=256)
+    batch = DecodeBatch(golden_model(model_dir), max_rows=len(names), max_length=256, compiled=compiled)
     arrivals: dict[int, list] = {}
     for index, name in enumerate(names):
         config = GenerationConfig(max_length=1024, max_new_tokens=generations[name]["max_new_tokens"])

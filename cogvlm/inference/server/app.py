@@ -51,6 +51,7 @@ class ChatService:
             max_active=config.max_active,
             max_queue=config.max_queue,
             timeout_s=config.request_timeout_s,
+            compiled=config.compiled_decode,
         )
 
     async def read_request(self, request: Request) -> ChatRequest:

@@ -23,6 +23,7 @@ class ServerConfig:
     allow_remote_images: bool = False
     allow_file_images: bool = False
     remote_image_timeout_s: float = 10.0
+    compiled_decode: bool = False  # decoding steps through torch.compile
 
     def __post_init__(self) -> None:
         for name in ("max_active", "max_queue", "default_max_tokens", "max_image_bytes", "max_image_pixels"):

@@ -83,8 +83,9 @@ class Scheduler:
         max_active: int,
         max_queue: int,
         timeout_s: float,
+        compiled: bool = False,
     ) -> None:
-        self._batch = DecodeBatch(model, max_rows=max_active)
+        self._batch = DecodeBatch(model, max_rows=max_active, compiled=compiled)
         self._tokenizer = tokenizer
         self._max_queue = max_queue
         self._timeout_s = timeout_s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
 import torch
 
 from cogvlm.inference.batching import GenerationRequest
@@ -42,9 +43,16 @@ async def _collect(job) -> tuple[str, object]:
             return "".join(pieces), event
 
 
-def _run_jobs(prepared: list[PreparedJob], max_active: int) -> tuple[list[tuple[str, object]], dict]:
+def _run_jobs(
+    prepared: list[PreparedJob], max_active: int, compiled: bool = False
+) -> tuple[list[tuple[str, object]], dict]:
     scheduler = Scheduler(
-        golden_model(MODEL_DIR), _tokenizer(), max_active=max_active, max_queue=16, timeout_s=120
+        golden_model(MODEL_DIR),
+        _tokenizer(),
+        max_active=max_active,
+        max_queue=16,
+        timeout_s=120,
+        compiled=compiled,
     )
 
     async def main():
@@ -61,10 +69,11 @@ def _run_jobs(prepared: list[PreparedJob], max_active: int) -> tuple[list[tuple[
     return results, main.load
 
 
-def test_jobs_decode_together_and_each_gets_its_reference_answer():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_jobs_decode_together_and_each_gets_its_reference_answer(compiled):
     cases = ["chat_old_q1", "chat_old_q2", "chat_q1", "vqa_q1"]
     prepared = [_prepared(case) for case in cases]
-    results, load = _run_jobs([p for p, _ in prepared], max_active=4)
+    results, load = _run_jobs([p for p, _ in prepared], max_active=4, compiled=compiled)
     assert load["largest_step"] == 4
     for (text, finished), (job, generation) in zip(results, prepared, strict=True):
         assert isinstance(finished, Finished)
