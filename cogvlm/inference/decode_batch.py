@@ -187,8 +187,13 @@ class DecodeBatch:
                 f"the batch cannot take this prompt now ({len(self._rows)}/{self.max_rows} rows live; "
                 "rows with and without a cross image cannot share a batch)"
             )
-        if config.decode_step != "eager" or config.stop_strings:
-            raise ValueError("a decode batch runs eager steps and leaves stop strings to its caller")
+        if config.decode_step != "eager":
+            raise ValueError(
+                f"decode_step={config.decode_step!r}: a decode batch chooses its steps itself "
+                "(DecodeBatch(compiled=True) for compiled ones); leave decode_step at 'eager'"
+            )
+        if config.stop_strings:
+            raise ValueError(f"stop strings {config.stop_strings!r}: the batch leaves them to its caller")
         batch = batch_to_device(collate([request]), self._device)
         prompt_length = batch.seq_len
         budget = config.new_token_budget(prompt_length)

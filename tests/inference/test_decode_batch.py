@@ -156,6 +156,17 @@ def test_an_end_token_ends_its_row_and_a_first_token_end_never_takes_a_slot():
     assert batch.size == 0
 
 
+def test_settings_the_batch_cannot_honour_are_refused_by_name():
+    model_dir = _plain_dir()
+    batch = DecodeBatch(golden_model(model_dir), max_rows=1, max_length=256)
+    request = _text_only(model_dir, "Hi")
+    with pytest.raises(ValueError, match="decode_step='static'"):
+        batch.join(request, GenerationConfig(decode_step="static"))
+    with pytest.raises(ValueError, match="stop strings \\('x',\\)"):
+        batch.join(request, GenerationConfig(stop_strings=("x",)))
+    assert batch.size == 0
+
+
 def test_a_prompt_longer_than_a_row_is_refused_with_the_lengths():
     model_dir = checkpoint_dirs()[0]
     prompt = next(iter(load_json(model_dir / "text_inputs.json").values()))
