@@ -41,8 +41,9 @@ def compiled_last_logits() -> Callable[[VisionLanguageModel, torch.Tensor, Forwa
             return compiled(model, input_ids, ctx)
         except torch._dynamo.exc.BackendCompilerFailed as error:
             raise RuntimeError(
-                "the compiled decoding step could not be built (on CPU torch.compile needs a C++ compiler "
-                f"such as g++); use decode_step='eager' (--decode_step eager) instead: {error}"
+                "the compiled decoding step could not be built (torch.compile needs a C++ compiler such as "
+                "g++ on CPU, Triton on CUDA); use decode_step='eager' (--decode_step eager) instead: "
+                f"{error}"
             ) from error
 
     return forward
