@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,7 @@ from tests.golden import golden_dir, load_json
 from tests.golden_models import cases, golden_model, image_inputs, tokenizer_file
 
 MODEL_DIR = golden_dir() / "cogvlm"
+REPO = Path(__file__).resolve().parents[2]
 # Batched rows run their matmuls on other shapes than a single prompt: BLAS blocking noise only.
 BATCH_LOGIT_TOLERANCE = dict(atol=1e-4, rtol=0)
 SAMPLED = SamplingConfig(temperature=1.5, top_k=0, top_p=1.0, semantics="standard")
@@ -207,3 +212,24 @@ def test_a_strong_standard_repetition_penalty_prevents_repeats():
     sampling = SamplingConfig(top_k=1, repetition_penalty=1e6, semantics="standard")
     output = generate(model, request.text, _config(sampling=sampling), pixel_values=request.pixel_values)
     assert len(set(output.token_ids)) == len(output.token_ids)
+
+
+NO_COMPILER_SCRIPT = """
+import torch
+torch._inductor.config.cpp.cxx = ("/nonexistent/g++",)
+from cogvlm.inference.generate import GenerationConfig, generate
+from tests.inference.test_engine import _text_only_request, golden_model, MODEL_DIR
+request = _text_only_request("Hi")
+generate(golden_model(MODEL_DIR), request.text, GenerationConfig(max_new_tokens=3, decode_step="compiled"))
+"""
+
+
+def test_the_compiled_step_without_a_compiler_says_what_is_missing_and_what_to_use(tmp_path):
+    # A fresh inductor cache, so that nothing compiled earlier is reused instead of compiling.
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", NO_COMPILER_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode != 0
+    assert "RuntimeError: the compiled decoding step could not be built" in result.stderr
+    assert "C++ compiler such as g++" in result.stderr and "--decode_step eager" in result.stderr
