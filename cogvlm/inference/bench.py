@@ -287,7 +287,9 @@ def run_bench(config: BenchConfig) -> dict:
     generation = _protocol_generation(model, config)
     single = _requests(model, config, protocol, 1)
     batch = _requests(model, config, protocol, config.batch_size)
-    _time_generation(model, single, generation, device)  # warm-up
+    # Warm-ups: allocator, and with decode_step="compiled" the compilation of each batch size's step.
+    _time_generation(model, single, generation, device)
+    _time_generation(model, batch, generation, device)
     repeats = [
         _measure_repeat(model, single, generation, config, device, dtype) for _ in range(config.repeats)
     ]
