@@ -165,11 +165,6 @@ class DecodeBatch:
         return len(self._rows)
 
     @property
-    def row_ids(self) -> tuple[int, ...]:
-        """Ids of the live rows."""
-        return tuple(row.row_id for row in self._rows)
-
-    @property
     def has_cross_rows(self) -> bool:
         """True while the live rows attend to a cross-attention memory."""
         return bool(self._rows) and self._cross_live
