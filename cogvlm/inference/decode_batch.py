@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cogvlm.errors import PromptTooLongError
+from cogvlm.errors import ConfigError, PromptTooLongError
 from cogvlm.inference.batching import GenerationRequest, collate
 from cogvlm.inference.decode_step import compiled_last_logits, last_logits
 from cogvlm.inference.generate import (
@@ -106,6 +106,20 @@ class SlotKVCache:
         self.values[:, target, :, :length] = self.values[:, source, :, :length]
 
 
+def _allocate_cache(model: VisionLanguageModel, rows: int, length: int) -> SlotKVCache:
+    """The slot cache, or an error that says how much it needed and what to lower."""
+    try:
+        return SlotKVCache(model, rows, length)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        attention = model.transformer.layers[0].attention
+        per_row = 2 * len(model.transformer.layers) * length * attention.query_key_value.out_features // 3
+        size = per_row * rows * model.transformer.word_embeddings.weight.element_size()
+        raise ConfigError(
+            f"the decode batch's KV cache ({rows} rows x {length} positions, {size / 2**30:.1f} GiB) does "
+            f"not fit in memory; lower the number of rows (--max-active): {error}"
+        ) from error
+
+
 class _CrossSlots:
     """Each live row's cross-attention keys and values, per layer [slots, heads, encoder_seq, head_dim]."""
 
@@ -151,7 +165,7 @@ class DecodeBatch:
         self.model = model
         self.max_rows = max_rows
         self.max_length = max_length or model.config.llm.max_sequence_length
-        self.cache = SlotKVCache(model, max_rows, self.max_length)
+        self.cache = _allocate_cache(model, max_rows, self.max_length)
         self._cross: _CrossSlots | None = None
         self._rows: list[_Row] = []  # in slot order
         self._cross_live = False

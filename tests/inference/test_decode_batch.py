@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogvlm.errors import PromptTooLongError
+from cogvlm.errors import ConfigError, PromptTooLongError
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.decode_batch import DecodeBatch
 from cogvlm.inference.generate import GenerationConfig, generate
@@ -209,3 +209,11 @@ def test_rows_cost_one_forward_per_step_whatever_their_number(monkeypatch):
     results = batch.step()
     assert len(results) == 3
     assert calls == [torch.Size([3, 1])]
+
+
+def test_a_cache_too_large_for_memory_is_a_clear_error_naming_rows_and_size():
+    model = golden_model(_plain_dir())
+    with pytest.raises(
+        ConfigError, match=r"KV cache \(34359738368 rows x 1024 positions, .* GiB\).*--max-active"
+    ):
+        DecodeBatch(model, max_rows=2**35, max_length=1024)
