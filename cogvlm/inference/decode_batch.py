@@ -224,7 +224,7 @@ class DecodeBatch:
             cache = new_kv_cache(self.model, 1, prompt_length)
             logits = prefill(self.model, batch, cache, memory)
             seen = prompt_tokens_seen(batch, config.sampling, self.model.config.llm.vocab_size)
-            token = self._sample(logits, seen, config, generator)
+            token = self._share(self._draw(logits, seen, config, generator))[0]
         row = _Row(
             row_id=next(self._ids),
             slot=len(self._rows),
@@ -266,11 +266,14 @@ class DecodeBatch:
                 kv_cache=self.cache,
             )
             logits = self._forward(self.model, tokens, ctx)
-            results = []
+            drawn = []
             for index, row in enumerate(rows):
                 if row.seen is not None:
                     row.seen[0, row.next_token] = True
-                token = self._sample(logits[index : index + 1], row.seen, row.config, row.generator)
+                drawn.append(self._draw(logits[index : index + 1], row.seen, row.config, row.generator))
+            tokens = self._share(torch.cat(drawn))  # one device-to-host copy for every row
+            results = []
+            for row, token in zip(rows, tokens, strict=True):
                 row.produced += 1
                 row.next_token, row.next_position, row.column = token, row.next_position + 1, row.column + 1
                 results.append(RowToken(row.row_id, token, self._finish_reason(row, token)))
@@ -294,16 +297,19 @@ class DecodeBatch:
             self._rows[index] = last
         self._rows.pop()
 
-    def _sample(
-        self,
+    @staticmethod
+    def _draw(
         logits: torch.Tensor,
         seen: torch.Tensor | None,
         config: GenerationConfig,
         generator: torch.Generator | None,
-    ) -> int:
-        generators = () if generator is None else (generator,)
-        token = sample(logits, seen, config.sampling, generators)
-        return int(broadcast_from_first_rank(token, self.model.tp)[0])
+    ) -> torch.Tensor:
+        """One row's next token [1], drawn with its own settings and generator."""
+        return sample(logits, seen, config.sampling, () if generator is None else (generator,))
+
+    def _share(self, tokens: torch.Tensor) -> list[int]:
+        """Every rank continues with rank 0's tokens, as the reference broadcasts them."""
+        return broadcast_from_first_rank(tokens, self.model.tp).tolist()
 
     @staticmethod
     def _finish_reason(row: _Row, token: int) -> str | None:
