@@ -52,7 +52,7 @@ def add_serve_parser(commands) -> None:
     serve.add_argument(
         "--compile",
         action="store_true",
-        help="run decoding steps through torch.compile (faster once compiled; the first requests wait)",
+        help="run decoding steps through torch.compile (compiled at start-up, before serving)",
     )
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: HTTP 429")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")

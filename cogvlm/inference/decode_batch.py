@@ -12,6 +12,7 @@ Rows of one batch either all attend to a cross-attention memory (CogAgent with a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -248,6 +249,21 @@ class DecodeBatch:
             self._cross_live = memory is not None
             self._rows.append(row)
         return RowToken(row.row_id, token, finish)
+
+    def warm_up(self, request: GenerationRequest, config: GenerationConfig, steps: int = 3) -> None:
+        """Run `request` as one row, then as two, for a few steps and leave the batch empty again.
+
+        With `compiled`, this compiles the steps of one row and of several rows before real work arrives.
+        """
+        if self._rows:
+            raise ValueError(f"warm up an empty decode batch, not one with {len(self._rows)} live rows")
+        config = dataclasses.replace(config, max_new_tokens=steps + 1, end_token_ids=())
+        self.join(request, config)
+        self.step()  # one row
+        if self.max_rows > 1:
+            self.join(request, config)
+        while self._rows:
+            self.step()  # two rows, then the second alone
 
     def step(self) -> list[RowToken]:
         """Feed every live row its pending token; return each row's next token (rows that end leave)."""

@@ -217,3 +217,14 @@ def test_a_cache_too_large_for_memory_is_a_clear_error_naming_rows_and_size():
         ConfigError, match=r"KV cache \(34359738368 rows x 1024 positions, .* GiB\).*--max-active"
     ):
         DecodeBatch(model, max_rows=2**35, max_length=1024)
+
+
+def test_a_warm_up_leaves_the_batch_empty_and_needs_an_empty_one():
+    model_dir = _plain_dir()
+    batch = DecodeBatch(golden_model(model_dir), max_rows=2, max_length=256)
+    request = _text_only(model_dir, "Hi")
+    batch.warm_up(request, GenerationConfig(), steps=2)
+    assert batch.size == 0
+    batch.join(request, GenerationConfig(max_new_tokens=5))
+    with pytest.raises(ValueError, match="1 live rows"):
+        batch.warm_up(request, GenerationConfig())

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,6 +54,13 @@ class ChatService:
             timeout_s=config.request_timeout_s,
             compiled=config.compiled_decode,
         )
+
+    def warm_up(self) -> None:
+        """Decode a short greedy answer about a blank image, then one without an image, before serving."""
+        blank = Image.new("RGB", (32, 32), "white")
+        for image in (blank, None):
+            chat = ChatRequest(model=self.config.model_id, query="Hi", history=(), image=image, temperature=0)
+            self.scheduler.warm_up(prepare_job(self.session, self.config, chat))
 
     async def read_request(self, request: Request) -> ChatRequest:
         """Size-check, parse and validate the body (image decoding runs off the event loop)."""
@@ -159,6 +167,8 @@ def create_app(session: CogVLM, config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if config.compiled_decode:  # compile before accepting requests: /health answers once it is done
+            await run_in_threadpool(service.warm_up)
         service.scheduler.start()
         yield
         service.scheduler.stop()

@@ -96,6 +96,12 @@ class Scheduler:
         self._largest_step = 0  # most rows one forward pass has advanced
         self._thread = threading.Thread(target=self._run, name="cogvlm-generation", daemon=True)
 
+    def warm_up(self, prepared: PreparedJob) -> None:
+        """Run `prepared` through the decode batch before serving (compiles a compiled batch's steps)."""
+        if self._thread.is_alive():
+            raise RuntimeError("warm the scheduler up before starting it")
+        self._batch.warm_up(prepared.request, prepared.config)
+
     def start(self) -> None:
         """Start the worker thread."""
         self._thread.start()

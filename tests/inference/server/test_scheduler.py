@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig
@@ -54,6 +55,9 @@ def _run_jobs(
         timeout_s=120,
         compiled=compiled,
     )
+    if compiled:
+        scheduler.warm_up(prepared[0])
+    graphs = counters["stats"]["unique_graphs"]
 
     async def main():
         jobs = [scheduler.submit(p) for p in prepared]  # queued before the worker starts: they join together
@@ -63,7 +67,7 @@ def _run_jobs(
         finally:
             load = scheduler.load
             scheduler.stop()
-            main.load = load
+            main.load = {**load, "new_graphs": counters["stats"]["unique_graphs"] - graphs}
 
     results = asyncio.run(main())
     return results, main.load
@@ -75,6 +79,7 @@ def test_jobs_decode_together_and_each_gets_its_reference_answer(compiled):
     prepared = [_prepared(case) for case in cases]
     results, load = _run_jobs([p for p, _ in prepared], max_active=4, compiled=compiled)
     assert load["largest_step"] == 4
+    assert load["new_graphs"] == 0  # with compiled steps, the warm-up compiled every shape the jobs needed
     for (text, finished), (job, generation) in zip(results, prepared, strict=True):
         assert isinstance(finished, Finished)
         expected = _tokenizer().decode(generation["new_token_ids"], skip_special_tokens=True)
