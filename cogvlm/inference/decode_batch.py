@@ -24,6 +24,7 @@ from cogvlm.inference.decode_step import compiled_last_logits, last_logits
 from cogvlm.inference.generate import (
     GenerationConfig,
     batch_to_device,
+    kv_cache_bytes,
     new_kv_cache,
     prefill,
     prompt_tokens_seen,
@@ -47,7 +48,6 @@ class RowToken:
 @dataclass
 class _Row:
     row_id: int
-    slot: int
     config: GenerationConfig
     budget: int  # tokens this row may generate
     produced: int  # tokens generated so far
@@ -112,9 +112,7 @@ def _allocate_cache(model: VisionLanguageModel, rows: int, length: int) -> SlotK
     try:
         return SlotKVCache(model, rows, length)
     except (torch.OutOfMemoryError, RuntimeError) as error:
-        attention = model.transformer.layers[0].attention
-        per_row = 2 * len(model.transformer.layers) * length * attention.query_key_value.out_features // 3
-        size = per_row * rows * model.transformer.word_embeddings.weight.element_size()
+        size = kv_cache_bytes(model, rows, length)
         raise ConfigError(
             f"the decode batch's KV cache ({rows} rows x {length} positions, {size / 2**30:.1f} GiB) does "
             f"not fit in memory; lower the number of rows (--max-active): {error}"
@@ -168,7 +166,7 @@ class DecodeBatch:
         self.max_length = max_length or model.config.llm.max_sequence_length
         self.cache = _allocate_cache(model, max_rows, self.max_length)
         self._cross: _CrossSlots | None = None
-        self._rows: list[_Row] = []  # in slot order
+        self._rows: list[_Row] = []  # row i lives in cache slot i
         self._cross_live = False
         self._ids = itertools.count()
         self._device = model.transformer.word_embeddings.weight.device
@@ -228,7 +226,6 @@ class DecodeBatch:
             token = self._share(self._draw(logits, seen, config, generator))[0]
         row = _Row(
             row_id=next(self._ids),
-            slot=len(self._rows),
             config=config,
             budget=budget,
             produced=1,
@@ -240,12 +237,13 @@ class DecodeBatch:
         )
         finish = self._finish_reason(row, token)
         if finish is None:
+            slot = len(self._rows)  # live rows fill the first slots
             with torch.inference_mode():
-                self.cache.place(row.slot, cache.keys[:, 0], cache.values[:, 0])
+                self.cache.place(slot, cache.keys[:, 0], cache.values[:, 0])
                 if memory is not None:
                     if self._cross is None:
                         self._cross = _CrossSlots(memory, self.max_rows)
-                    self._cross.place(row.slot, memory)
+                    self._cross.place(slot, memory)
             self._cross_live = memory is not None
             self._rows.append(row)
         return RowToken(row.row_id, token, finish)
@@ -303,13 +301,13 @@ class DecodeBatch:
         index = next((i for i, row in enumerate(self._rows) if row.row_id == row_id), None)
         if index is None:
             return
-        last = self._rows[-1]
-        if last.row_id != row_id:
+        last_slot = len(self._rows) - 1
+        last = self._rows[last_slot]
+        if index != last_slot:
             with torch.inference_mode():
-                self.cache.move(last.slot, index, last.column)
+                self.cache.move(last_slot, index, last.column)
                 if self.has_cross_rows:
-                    self._cross.move(last.slot, index)
-            last.slot = index
+                    self._cross.move(last_slot, index)
             self._rows[index] = last
         self._rows.pop()
 

@@ -33,6 +33,7 @@ __all__ = [
     "generate",
     "generate_batch",
     "iterate_batch",
+    "kv_cache_bytes",
     "new_kv_cache",
     "stream_generation",
 ]
@@ -109,6 +110,14 @@ class GenerationOutput:
     def stopped_on_end_token(self) -> bool:
         """True when an end token ended generation."""
         return self.stop_reason == "end_token"
+
+
+def kv_cache_bytes(model: VisionLanguageModel, batch_size: int, max_length: int) -> int:
+    """Bytes of the keys and values `new_kv_cache` allocates for these sizes on this rank."""
+    layer = model.transformer.layers[0].attention
+    width = layer.query_key_value.out_features // layer.query_key_value.tp.size // 3  # this rank's heads
+    element = model.transformer.word_embeddings.weight.element_size()
+    return 2 * len(model.transformer.layers) * batch_size * max_length * width * element
 
 
 def new_kv_cache(model: VisionLanguageModel, batch_size: int, max_length: int) -> KVCache:
