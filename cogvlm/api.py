@@ -27,9 +27,8 @@ from cogvlm.text_processors import (
     build_prompt,
     check_version,
     extract_response,
-    load_tokenizer,
 )
-from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
+from cogvlm.text_processors.tokenizer import find_tokenizer
 
 logger = logging.getLogger(__name__)
 DEFAULT_VERSION = "chat"
@@ -180,13 +179,6 @@ class ChatStream:
         self.result = session._result(
             self._request, token_ids, self._query, self._history, self._generation.stop_strings
         )
-
-
-def find_tokenizer(checkpoint: Path, local_tokenizer: str | None) -> LlamaTokenizer:
-    """An explicit tokenizer, else one stored beside the checkpoint, else vicuna-7b-v1.5 from the HF cache."""
-    if local_tokenizer is None and (checkpoint / TOKENIZER_FILE).is_file():
-        local_tokenizer = str(checkpoint / TOKENIZER_FILE)
-    return load_tokenizer(local_tokenizer)
 
 
 def load(

@@ -15,8 +15,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from cogvlm.checkpoints.atomic import atomic_directory
 from cogvlm.errors import CheckpointError
+from cogvlm.utils.atomic import atomic_directory
 
 _COPY_BYTES = 1 << 20
 

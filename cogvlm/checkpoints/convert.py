@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from cogvlm.checkpoints import hf_format, sat_format
-from cogvlm.checkpoints.atomic import atomic_directory
 from cogvlm.checkpoints.catalog import CheckpointFormat
+from cogvlm.checkpoints.json_files import read_json
 from cogvlm.checkpoints.loading import detect_format, read_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
+from cogvlm.utils.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
 SAT_CONFIG_FIELD = "sat_model_config"
@@ -205,7 +206,7 @@ def read_hf_for_conversion(
     source: Path, dtype: torch.dtype | None
 ) -> tuple[dict, CogVLMConfig, dict[str, torch.Tensor]]:
     """The raw HF config.json, our config and the SAT-named state dict, floating tensors cast to `dtype`."""
-    hf_raw = sat_format.read_json(source / hf_format.CONFIG_FILE)
+    hf_raw = read_json(source / hf_format.CONFIG_FILE)
     config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
     return hf_raw, config, cast_floating(hf_format.load_hf_weights(source), dtype)
 

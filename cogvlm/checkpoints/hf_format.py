@@ -11,11 +11,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cogvlm.checkpoints.atomic import atomic_directory
-from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, read_json
+from cogvlm.checkpoints.json_files import read_json
+from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION
 from cogvlm.errors import CheckpointError
 from cogvlm.models.config import CogVLMConfig, CrossAttentionConfig, CrossVisionConfig
 from cogvlm.models.presets import eva_config, llama_config
+from cogvlm.utils.atomic import atomic_directory
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

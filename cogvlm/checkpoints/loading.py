@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cogvlm.checkpoints import hf_format, sat_format
+from cogvlm.checkpoints.json_files import read_json
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -68,9 +69,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Read only a checkpoint's config (a CogAgent SAT config may need the weight shapes too)."""
     path = Path(path)
     if detect_format(path) == "hf":
-        config = hf_format.config_from_hf(
-            sat_format.read_json(path / hf_format.CONFIG_FILE), str(path / "config.json")
-        )
+        config = hf_format.config_from_hf(read_json(path / hf_format.CONFIG_FILE), str(path / "config.json"))
         return CheckpointInfo(path, "hf", config)
     return _read_sat(path, NO_PARALLEL)[0]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from cogvlm.checkpoints.atomic import atomic_directory
 from cogvlm.checkpoints.hf_format import sat_key_to_hf
 from cogvlm.mixins.lora import LoraConfig, LoraLinear, lora_layers
+from cogvlm.utils.atomic import atomic_directory
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

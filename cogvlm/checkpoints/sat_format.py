@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cogvlm.checkpoints.atomic import atomic_directory
+from cogvlm.checkpoints.json_files import read_json
 from cogvlm.errors import CheckpointError
 from cogvlm.models.config import (
     MODEL_CLASSES,
@@ -22,6 +22,7 @@ from cogvlm.models.config import (
     CrossVisionConfig,
 )
 from cogvlm.models.presets import eva_config, llama_config
+from cogvlm.utils.atomic import atomic_directory
 
 MODEL_CONFIG_FILE = "model_config.json"
 LATEST_FILE = "latest"
@@ -251,16 +252,6 @@ def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
     return raw
-
-
-def read_json(path: Path) -> dict:
-    """Parse a JSON file, naming the file in any error."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
 
 
 def read_latest(directory: Path) -> str:

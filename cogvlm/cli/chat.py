@@ -10,7 +10,7 @@ from cogvlm.embedded import EMBEDDED_NAME
 
 def run_chat(args: argparse.Namespace) -> int:
     """Interactive chat about images, or one answer with --image/--query."""
-    from cogvlm.inference import chat
+    from cogvlm.frontends import chat
     from cogvlm.inference.generate import GenerationConfig
     from cogvlm.inference.sampling import SamplingConfig
 
@@ -93,7 +93,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from cogvlm.inference import bench
+    from cogvlm.frontends import bench
 
     is_cuda = args.device.startswith("cuda")
     config = bench.BenchConfig(
@@ -116,7 +116,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def add_bench_parser(commands) -> None:
     """`cogvlm bench`."""
     # The config names are the choices, so building the parser imports the bench module.
-    from cogvlm.inference.bench import bench_config_names, default_asset
+    from cogvlm.frontends.bench import bench_config_names, default_asset
 
     bench = commands.add_parser("bench", help="measure speed and memory of a named config (prints JSON)")
     bench.add_argument("config", choices=bench_config_names(), help="tiny, small-* (CPU) or full size (CUDA)")

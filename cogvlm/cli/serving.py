@@ -18,8 +18,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve the model over an OpenAI-compatible HTTP API."""
     import os
 
-    from cogvlm.inference.server.config import ServerConfig
-    from cogvlm.inference.server.run import serve
+    from cogvlm.frontends.server.config import ServerConfig
+    from cogvlm.frontends.server.run import serve
 
     config = ServerConfig(
         host=args.host,
@@ -69,7 +69,7 @@ def add_serve_parser(commands) -> None:
 
 def run_web(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo."""
-    from cogvlm.inference import web
+    from cogvlm.frontends import web
 
     session = load_session(args, flag_dtype(args))
     web.run_web(session, web.WebConfig(host=args.host, port=args.port, max_length=args.max_length))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cogvlm.cli.common import add_model_arguments, flag_dtype, load_session
-from cogvlm.embedded import EMBEDDED_NAME, EMBEDDED_SCENE
+from cogvlm.embedded import EMBEDDED_NAME
+from cogvlm.train.synthetic import EMBEDDED_SCENE
 
 
 def run_synth_data(args: argparse.Namespace) -> int:

@@ -9,11 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from cogvlm.train.synthetic import SceneConfig
-
 EMBEDDED_NAME = "embedded"
-# The scenes it was trained on; the same settings generate its test sets.
-EMBEDDED_SCENE = SceneConfig(image_px=112, font_px=20, min_object_px=18, max_object_px=34)
 # example.png is the first scene of this seed (never trained on: training used seed 1).
 EXAMPLE_SEED = 10
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cogvlm.checkpoints.atomic import atomic_file
 from cogvlm.image_processors.loading import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from cogvlm.text_processors.agent import parse_agent_reply
 from cogvlm.text_processors.grounding import (
@@ -25,6 +24,7 @@ from cogvlm.text_processors.grounding import (
     grounded_phrases,
     to_pixels,
 )
+from cogvlm.utils.atomic import atomic_file
 
 LABEL_BACKGROUND = (128, 128, 128, 160)
 LABEL_TEXT = (255, 255, 255, 255)

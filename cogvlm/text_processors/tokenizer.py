@@ -196,3 +196,10 @@ def _looks_like_repo_id(name: str) -> bool:
 def load_tokenizer(local_tokenizer: str | None, hf_home: Path | None = None) -> LlamaTokenizer:
     """Resolve (see `resolve_tokenizer_path`) and load a tokenizer."""
     return LlamaTokenizer.from_file(resolve_tokenizer_path(local_tokenizer, hf_home))
+
+
+def find_tokenizer(checkpoint: Path, local_tokenizer: str | None) -> LlamaTokenizer:
+    """An explicit tokenizer, else one stored beside the checkpoint, else vicuna-7b-v1.5 from the HF cache."""
+    if local_tokenizer is None and (checkpoint / TOKENIZER_FILE).is_file():
+        local_tokenizer = str(checkpoint / TOKENIZER_FILE)
+    return load_tokenizer(local_tokenizer)

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 
 from cogvlm.checkpoints import sat_format
-from cogvlm.checkpoints.atomic import atomic_directory, atomic_file
 from cogvlm.checkpoints.loading import (
     CheckpointInfo,
     load_model,
@@ -50,6 +49,7 @@ from cogvlm.train.qlora import (
     resolve_base,
     trainable_names,
 )
+from cogvlm.utils.atomic import atomic_directory, atomic_file
 
 RUN_CONFIG_FILE = "finetune_config.json"
 

@@ -176,9 +176,9 @@ class EvaluateConfig:
 def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
     """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
     this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
-    from cogvlm.api import find_tokenizer
     from cogvlm.checkpoints.resolve import resolve_checkpoint
     from cogvlm.launch.distributed import init_parallel_runtime
+    from cogvlm.text_processors.tokenizer import find_tokenizer
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.data import read_samples
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cogvlm.api import find_tokenizer
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE
@@ -27,7 +26,7 @@ from cogvlm.parallel.deepspeed_mpu import (
     deepspeed_mpu,
     mark_tensor_parallel_parameters,
 )
-from cogvlm.text_processors.tokenizer import LlamaTokenizer
+from cogvlm.text_processors.tokenizer import LlamaTokenizer, find_tokenizer
 from cogvlm.train.checkpointing import (
     config_with_lora,
     latest_iteration,

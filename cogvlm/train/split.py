@@ -11,8 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cogvlm.checkpoints.atomic import atomic_directory
 from cogvlm.train.data import IMAGE_SUFFIXES
+from cogvlm.utils.atomic import atomic_directory
 
 SPLIT_NAMES = ("train", "valid", "test")
 

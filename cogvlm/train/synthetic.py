@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cogvlm.checkpoints.atomic import atomic_file
 from cogvlm.text_processors.grounding import PixelBox, format_boxes, from_pixels
+from cogvlm.utils.atomic import atomic_file
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -55,6 +55,9 @@ class SceneConfig:
         if self.max_object_px * 2 > self.image_px:
             raise ValueError(f"max_object_px={self.max_object_px} is too large for image_px={self.image_px}")
 
+
+# The scenes the embedded model (`cogvlm.embedded`) was trained on; the same settings generate its test sets.
+EMBEDDED_SCENE = SceneConfig(image_px=112, font_px=20, min_object_px=18, max_object_px=34)
 
 Box = tuple[int, int, int, int]  # pixel corners x1, y1, x2, y2
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sentencepiece
 
-from cogvlm.checkpoints.atomic import atomic_file
+from cogvlm.utils.atomic import atomic_file
 
 
 def train_tokenizer(texts: Iterable[str], output: str | Path, vocab_size: int) -> Path:

@@ -23,9 +23,16 @@ from cogvlm.api import load
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.checkpoints.sat_format import load_sat_weights
-from cogvlm.embedded import EMBEDDED_SCENE, EXAMPLE_SEED, embedded_checkpoint, example_image
+from cogvlm.embedded import EXAMPLE_SEED, embedded_checkpoint, example_image
 from cogvlm.text_processors.grounding import PixelBox, parse_boxes, to_pixels
-from cogvlm.train.synthetic import TEXT_ALPHABET, DatasetConfig, make_scene, render, write_dataset
+from cogvlm.train.synthetic import (
+    EMBEDDED_SCENE,
+    TEXT_ALPHABET,
+    DatasetConfig,
+    make_scene,
+    render,
+    write_dataset,
+)
 from cogvlm.train.synthetic_eval import evaluate, iou, session_answerer
 
 TEST_SEED = 20261123

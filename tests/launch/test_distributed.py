@@ -12,7 +12,7 @@ import pexpect
 import psutil
 
 from cogvlm import api
-from cogvlm.inference.chat import TOO_LONG_MESSAGE
+from cogvlm.frontends.chat import TOO_LONG_MESSAGE
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
 from tests.golden import golden_dir, load_json

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cogvlm.inference.server.config import ServerConfig
-from cogvlm.inference.server.errors import invalid
-from cogvlm.inference.server.images import image_from_url
+from cogvlm.frontends.server.config import ServerConfig
+from cogvlm.frontends.server.errors import invalid
+from cogvlm.frontends.server.images import image_from_url
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_STRINGS = 4

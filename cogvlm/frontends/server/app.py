@@ -18,11 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cogvlm.api import CogVLM
-from cogvlm.inference.server.config import ServerConfig
-from cogvlm.inference.server.errors import APIError, invalid
-from cogvlm.inference.server.generation import prepare_job
-from cogvlm.inference.server.requests import ChatRequest, parse_chat_request
-from cogvlm.inference.server.scheduler import Delta, Failed, Finished, Job, Scheduler
+from cogvlm.frontends.server.config import ServerConfig
+from cogvlm.frontends.server.errors import APIError, invalid
+from cogvlm.frontends.server.generation import prepare_job
+from cogvlm.frontends.server.requests import ChatRequest, parse_chat_request
+from cogvlm.frontends.server.scheduler import Delta, Failed, Finished, Job, Scheduler
 
 # While waiting for a non-streaming result, look this often whether the client has gone.
 DISCONNECT_POLL_S = 0.5

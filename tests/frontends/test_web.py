@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.golden import golden_dir, load_json
-from tests.inference.server.conftest import REPO, free_port
+from tests.frontends.server.conftest import REPO, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = [

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.inference.server.conftest import RunningServer
-from tests.inference.server.helpers import golden_case, messages_for
+from tests.frontends.server.conftest import RunningServer
+from tests.frontends.server.helpers import golden_case, messages_for
 
 CLIENTS = 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogvlm.inference.bench_cross_cache import cross_recompute_flops, decode_greedy, measure_cross_cache
+from cogvlm.frontends.bench_cross_cache import cross_recompute_flops, decode_greedy, measure_cross_cache
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.models.presets import preset
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.inference.server.helpers import golden_case, messages_for
+from tests.frontends.server.helpers import golden_case, messages_for
 
 
 @pytest.fixture

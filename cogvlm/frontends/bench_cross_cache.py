@@ -5,7 +5,7 @@ image and computes each layer's cross keys/values once; the recomputing run hand
 pixels at every step, so each step re-runs the EVA2-CLIP-L tower and every layer's `key_value` projection
 (the SAT reference's behaviour). The tokens must be identical; the report is the per-token time saved.
 
-Run `python -m cogvlm.inference.bench_cross_cache --config small-cogagent` to print the JSON report.
+Run `python -m cogvlm.frontends.bench_cross_cache --config small-cogagent` to print the JSON report.
 """
 
 from __future__ import annotations

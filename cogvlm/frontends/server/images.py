@@ -12,8 +12,8 @@ from PIL import Image
 
 from cogvlm.errors import ImageError
 from cogvlm.image_processors import load_image
-from cogvlm.inference.server.config import ServerConfig
-from cogvlm.inference.server.errors import APIError, invalid
+from cogvlm.frontends.server.config import ServerConfig
+from cogvlm.frontends.server.errors import APIError, invalid
 
 
 def _too_large(param: str, limit: int) -> APIError:

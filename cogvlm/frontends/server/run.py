@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from cogvlm.api import CogVLM
-from cogvlm.inference.server.app import create_app
-from cogvlm.inference.server.config import ServerConfig
+from cogvlm.frontends.server.app import create_app
+from cogvlm.frontends.server.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.inference.server.helpers import IMAGE_URL
+from tests.frontends.server.helpers import IMAGE_URL
 
 
 def _png_data_url(image: Image.Image) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvlm.inference.bench import BenchConfig, bench_config_names, model_config
+from cogvlm.frontends.bench import BenchConfig, bench_config_names, model_config
 from tests.golden import golden_dir, load_json
 
 IMAGE, TOKENIZER = golden_dir() / "test_image.png", golden_dir() / "tokenizer.model"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from cogvlm.inference.web import grounding_outputs, query_for_mode
+from cogvlm.frontends.web import grounding_outputs, query_for_mode
 
 AGENT_REPLY = (
     "Plan: 1. Type 'CogVLM' into the search box. 2. Press enter."

@@ -6,10 +6,10 @@ from cogvlm.api import CogVLM
 from cogvlm.errors import PromptTooLongError
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
-from cogvlm.inference.server.config import ServerConfig
-from cogvlm.inference.server.errors import invalid
-from cogvlm.inference.server.requests import ChatRequest
-from cogvlm.inference.server.scheduler import PreparedJob
+from cogvlm.frontends.server.config import ServerConfig
+from cogvlm.frontends.server.errors import invalid
+from cogvlm.frontends.server.requests import ChatRequest
+from cogvlm.frontends.server.scheduler import PreparedJob
 
 
 def sampling_for(request: ChatRequest, vocab_size: int) -> SamplingConfig:
