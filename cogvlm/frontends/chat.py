@@ -19,8 +19,8 @@ import torch
 from cogvlm.api import CogVLM, ImageInputs, load
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.errors import ImageError, PromptTooLongError
-from cogvlm.inference.generate import GenerationConfig
 from cogvlm.frontends.grounding_output import draw_grounding
+from cogvlm.inference.generate import GenerationConfig
 from cogvlm.launch.distributed import broadcast_reader, init_parallel_runtime, shutdown
 
 TOO_LONG_MESSAGE = "The prompt exceeds the context length limit, please try again."

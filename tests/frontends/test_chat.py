@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cogvlm import api
-from cogvlm.inference.generate import GenerationConfig
 from cogvlm.frontends.grounding_output import draw_grounding
+from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
 from tests.golden import golden_dir, load_json
 

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.golden import golden_dir, load_json
 from tests.frontends.server.conftest import REPO, free_port
+from tests.golden import golden_dir, load_json
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = [

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from cogvlm.api import CogVLM
 from cogvlm.errors import PromptTooLongError
-from cogvlm.inference.generate import GenerationConfig
-from cogvlm.inference.sampling import SamplingConfig
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import invalid
 from cogvlm.frontends.server.requests import ChatRequest
 from cogvlm.frontends.server.scheduler import PreparedJob
+from cogvlm.inference.generate import GenerationConfig
+from cogvlm.inference.sampling import SamplingConfig
 
 
 def sampling_for(request: ChatRequest, vocab_size: int) -> SamplingConfig:

@@ -11,9 +11,9 @@ from pathlib import Path
 from PIL import Image
 
 from cogvlm.errors import ImageError
-from cogvlm.image_processors import load_image
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import APIError, invalid
+from cogvlm.image_processors import load_image
 
 
 def _too_large(param: str, limit: int) -> APIError:

@@ -10,10 +10,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from cogvlm.frontends.server.errors import APIError
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.decode_batch import DecodeBatch, RowToken
 from cogvlm.inference.generate import GenerationConfig
-from cogvlm.frontends.server.errors import APIError
 from cogvlm.inference.streaming import TextStream
 from cogvlm.models.cogvlm import VisionLanguageModel
 

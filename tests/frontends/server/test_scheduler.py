@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from cogvlm.frontends.server.scheduler import Delta, Failed, Finished, PreparedJob, Scheduler
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig
-from cogvlm.frontends.server.scheduler import Delta, Failed, Finished, PreparedJob, Scheduler
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
 from tests.golden import golden_dir, load_json
 from tests.golden_models import golden_model, image_inputs, tokenizer_file
