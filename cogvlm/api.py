@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, generate_batch, iterate_batch
+from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
 from cogvlm.inference.stopping import StopStrings
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
@@ -54,12 +56,23 @@ class ChatResult:
 
 @dataclass
 class CogVLM:
-    """A loaded model with its tokenizer, image processing and prompt format."""
+    """A loaded model with its tokenizer, image processing, prompt format and generation defaults.
+
+    `generation_defaults` default to the reference CLI's (greedy, up to the model's context, stopping at
+    the tokenizer's end token); `load` takes them from the checkpoint's `generation_config.json` if any.
+    """
 
     model: VisionLanguageModel
     tokenizer: LlamaTokenizer
     version: str
     source: CheckpointInfo | None = None
+    generation_defaults: GenerationDefaults | None = None
+
+    def __post_init__(self) -> None:
+        if self.generation_defaults is None:
+            self.generation_defaults = GenerationDefaults(
+                self.config.llm.max_sequence_length, (self.tokenizer.eos_id,)
+            )
 
     @property
     def config(self) -> CogVLMConfig:
@@ -69,16 +82,18 @@ class CogVLM:
     def process_image(self, image: ImageSource) -> ImageInputs:
         """Load and preprocess an image (path, bytes or PIL image) at this model's resolution(s)."""
         config = self.config
-        if config.is_cogagent:
+        if config.has_cross_vision:
             both = DualImageProcessor(config.vision.image_px, config.cross_vision.image_px)(image)
             return ImageInputs(both.pixel_values, both.cross_pixel_values)
         return ImageInputs(ImageProcessor(config.vision.image_px)(image))
 
-    def default_generation(self) -> GenerationConfig:
-        """Greedy, up to the model's context, stopping at EOS (the reference CLI's settings)."""
-        return GenerationConfig(
-            max_length=self.config.llm.max_sequence_length, end_token_ids=(self.tokenizer.eos_id,)
-        )
+    def generation_config(self, settings: GenerationSettings | None = None, **fields) -> GenerationConfig:
+        """The generation config of this model: its defaults, overridden by `settings` and then `fields`.
+
+        `fields` are `GenerationSettings` fields, e.g. `generation_config(max_new_tokens=32, temperature=0)`.
+        """
+        settings = dataclasses.replace(settings or GenerationSettings(), **fields)
+        return build_generation_config(self.generation_defaults, settings)
 
     def request(
         self, image: ImageSource | ImageInputs | None, query: str, history: History = ()
@@ -111,7 +126,7 @@ class CogVLM:
         generation: GenerationConfig | None = None,
     ) -> list[ChatResult]:
         """Answer several (image, query, history) turns in one batch; each equals its own `chat`."""
-        generation = generation or self.default_generation()
+        generation = generation or self.generation_config()
         requests = [self.request(image, query, history) for image, query, history in turns]
         tokenizer = self.tokenizer if generation.stop_strings else None  # decoding only when needed
         outputs = generate_batch(self.model, requests, generation, tokenizer=tokenizer)
@@ -165,7 +180,7 @@ class ChatStream:
         self._request = request
         self._query = query
         self._history = history
-        self._generation = generation or session.default_generation()
+        self._generation = generation or session.generation_config()
         self.result: ChatResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -217,4 +232,8 @@ def load(
             path,
             info.config.text_processor_version,
         )
-    return CogVLM(model, find_tokenizer(path, local_tokenizer), check_version(chosen), info)
+    tokenizer = find_tokenizer(path, local_tokenizer)
+    defaults = GenerationDefaults.from_hf_generation_config(
+        info.generation_config(), info.config.llm.max_sequence_length, (tokenizer.eos_id,)
+    )
+    return CogVLM(model, tokenizer, check_version(chosen), info, defaults)

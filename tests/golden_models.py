@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from cogvlm.checkpoints.loading import load_model
-from cogvlm.models.builders import BUILDERS
+from cogvlm.models.builders import FAMILIES
 from tests.golden import golden_dir, load_json, model_dirs
 
 
@@ -27,7 +27,7 @@ def model_class(model_dir: Path) -> str:
 def require_builder(model_dir: Path) -> None:
     """Skip (naming the class) when this package cannot build the folder's model class yet."""
     name = model_class(model_dir)
-    if name not in BUILDERS:
+    if name not in FAMILIES:
         pytest.skip(f"{model_dir.name}: no builder for {name} in this package yet")
 
 

@@ -11,11 +11,28 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cogvlm.checkpoints.config_fields import (
+    MAX_HEADS,
+    MAX_IMAGE_PX,
+    MAX_LAYERS,
+    MAX_SEQUENCE,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    ConfigFields,
+    assemble_config,
+)
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION
-from cogvlm.errors import CheckpointError
-from cogvlm.models.config import CogVLMConfig, CrossAttentionConfig, CrossVisionConfig
-from cogvlm.models.presets import eva_config, llama_config
+from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE
+from cogvlm.errors import CheckpointError, ConfigError
+from cogvlm.models.builders import ModelFamily, family_of_hf_architecture, model_family
+from cogvlm.models.config import (
+    CogVLMConfig,
+    CrossAttentionConfig,
+    CrossVisionConfig,
+    TransformerConfig,
+    VisionConfig,
+)
+from cogvlm.models.presets import eva_config
 from cogvlm.utils.atomic import atomic_directory
 
 CONFIG_FILE = "config.json"
@@ -168,81 +185,125 @@ def sat_state_dict_to_hf(tensors: Mapping[str, torch.Tensor], num_layers: int) -
     return converted
 
 
-def _hf_template_to_sat(template: str | None, is_cogagent: bool) -> str | None:
-    # HF CogVLM's "chat" is SAT's Question/Answer format (chat_old); CogAgent's HF names equal SAT's.
-    if template == "chat" and not is_cogagent:
-        return "chat_old"
-    return template
+def _family_from_hf(fields: ConfigFields) -> ModelFamily:
+    # Configs written without `architectures` still tell CogAgent by its cross-attention fields.
+    family = family_of_hf_architecture(fields.raw.get("architectures"))
+    if family is None:
+        family = model_family("CogAgentModel" if fields.has("cross_image_size") else "CogVLMModel")
+    return family
 
 
-def _sat_template_to_hf(version: str | None, is_cogagent: bool) -> str | None:
-    if version == "chat_old" and not is_cogagent:
-        return "chat"
-    return version
+def _vision_from_hf(fields: ConfigFields) -> VisionConfig:
+    vision = fields.section("vision_config")
+    try:
+        return eva_config(
+            image_px=vision.integer("image_size", maximum=MAX_IMAGE_PX),
+            layers=vision.integer("num_hidden_layers", maximum=MAX_LAYERS),
+            width=vision.integer("hidden_size", maximum=MAX_WIDTH),
+            heads=vision.integer("num_heads", maximum=MAX_HEADS),
+            inner=vision.integer("intermediate_size", maximum=MAX_WIDTH),
+            patch=vision.integer("patch_size", 14, maximum=MAX_IMAGE_PX),
+        )
+    except ConfigError as error:
+        raise CheckpointError(f"{fields.source}: vision_config: {error}") from None
+
+
+def _cross_from_hf(
+    fields: ConfigFields, heads: int, num_layers: int
+) -> tuple[CrossVisionConfig | None, CrossAttentionConfig | None]:
+    # A config with cross-attention describes it by these fields; without them the model has none.
+    if not fields.has("cross_image_size"):
+        return None, None
+    tower = fields.section("cross_vision_config", DEFAULT_CROSS_VISION)
+    sizes = {name: tower.integer(name, maximum=MAX_WIDTH) for name in DEFAULT_CROSS_VISION}
+    try:
+        cross_vision = CrossVisionConfig(
+            image_px=fields.integer("cross_image_size", maximum=MAX_IMAGE_PX), **sizes
+        )
+    except ConfigError as error:
+        raise CheckpointError(f"{fields.source}: {error}") from None
+    compute_width = fields.integer("cross_compute_hidden_size", 1024, maximum=MAX_WIDTH)
+    if compute_width % heads:
+        raise fields.error("cross_compute_hidden_size", f"{compute_width} is not divisible by {heads} heads")
+    cross_attention = CrossAttentionConfig(
+        encoder_hidden_size=fields.integer("cross_hidden_size", cross_vision.width, maximum=MAX_WIDTH),
+        head_dim=compute_width // heads,
+        layers=(True,) * num_layers,
+    )
+    return cross_vision, cross_attention
 
 
 def config_from_hf(raw: Mapping, source: str = CONFIG_FILE) -> CogVLMConfig:
     """Translate an HF `config.json` (cogvlm-*-hf / cogagent-*-hf) into a `CogVLMConfig`."""
-    try:
-        vision_raw = raw["vision_config"]
-        is_cogagent = "cross_image_size" in raw or "CogAgentForCausalLM" in raw.get("architectures", [])
-        vision = eva_config(
-            image_px=vision_raw["image_size"],
-            layers=vision_raw["num_hidden_layers"],
-            width=vision_raw["hidden_size"],
-            heads=vision_raw["num_heads"],
-            inner=vision_raw["intermediate_size"],
-            patch=vision_raw.get("patch_size", 14),
-        )
-        llm_sizes = dict(
-            layers=raw["num_hidden_layers"],
-            hidden=raw["hidden_size"],
-            heads=raw["num_attention_heads"],
-            inner=raw["intermediate_size"],
-            vocab=raw["vocab_size"],
-            max_length=raw.get("max_position_embeddings", 2048),
-        )
-    except KeyError as error:
-        raise CheckpointError(f"{source}: required field {error.args[0]!r} is missing") from None
-    cross_vision, cross_attention = None, None
-    if is_cogagent:
-        tower = raw.get("cross_vision_config", DEFAULT_CROSS_VISION)
-        cross_vision = CrossVisionConfig(image_px=raw.get("cross_image_size", 1120), **tower)
-        heads = llm_sizes["heads"]
-        cross_attention = CrossAttentionConfig(
-            encoder_hidden_size=raw.get("cross_hidden_size", cross_vision.width),
-            head_dim=raw.get("cross_compute_hidden_size", 1024) // heads,
-            layers=(True,) * llm_sizes["layers"],
-        )
-    return CogVLMConfig(
-        model_class="CogAgentModel" if is_cogagent else "CogVLMModel",
-        llm=llama_config(**llm_sizes, cross_attention=cross_attention),
+    fields = ConfigFields(raw, source)
+    family = _family_from_hf(fields)
+    vision = _vision_from_hf(fields)
+    heads = fields.integer("num_attention_heads", maximum=MAX_HEADS)
+    llm_sizes = dict(
+        layers=fields.integer("num_hidden_layers", maximum=MAX_LAYERS),
+        hidden=fields.integer("hidden_size", maximum=MAX_WIDTH),
+        heads=heads,
+        inner=fields.integer("intermediate_size", maximum=MAX_WIDTH),
+        vocab=fields.integer("vocab_size", maximum=MAX_VOCAB),
+        max_length=fields.integer("max_position_embeddings", 2048, maximum=MAX_SEQUENCE),
+        kv_heads=fields.integer("num_multi_query_heads", 0, minimum=0, maximum=heads),
+        rotary_base=fields.number("rope_theta", DEFAULT_ROTARY_BASE, minimum=1.0001, maximum=1e12),
+    )
+    cross_vision, cross_attention = _cross_from_hf(fields, heads, llm_sizes["layers"])
+    return assemble_config(
+        fields,
+        model_class=family.model_class,
+        llm_sizes=llm_sizes,
         vision=vision,
         cross_vision=cross_vision,
-        bos_token_id=raw.get("bos_token_id", 1),
-        eos_token_id=raw.get("eos_token_id", 2),
-        pad_token_id=raw.get("pad_token_id", 0),
-        text_processor_version=_hf_template_to_sat(raw.get("template_version"), is_cogagent),
-        tokenizer_type=raw.get("tokenizer_type", "vicuna-7b-v1.5"),
+        cross_attention=cross_attention,
+        text_processor_version=family.version_from_hf(fields.string("template_version", None)),
     )
+
+
+def _cross_to_hf(config: CogVLMConfig) -> dict:
+    cross, tower = config.llm.cross_attention, config.cross_vision
+    if tower is None:
+        return {}
+    raw = dict(
+        cross_hidden_size=cross.encoder_hidden_size,
+        cross_compute_hidden_size=config.llm.num_attention_heads * cross.head_dim,
+        cross_image_size=tower.image_px,
+    )
+    sizes = {name: getattr(tower, name) for name in DEFAULT_CROSS_VISION}
+    if sizes != DEFAULT_CROSS_VISION:
+        raw["cross_vision_config"] = sizes
+    return raw
+
+
+def _llm_options_to_hf(llm: TransformerConfig) -> dict:
+    # Written only where they differ from LLaMA 2's, as the published CogVLM and CogAgent configs omit them.
+    raw = {}
+    if llm.num_key_value_heads != llm.num_attention_heads:
+        raw["num_multi_query_heads"] = llm.num_key_value_heads
+    if llm.rotary_base != DEFAULT_ROTARY_BASE:
+        raw["rope_theta"] = llm.rotary_base
+    return raw
 
 
 def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16) -> dict:
     """Translate a `CogVLMConfig` into an HF `config.json` dict with the published field names."""
     llm, vision = config.llm, config.vision
     tower = vision.transformer
+    family = model_family(config.model_class)
     raw = {
-        "architectures": ["CogAgentForCausalLM" if config.is_cogagent else "CogVLMForCausalLM"],
+        "architectures": [family.hf_architecture],
         "vocab_size": llm.vocab_size,
         "hidden_size": llm.hidden_size,
         "intermediate_size": llm.inner_hidden_size,
         "num_hidden_layers": llm.num_layers,
         "num_attention_heads": llm.num_attention_heads,
+        **_llm_options_to_hf(llm),
         "hidden_act": "silu",
         "max_position_embeddings": llm.max_sequence_length,
         "initializer_range": 0.02,
         "rms_norm_eps": llm.layernorm_epsilon,
-        "template_version": _sat_template_to_hf(config.text_processor_version, config.is_cogagent),
+        "template_version": family.version_to_hf(config.text_processor_version),
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
@@ -264,21 +325,7 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
             "patch_size": vision.patch_size,
         },
     }
-    if config.is_cogagent:
-        cross, cross_tower = llm.cross_attention, config.cross_vision
-        raw.update(
-            cross_hidden_size=cross.encoder_hidden_size,
-            cross_compute_hidden_size=llm.num_attention_heads * cross.head_dim,
-            cross_image_size=cross_tower.image_px,
-        )
-        if (cross_tower.width, cross_tower.num_blocks, cross_tower.head_width) != tuple(
-            DEFAULT_CROSS_VISION.values()
-        ):
-            raw["cross_vision_config"] = {
-                "width": cross_tower.width,
-                "num_blocks": cross_tower.num_blocks,
-                "head_width": cross_tower.head_width,
-            }
+    raw.update(_cross_to_hf(config))
     return raw
 
 

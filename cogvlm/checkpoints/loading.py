@@ -20,6 +20,7 @@ from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict, unshard_state_dicts
 
 CheckpointFormat = Literal["sat", "hf"]
+GENERATION_CONFIG_FILE = "generation_config.json"
 _SHOWN_KEYS = 8
 
 
@@ -31,6 +32,11 @@ class CheckpointInfo:
     format: CheckpointFormat
     config: CogVLMConfig
     model_parallel_size: int = 1
+
+    def generation_config(self) -> dict:
+        """The checkpoint's recommended generation settings (HF's `generation_config.json`), or {}."""
+        path = self.path / GENERATION_CONFIG_FILE
+        return read_json(path) if path.is_file() else {}
 
 
 def detect_format(path: Path) -> CheckpointFormat:

@@ -104,7 +104,7 @@ def split_checkpoint(source: str | Path, target: str | Path, model_parallel_size
         rule = rules.get(key)
         if rule is None:
             raise CheckpointError(f"{source}: unexpected key {key} for this model")
-        if not rule.is_replicated and tensor.shape[rule.dim] % (rule.parts * model_parallel_size):
+        if not rule.is_replicated and not rule.splits_evenly(tensor.shape[rule.dim], model_parallel_size):
             raise CheckpointError(
                 f"{source}: key {key} of shape {tuple(tensor.shape)} cannot be split into "
                 f"{model_parallel_size} ranks along dimension {rule.dim}"

@@ -13,22 +13,41 @@ from pathlib import Path
 
 import torch
 
+from cogvlm.checkpoints.config_fields import (
+    MAX_HEADS,
+    MAX_IMAGE_PX,
+    MAX_LAYERS,
+    MAX_MODEL_PARALLEL,
+    MAX_SEQUENCE,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    ConfigFields,
+    assemble_config,
+    image_size,
+)
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.errors import CheckpointError
+from cogvlm.errors import CheckpointError, ConfigError
+from cogvlm.models import mixin_names
+from cogvlm.models.builders import model_family
 from cogvlm.models.config import (
-    MODEL_CLASSES,
     CogVLMConfig,
     CrossAttentionConfig,
     CrossVisionConfig,
+    TransformerConfig,
+    VisionConfig,
 )
-from cogvlm.models.presets import eva_config, llama_config
+from cogvlm.models.presets import eva_config
 from cogvlm.utils.atomic import atomic_directory
 
 MODEL_CONFIG_FILE = "model_config.json"
 LATEST_FILE = "latest"
 # EVA2-CLIP-L as CogAgent ships it; SAT's model_config.json does not describe this tower.
 DEFAULT_CROSS_VISION = dict(width=1024, num_blocks=24, head_width=64)
-_CROSS_PREFIX = "mixins.encoder.vit.model."
+_CROSS_PREFIX = mixin_names.prefix(mixin_names.CROSS_VISION) + "vit.model."
+_CROSS_SIZE_FIELDS = ("width", "num_blocks", "head_width", "patch_size", "in_channels", "head_out_features")
+_CROSS_NUMBER_FIELDS = ("mlp_ratio", "pretrain_grid", "layernorm_epsilon")
+_CROSS_VISION_FIELDS = _CROSS_SIZE_FIELDS + _CROSS_NUMBER_FIELDS
+DEFAULT_ROTARY_BASE = 10000.0
 _KNOWN_KEYS = {
     "model_class",
     "tokenizer_type",
@@ -54,6 +73,8 @@ _KNOWN_KEYS = {
     "eos_token_id",
     "pad_token_id",
     "cross_vision_args",
+    "num_multi_query_heads",
+    "rotary_base",
 }
 
 
@@ -67,34 +88,52 @@ class SatCheckpoint:
     weight_files: tuple[Path, ...]
 
 
-def _field(raw: Mapping, name: str, source: str):
-    if name not in raw:
-        raise CheckpointError(f"{source}: required field {name!r} is missing")
-    return raw[name]
-
-
-def _eva_from_sat(eva: Mapping, source: str):
-    source = f"{source} eva_args"
-    image_size = _field(eva, "image_size", source)
-    image_px = image_size[0] if isinstance(image_size, list | tuple) else int(image_size)
-    return eva_config(
-        image_px=image_px,
-        layers=_field(eva, "num_layers", source),
-        width=_field(eva, "hidden_size", source),
-        heads=_field(eva, "num_attention_heads", source),
-        inner=eva.get("inner_hidden_size") or 4 * eva["hidden_size"],
-        patch=eva.get("patch_size", 14),
-    )
+def _eva_from_sat(eva: ConfigFields) -> VisionConfig:
+    width = eva.integer("hidden_size", maximum=MAX_WIDTH)
+    try:
+        return eva_config(
+            image_px=image_size(eva, "image_size"),
+            layers=eva.integer("num_layers", maximum=MAX_LAYERS),
+            width=width,
+            heads=eva.integer("num_attention_heads", maximum=MAX_HEADS),
+            inner=eva.integer("inner_hidden_size", None, maximum=MAX_WIDTH) or 4 * width,
+            patch=eva.integer("patch_size", 14, maximum=MAX_IMAGE_PX),
+        )
+    except ConfigError as error:
+        raise CheckpointError(f"{eva.source}: eva_args: {error}") from None
 
 
 def infer_cross_vision(raw: Mapping, state_shapes: Mapping[str, tuple[int, ...]] | None) -> CrossVisionConfig:
     """CogAgent's cross tower from `cross_vision_args`, else from the weight shapes, else EVA2-CLIP-L."""
-    image_px = raw.get("cross_image_pix", 1120)
-    if "cross_vision_args" in raw:
-        return CrossVisionConfig(image_px=image_px, **raw["cross_vision_args"])
-    if state_shapes and _CROSS_PREFIX + "cls_token" in state_shapes:
-        return _cross_vision_from_shapes(image_px, state_shapes)
-    return CrossVisionConfig(image_px=image_px, **DEFAULT_CROSS_VISION)
+    fields = ConfigFields(raw, MODEL_CONFIG_FILE)
+    return _cross_vision_from_sat(fields, state_shapes)
+
+
+def _cross_vision_from_sat(
+    fields: ConfigFields, state_shapes: Mapping[str, tuple[int, ...]] | None
+) -> CrossVisionConfig:
+    image_px = fields.integer("cross_image_pix", 1120, maximum=MAX_IMAGE_PX)
+    try:
+        if fields.has("cross_vision_args"):
+            return CrossVisionConfig(image_px=image_px, **_cross_vision_args_from_sat(fields))
+        if state_shapes and _CROSS_PREFIX + "cls_token" in state_shapes:
+            return _cross_vision_from_shapes(image_px, state_shapes)
+        return CrossVisionConfig(image_px=image_px, **DEFAULT_CROSS_VISION)
+    except ConfigError as error:
+        raise CheckpointError(f"{fields.source}: {error}") from None
+
+
+def _cross_vision_args_from_sat(fields: ConfigFields) -> dict:
+    args = fields.section("cross_vision_args")
+    unknown = set(args.raw) - set(_CROSS_VISION_FIELDS)
+    if unknown:
+        raise args.error(sorted(unknown)[0], f"is not one of {list(_CROSS_VISION_FIELDS)}")
+    return {
+        name: args.integer(name, maximum=MAX_WIDTH)
+        if name in _CROSS_SIZE_FIELDS
+        else args.number(name, minimum=1e-12, maximum=MAX_WIDTH)
+        for name in args.raw
+    }
 
 
 def _cross_vision_from_shapes(
@@ -125,6 +164,36 @@ def _cross_vision_from_shapes(
     )
 
 
+def _cross_from_sat(
+    fields: ConfigFields, state_shapes, num_layers: int
+) -> tuple[CrossVisionConfig | None, CrossAttentionConfig | None]:
+    # A config with cross-attention describes it by these fields; without them the model has none.
+    if not fields.has("cross_hidden_size_per_attention_head"):
+        return None, None
+    cross_vision = _cross_vision_from_sat(fields, state_shapes)
+    cross_attention = CrossAttentionConfig(
+        encoder_hidden_size=fields.integer("cross_attn_hidden_size", cross_vision.width, maximum=MAX_WIDTH),
+        head_dim=fields.integer("cross_hidden_size_per_attention_head", maximum=MAX_WIDTH),
+        layers=fields.flags("is_decoder", num_layers),
+    )
+    return cross_vision, cross_attention
+
+
+def _llm_sizes_from_sat(fields: ConfigFields) -> dict:
+    hidden = fields.integer("hidden_size", maximum=MAX_WIDTH)
+    heads = fields.integer("num_attention_heads", maximum=MAX_HEADS)
+    return dict(
+        layers=fields.integer("num_layers", maximum=MAX_LAYERS),
+        hidden=hidden,
+        heads=heads,
+        inner=fields.integer("inner_hidden_size", None, maximum=MAX_WIDTH) or 4 * hidden,
+        vocab=fields.integer("vocab_size", maximum=MAX_VOCAB),
+        max_length=fields.integer("max_sequence_length", 4096, maximum=MAX_SEQUENCE),
+        kv_heads=fields.integer("num_multi_query_heads", 0, minimum=0, maximum=heads),
+        rotary_base=fields.number("rotary_base", DEFAULT_ROTARY_BASE, minimum=1.0001, maximum=1e12),
+    )
+
+
 def config_from_sat(
     raw: Mapping,
     *,
@@ -132,44 +201,29 @@ def config_from_sat(
     state_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> CogVLMConfig:
     """Translate a SAT `model_config.json` dict into a `CogVLMConfig`."""
-    model_class = _field(raw, "model_class", source)
-    if model_class not in MODEL_CLASSES:
-        raise CheckpointError(
-            f"{source}: model_class {model_class!r} is not supported; expected one of {MODEL_CLASSES}"
-        )
-    hidden = _field(raw, "hidden_size", source)
-    llm_sizes = dict(
-        layers=_field(raw, "num_layers", source),
-        hidden=hidden,
-        heads=_field(raw, "num_attention_heads", source),
-        inner=raw.get("inner_hidden_size") or 4 * hidden,
-        vocab=_field(raw, "vocab_size", source),
-        max_length=raw.get("max_sequence_length", 4096),
-    )
-    vision = _eva_from_sat(_field(raw, "eva_args", source), source)
-    cross_vision, cross_attention = None, None
-    if model_class == "CogAgentModel":
-        cross_vision = infer_cross_vision(raw, state_shapes)
-        cross_attention = CrossAttentionConfig(
-            encoder_hidden_size=raw.get("cross_attn_hidden_size", cross_vision.width),
-            head_dim=_field(raw, "cross_hidden_size_per_attention_head", source),
-            layers=tuple(bool(flag) for flag in raw.get("is_decoder", [True] * llm_sizes["layers"])),
-        )
-    image_length = raw.get("image_length", vision.num_patches)
+    fields = ConfigFields(raw, source)
+    model_class = fields.string("model_class")
+    try:
+        model_family(model_class)
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
+    llm_sizes = _llm_sizes_from_sat(fields)
+    vision = _eva_from_sat(fields.section("eva_args"))
+    cross_vision, cross_attention = _cross_from_sat(fields, state_shapes, llm_sizes["layers"])
+    image_length = fields.integer("image_length", vision.num_patches, maximum=MAX_SEQUENCE)
     if image_length != vision.num_patches:
         raise CheckpointError(
             f"{source}: image_length {image_length} != {vision.num_patches} patches of the eva image size"
         )
-    return CogVLMConfig(
+    return assemble_config(
+        fields,
         model_class=model_class,
-        llm=llama_config(**llm_sizes, cross_attention=cross_attention),
+        llm_sizes=llm_sizes,
         vision=vision,
         cross_vision=cross_vision,
-        bos_token_id=raw.get("bos_token_id", 1),
-        eos_token_id=raw.get("eos_token_id", 2),
-        pad_token_id=raw.get("pad_token_id", 0),
-        text_processor_version=raw.get("text_processor_version"),
-        tokenizer_type=raw.get("tokenizer_type", "vicuna-7b-v1.5"),
+        cross_attention=cross_attention,
+        text_processor_version=fields.string("text_processor_version", None),
         extra={key: value for key, value in raw.items() if key not in _KNOWN_KEYS},
     )
 
@@ -205,19 +259,34 @@ def _cross_vision_needs_args(tower: CrossVisionConfig) -> bool:
     return any(getattr(tower, name) != getattr(default, name) for name in unstated)
 
 
-def _cross_vision_args(tower: CrossVisionConfig) -> dict:
-    fields = (
-        "width",
-        "num_blocks",
-        "head_width",
-        "patch_size",
-        "in_channels",
-        "mlp_ratio",
-        "head_out_features",
-        "pretrain_grid",
-        "layernorm_epsilon",
-    )
-    return {name: getattr(tower, name) for name in fields}
+def _cross_attention_to_sat(config: CogVLMConfig) -> dict:
+    cross = config.llm.cross_attention
+    if cross is None:
+        return {}
+    return dict(is_decoder=list(cross.layers), cross_attn_hidden_size=cross.encoder_hidden_size)
+
+
+def _cross_vision_to_sat(config: CogVLMConfig) -> dict:
+    tower = config.cross_vision
+    if tower is None:
+        return {}
+    raw = {
+        "cross_hidden_size_per_attention_head": config.llm.cross_attention.head_dim,
+        "cross_image_pix": tower.image_px,
+    }
+    if _cross_vision_needs_args(tower):
+        raw["cross_vision_args"] = {name: getattr(tower, name) for name in _CROSS_VISION_FIELDS}
+    return raw
+
+
+def _llm_options_to_sat(llm: TransformerConfig) -> dict:
+    # Written only where they differ from LLaMA 2's, so CogVLM and CogAgent configs stay as SAT writes them.
+    raw = {}
+    if llm.num_key_value_heads != llm.num_attention_heads:
+        raw["num_multi_query_heads"] = llm.num_key_value_heads
+    if llm.rotary_base != DEFAULT_ROTARY_BASE:
+        raw["rotary_base"] = llm.rotary_base
+    return raw
 
 
 def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
@@ -235,17 +304,11 @@ def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
         model_parallel_size=model_parallel_size,
         max_sequence_length=llm.max_sequence_length,
     )
-    if config.is_cogagent:
-        cross, tower = llm.cross_attention, config.cross_vision
-        raw.update(is_decoder=list(cross.layers), cross_attn_hidden_size=cross.encoder_hidden_size)
+    raw.update(_cross_attention_to_sat(config))
     raw.update(use_bias=False, inner_hidden_size=llm.inner_hidden_size)
-    if config.is_cogagent:
-        raw["cross_hidden_size_per_attention_head"] = cross.head_dim
+    raw.update(_llm_options_to_sat(llm))
     raw["image_length"] = config.image_length
-    if config.is_cogagent:
-        raw["cross_image_pix"] = tower.image_px
-        if _cross_vision_needs_args(tower):
-            raw["cross_vision_args"] = _cross_vision_args(tower)
+    raw.update(_cross_vision_to_sat(config))
     raw["eva_args"] = _eva_to_sat(config, model_parallel_size)
     raw.update(config.extra)
     raw.update(

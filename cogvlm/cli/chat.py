@@ -11,22 +11,17 @@ from cogvlm.embedded import EMBEDDED_NAME
 def run_chat(args: argparse.Namespace) -> int:
     """Interactive chat about images, or one answer with --image/--query."""
     from cogvlm.frontends import chat
-    from cogvlm.inference.generate import GenerationConfig
-    from cogvlm.inference.sampling import SamplingConfig
+    from cogvlm.inference.settings import GenerationSettings
 
-    sampling = SamplingConfig(
+    generation = GenerationSettings(
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        stop_strings=tuple(args.stop),
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         semantics=args.sampler,
-    )
-    generation = GenerationConfig(
-        max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens,
-        end_token_ids=(2,),
-        stop_strings=tuple(args.stop),
-        sampling=sampling,
         seed=args.seed,
         decode_step=args.decode_step,
     )
@@ -55,19 +50,24 @@ def add_chat_parser(commands) -> None:
     add_model_arguments(chat, default_checkpoint=EMBEDDED_NAME)
     chat.add_argument("--image", default=None, help="one-shot mode: image path or URL ('' for text only)")
     chat.add_argument("--query", default=None, help="one-shot mode: the question (prints the answer)")
+    # Sampling and length flags default to the checkpoint's generation defaults (`cogvlm.inference.settings`):
+    # the reference CLI's greedy settings unless the checkpoint ships a generation_config.json.
     chat.add_argument(
-        "--max_length", type=int, default=2048, help="total tokens: prompt, image slots and answer"
+        "--max_length",
+        type=int,
+        default=None,
+        help="total tokens: prompt, image slots and answer (default and cap: the model's context)",
     )
     chat.add_argument("--max_new_tokens", type=int, default=None, help="cap on generated tokens")
-    chat.add_argument("--top_p", type=float, default=0.4)
-    chat.add_argument("--top_k", type=int, default=1, help="1 (the default) is greedy")
-    chat.add_argument("--temperature", type=float, default=0.8)
-    chat.add_argument("--repetition_penalty", type=float, default=1.0)
+    chat.add_argument("--top_p", type=float, default=None, help="default 0.4 (the reference's)")
+    chat.add_argument("--top_k", type=int, default=None, help="default 1: greedy (the reference's)")
+    chat.add_argument("--temperature", type=float, default=None, help="default 0.8 (the reference's)")
+    chat.add_argument("--repetition_penalty", type=float, default=None, help="default 1.0 (none)")
     chat.add_argument(
         "--sampler",
         choices=["reference", "standard"],
-        default="reference",
-        help="reference: SAT's semantics (top-p only with top-k, penalty on generated tokens only)",
+        default=None,
+        help="reference (default): SAT's semantics (top-p only with top-k, penalty on generated tokens only)",
     )
     chat.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     chat.add_argument("--seed", type=int, default=None)

@@ -81,5 +81,7 @@ def add_web_parser(commands) -> None:
     web = commands.add_parser("web", help="Gradio web demo")
     add_model_arguments(web, default_checkpoint=EMBEDDED_NAME)
     add_address_arguments(web, default_port=7860)
-    web.add_argument("--max_length", type=int, default=2048)
+    web.add_argument(
+        "--max_length", type=int, default=None, help="total tokens per answer (default: the model's context)"
+    )
     web.set_defaults(handler=run_web)

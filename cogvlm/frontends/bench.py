@@ -23,7 +23,8 @@ from cogvlm.checkpoints.sat_format import config_from_sat
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, iterate_batch, new_kv_cache
-from cogvlm.inference.sampling import SamplingConfig
+from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
+from cogvlm.models import mixin_names
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
@@ -195,7 +196,7 @@ def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, r
     prompt = build_prompt(protocol["version"], protocol["query"], protocol["history"])
     text = build_inference_inputs(tokenizer, prompt, model.config.image_length)
     dtype = DTYPES[config.dtype]
-    if model.config.is_cogagent:
+    if model.config.has_cross_vision:
         views = DualImageProcessor(model.config.vision.image_px, model.config.cross_vision.image_px)(
             config.image
         )
@@ -208,7 +209,7 @@ def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, r
 
 def _encode_image(model: VisionLanguageModel, request: GenerationRequest, device) -> None:
     with torch.inference_mode():
-        model.mixins["eva"].encode_images(request.pixel_values.to(device))
+        model.mixins[mixin_names.IMAGE].encode_images(request.pixel_values.to(device))
         if request.cross_pixel_values is not None:
             model.encode_cross(request.cross_pixel_values.to(device))
 
@@ -252,13 +253,9 @@ def _decode_bytes_per_token(model, prompt_tokens: int, new_tokens: int) -> int:
 
 def _protocol_generation(model: VisionLanguageModel, config: BenchConfig) -> GenerationConfig:
     """Greedy with SAT's strategy and no end token: exactly `new_tokens` are generated."""
-    return GenerationConfig(
-        max_length=model.config.llm.max_sequence_length,
-        max_new_tokens=config.new_tokens,
-        end_token_ids=(),
-        sampling=SamplingConfig(temperature=0.8, top_p=0.4, top_k=1, semantics="reference"),
-        decode_step=config.decode_step,
-    )
+    defaults = GenerationDefaults(model.config.llm.max_sequence_length, end_token_ids=())
+    settings = GenerationSettings(max_new_tokens=config.new_tokens, top_k=1, decode_step=config.decode_step)
+    return build_generation_config(defaults, settings)
 
 
 def _measure_repeat(model, requests, generation, config: BenchConfig, device, dtype) -> dict[str, float]:

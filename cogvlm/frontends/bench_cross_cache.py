@@ -136,7 +136,7 @@ def cross_recompute_flops(config: CogVLMConfig) -> float:
 
 def _random_model(config_name: str, seed: int, device: str, dtype: torch.dtype) -> VisionLanguageModel:
     config = preset(config_name)
-    if not config.is_cogagent:
+    if not config.has_cross_vision:
         raise ValueError(f"preset {config_name!r} is a {config.model_class}; the benchmark needs a CogAgent")
     torch.manual_seed(seed)
     return build_model(config).to(device=device, dtype=dtype).eval()

@@ -21,6 +21,7 @@ from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.errors import ImageError, PromptTooLongError
 from cogvlm.frontends.grounding_output import draw_grounding
 from cogvlm.inference.generate import GenerationConfig
+from cogvlm.inference.settings import GenerationSettings
 from cogvlm.launch.distributed import broadcast_reader, init_parallel_runtime, shutdown
 
 TOO_LONG_MESSAGE = "The prompt exceeds the context length limit, please try again."
@@ -51,7 +52,7 @@ class ChatConfig:
     download: DownloadConfig | None = None
     quant_bits: int | None = None
     quant_group_size: int | None = None
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)  # over the model's defaults
     stream: bool = False
     chinese: bool = False
     image: str | None = None  # one-shot mode: with `query`
@@ -88,6 +89,7 @@ class ChatLoop:
         self.is_first_rank = is_first_rank
         self.session = session
         self.config = config
+        self.generation: GenerationConfig = session.generation_config(config.generation)
         self.output = output
         self.read_line = read_line
         self.prompts = CHINESE_PROMPTS if config.chinese else Prompts()
@@ -143,7 +145,7 @@ class ChatLoop:
 
     def answer(self, image: ImageInputs | None, query: str, history) -> str:
         """Print the reply (streamed or whole) and return it."""
-        generation = self.config.generation
+        generation = self.generation
         if not self.config.stream:
             response = self.session.chat(image, query, history, generation).response
             self.say(self.prompts.model + response)
@@ -168,13 +170,13 @@ class ChatLoop:
         raw = read_image(image_source) if image_source else None
         image = None if raw is None else self.session.process_image(raw)
         if self.config.stream:
-            stream = self.session.stream_chat(image, query, (), self.config.generation)
+            stream = self.session.stream_chat(image, query, (), self.generation)
             for piece in stream:
                 self.say(piece, end="")
             self.say("")
             response = stream.result.response
         else:
-            response = self.session.chat(image, query, (), self.config.generation).response
+            response = self.session.chat(image, query, (), self.generation).response
             self.say(response)
         if raw is not None:
             self.show_grounding(raw, response)

@@ -9,7 +9,6 @@ from cogvlm.api import CogVLM, ImageInputs
 from cogvlm.errors import CogVLMError
 from cogvlm.image_processors.drawing import draw_response
 from cogvlm.inference.generate import GenerationConfig
-from cogvlm.inference.sampling import SamplingConfig
 from cogvlm.text_processors.agent import parse_agent_reply
 from cogvlm.text_processors.grounding import find_box_groups
 from cogvlm.text_processors.templates import build_task_prompt
@@ -20,11 +19,11 @@ MODES = ("Chat", "Grounding", "Agent")
 
 @dataclass(frozen=True)
 class WebConfig:
-    """Where the demo listens and how long its answers may be."""
+    """Where the demo listens and how long its answers may be (None: the model's context)."""
 
     host: str = "127.0.0.1"
     port: int = 7860
-    max_length: int = 2048
+    max_length: int | None = None
 
 
 def stream_reply(
@@ -81,9 +80,12 @@ def build_demo(session: CogVLM, config: WebConfig):
             yield messages, gr.update(), None, ""
             return
         history = _pairs(messages)
-        sampling = SamplingConfig(temperature=max(temperature, 1e-3), top_k=int(top_k), top_p=top_p)
-        generation = GenerationConfig(
-            max_length=config.max_length, end_token_ids=(session.tokenizer.eos_id,), sampling=sampling
+        generation = session.generation_config(
+            max_length=config.max_length,
+            temperature=max(temperature, 1e-3),
+            top_k=int(top_k),
+            top_p=top_p,
+            semantics="standard",
         )
         messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         try:

@@ -115,22 +115,20 @@ class GenerationOutput:
 def kv_cache_bytes(model: VisionLanguageModel, batch_size: int, max_length: int) -> int:
     """Bytes of the keys and values `new_kv_cache` allocates for these sizes on this rank."""
     layer = model.transformer.layers[0].attention
-    width = layer.query_key_value.out_features // layer.query_key_value.tp.size // 3  # this rank's heads
+    width = layer.local_key_value_heads * layer.head_dim  # this rank's key/value heads
     element = model.transformer.word_embeddings.weight.element_size()
     return 2 * len(model.transformer.layers) * batch_size * max_length * width * element
 
 
 def new_kv_cache(model: VisionLanguageModel, batch_size: int, max_length: int) -> KVCache:
-    """A cache sized for this rank's heads (the layer's weight says how many it holds)."""
+    """A cache sized for this rank's key/value heads (the layer says how many it holds)."""
     layer = model.transformer.layers[0].attention
-    head_dim = layer.head_dim
-    width = layer.query_key_value.out_features // layer.query_key_value.tp.size
     embedding = model.transformer.word_embeddings.weight
     return KVCache(
         num_layers=len(model.transformer.layers),
         batch_size=batch_size,
-        num_heads=width // (3 * head_dim),
-        head_dim=head_dim,
+        num_heads=layer.local_key_value_heads,
+        head_dim=layer.head_dim,
         max_length=max_length,
         dtype=embedding.dtype,
         device=embedding.device,

@@ -7,11 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cogvlm.mixins.gated_mlp import swiglu
-from cogvlm.models.config import CogVLMConfig
+from cogvlm.models.config import TransformerConfig, VisionConfig
 from cogvlm.models.context import ForwardContext
-from cogvlm.models.eva import build_eva
 from cogvlm.models.mixin import Mixin
-from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 
 
 class GLUAdapter(nn.Module):
@@ -33,17 +31,23 @@ class GLUAdapter(nn.Module):
 class ImageMixin(Mixin):
     """Encodes `ctx.pixel_values` and writes `[boi, image tokens, eoi]` into the image slots.
 
-    `has_pos_embed` adds CogAgent's learned table (`pos_embed`) to the tower output before the adapter.
+    `vit_model` is the vision tower the recipe built for `vision` (it returns [images, 1 + patches, width],
+    CLS first). `has_pos_embed` adds CogAgent's learned table (`pos_embed`) to the tower output before the
+    adapter.
     """
 
     hook_modes = {"embed_tokens": "replace"}
 
     def __init__(
-        self, config: CogVLMConfig, tp: TensorParallel = NO_PARALLEL, *, has_pos_embed: bool = False
+        self,
+        vit_model: nn.Module,
+        vision: VisionConfig,
+        llm: TransformerConfig,
+        *,
+        has_pos_embed: bool = False,
     ) -> None:
         super().__init__()
-        llm, vision = config.llm, config.vision
-        self.vit_model = build_eva(vision, tp)
+        self.vit_model = vit_model
         self.linear_proj = GLUAdapter(vision.transformer.hidden_size, llm.hidden_size, llm.inner_hidden_size)
         self.boi = nn.Parameter(torch.zeros(1, 1, llm.hidden_size))
         self.eoi = nn.Parameter(torch.zeros(1, 1, llm.hidden_size))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cogvlm.models import mixin_names
 from cogvlm.models.mixin import Mixin
 from cogvlm.nn.quantized import dequantized_copy, is_quantized
 from cogvlm.parallel.collectives import copy_to_parallel, reduce_from_parallel
@@ -30,7 +31,9 @@ from cogvlm.parallel.sharding import REPLICATED, ShardRule, shard_tensor
 
 LORA_MIXIN_NAME = "lora"
 _LLM_LAYERS = "transformer.layers.{i}."
-_EVA_LAYERS = "mixins.eva.vit_model.transformer.layers.{i}."
+_EVA_LAYERS = mixin_names.prefix(mixin_names.IMAGE) + "vit_model.transformer.layers.{i}."
+_EXPERT_ATTENTION = mixin_names.prefix(mixin_names.EXPERT_ATTENTION)
+_EXPERT_MLP = mixin_names.prefix(mixin_names.EXPERT_MLP)
 
 # Target name -> (tower, module path templates). `{i}` is a layer index of that tower.
 LORA_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -40,7 +43,7 @@ LORA_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "vision_expert_attention": (
         "llm",
-        ("mixins.rotary.vision_query_key_value_list.{i}", "mixins.rotary.vision_dense_list.{i}"),
+        (_EXPERT_ATTENTION + "vision_query_key_value_list.{i}", _EXPERT_ATTENTION + "vision_dense_list.{i}"),
     ),
     "cross_attention": (
         "llm",
@@ -48,14 +51,14 @@ LORA_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "language_mlp": (
         "llm",
-        (_LLM_LAYERS + "mlp.dense_h_to_4h", _LLM_LAYERS + "mlp.dense_4h_to_h", "mixins.mlp.gate_proj.{i}"),
+        (_LLM_LAYERS + "mlp.dense_h_to_4h", _LLM_LAYERS + "mlp.dense_4h_to_h", _EXPERT_MLP + "gate_proj.{i}"),
     ),
     "vision_expert_mlp": (
         "llm",
         (
-            "mixins.mlp.vision_dense_h_to_4h_list.{i}",
-            "mixins.mlp.vision_dense_4h_to_h_list.{i}",
-            "mixins.mlp.vision_gate_proj.{i}",
+            _EXPERT_MLP + "vision_dense_h_to_4h_list.{i}",
+            _EXPERT_MLP + "vision_dense_4h_to_h_list.{i}",
+            _EXPERT_MLP + "vision_gate_proj.{i}",
         ),
     ),
     "vision_attention": (
@@ -150,8 +153,14 @@ def _split_dim(layer: nn.Module) -> int | None:
     return rule.dim
 
 
-def _fused_parts(layer: nn.Module) -> int:
-    return getattr(layer, "shard_rules", {}).get("weight", REPLICATED).parts
+def _fused_part_sizes(layer: nn.Module, out_features: int) -> list[int]:
+    rule = getattr(layer, "shard_rules", {}).get("weight", REPLICATED)
+    try:
+        return rule.part_sizes(out_features)
+    except ValueError:
+        raise ValueError(
+            f"out_features {out_features} does not split into {rule.parts} fused parts"
+        ) from None
 
 
 def _compute_dtype(layer: nn.Module) -> torch.dtype:
@@ -180,23 +189,22 @@ class LoraLinear(nn.Module):
         self.original = original
         self.tp = getattr(original, "tp", NO_PARALLEL)
         self.split_dim = _split_dim(original) if self.tp.is_parallel else None
-        self.parts = _fused_parts(original)
+        full_in = getattr(original, "in_features", weight.shape[1])
+        full_out = getattr(original, "out_features", weight.shape[0])
+        part_sizes = _fused_part_sizes(original, full_out)  # [Q; K; V] may differ under grouped queries
+        self.parts = len(part_sizes)
         self.rank = config.rank
         self.scaling = config.scaling
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        full_in = getattr(original, "in_features", weight.shape[1])
-        full_out = getattr(original, "out_features", weight.shape[0])
-        if full_out % self.parts:
-            raise ValueError(f"out_features {full_out} does not split into {self.parts} fused parts")
         a_rule = ShardRule(1) if _split_dim(original) == 1 else REPLICATED
         b_rule = ShardRule(0) if _split_dim(original) == 0 else REPLICATED
         generator = torch.Generator().manual_seed(init_seed)
         bound = 1.0 / math.sqrt(full_in)  # kaiming_uniform(a=sqrt(5)) on the whole [rank, in] matrix
         a_parts, b_parts = [], []
-        for _ in range(self.parts):
+        for part_size in part_sizes:
             whole_a = torch.empty(self.rank, full_in).uniform_(-bound, bound, generator=generator)
             a_parts.append(shard_tensor(whole_a, a_rule, self.tp.rank, self.tp.size))
-            whole_b = torch.zeros(full_out // self.parts, self.rank)
+            whole_b = torch.zeros(part_size, self.rank)
             b_parts.append(shard_tensor(whole_b, b_rule, self.tp.rank, self.tp.size))
         to = dict(dtype=_compute_dtype(original), device=weight.device)
         self.matrix_A = LoraFactors((a.to(**to) for a in a_parts), a_rule)
@@ -295,9 +303,9 @@ def _layer_indices(count: int, chosen: tuple[int, ...] | None, what: str) -> lis
 def _tower_layer_count(model: nn.Module, tower: str) -> int:
     if tower == "llm":
         return len(model.transformer.layers)
-    if "eva" not in getattr(model, "mixins", {}):
+    if mixin_names.IMAGE not in getattr(model, "mixins", {}):
         return 0
-    return len(model.mixins["eva"].vit_model.transformer.layers)
+    return len(model.mixins[mixin_names.IMAGE].vit_model.transformer.layers)
 
 
 def _has_module(model: nn.Module, path: str) -> bool:
@@ -380,46 +388,3 @@ def merge_lora(model: nn.Module) -> tuple[str, ...]:
 def is_lora_parameter(name: str) -> bool:
     """The trainable-parameter filter of a LoRA run: the A and B matrices."""
     return ".matrix_A." in name or ".matrix_B." in name
-
-
-def base_keys_to_lora(state_dict: Mapping[str, torch.Tensor], wrapped_paths: Iterable[str]) -> dict:
-    """Rename a base checkpoint's `<path>.weight`/`.bias` to `<path>.original.*` for the wrapped paths."""
-    wrapped = set(wrapped_paths)
-    renamed = {}
-    for key, tensor in state_dict.items():
-        path, _, name = key.rpartition(".")
-        renamed[f"{path}.original.{name}" if path in wrapped else key] = tensor
-    return renamed
-
-
-def lora_config_to_sat(config: LoraConfig) -> dict:
-    """Fields for `model_config.json`: SAT's own (`use_lora`, `lora_rank`, `layer_range`) plus ours."""
-    return {
-        "use_lora": True,
-        "lora_rank": config.rank,
-        "layer_range": None if config.layer_range is None else list(config.layer_range),
-        "lora_args": config.to_json(),
-    }
-
-
-def lora_config_from_sat(raw: Mapping, is_cogagent: bool = False) -> LoraConfig | None:
-    """The LoRA configuration recorded in a `model_config.json` dict, or None.
-
-    Checkpoints written by the reference carry only `use_lora`, `lora_rank` and `layer_range`; their
-    adapter is α = 1 on the language and EVA attention (and CogAgent's cross-attention), with the same
-    layer list applied to both towers.
-    """
-    if "lora_args" in raw:
-        return LoraConfig.from_json(raw["lora_args"])
-    if not raw.get("use_lora"):
-        return None
-    layer_range = raw.get("layer_range")
-    layer_range = None if layer_range is None else tuple(layer_range)
-    targets = DEFAULT_TARGETS + (("cross_attention",) if is_cogagent else ())
-    return LoraConfig(
-        rank=int(raw.get("lora_rank", 10)),
-        alpha=1.0,
-        targets=targets,
-        layer_range=layer_range,
-        vision_layer_range=layer_range,
-    )

@@ -17,7 +17,9 @@ class Rotary(Mixin):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.rotary_emb = RotaryEmbedding(config.head_dim, max_positions=config.max_sequence_length)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, base=config.rotary_base, max_positions=config.max_sequence_length
+        )
 
     def rotate_qk(self, layer, layer_index: int, query: torch.Tensor, key: torch.Tensor, ctx: ForwardContext):
         rotation = self.rotary_emb.rotation(ctx.position_ids, query.dtype, forward_key=ctx)

@@ -16,6 +16,7 @@ from cogvlm.mixins.rotary import Rotary
 from cogvlm.mixins.routing import route_tokens
 from cogvlm.models.config import TransformerConfig
 from cogvlm.models.context import ForwardContext
+from cogvlm.models.transformer import fused_qkv_width
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 
@@ -75,8 +76,10 @@ class VisionExpertAttention(Rotary):
     def __init__(self, config: TransformerConfig, tp: TensorParallel = NO_PARALLEL) -> None:
         super().__init__(config)
         hidden, width, layers = config.hidden_size, config.attention_width, config.num_layers
+        qkv_width, weights = fused_qkv_width(config), config.qkv_part_weights
         self.vision_query_key_value_list = _per_layer(
-            layers, lambda: ColumnParallelLinear(hidden, 3 * width, bias=False, tp=tp, parts=3)
+            layers,
+            lambda: ColumnParallelLinear(hidden, qkv_width, bias=False, tp=tp, parts=3, part_weights=weights),
         )
         self.vision_dense_list = _per_layer(
             layers, lambda: RowParallelLinear(width, hidden, bias=False, tp=tp)

@@ -12,19 +12,24 @@ from cogvlm.mixins.cross_vision import CrossVisionEncoder
 from cogvlm.mixins.image_embedding import ImageMixin
 from cogvlm.mixins.lm_head import LMHead
 from cogvlm.mixins.vision_expert import VisionExpertAttention, VisionExpertMLP
+from cogvlm.models import mixin_names
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.models.eva import build_eva
+from cogvlm.models.eva_large import EvaLargeEncoder
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 
 
 def build_cogagent(config: CogVLMConfig, tp: TensorParallel = NO_PARALLEL) -> VisionLanguageModel:
-    """The recipe: base LLaMA transformer with cross-attention layers, then each mixin by name."""
-    if not config.is_cogagent:
-        raise ValueError(f"build_cogagent needs a CogAgentModel config, not {config.model_class!r}")
+    """The recipe: base LLaMA transformer with cross-attention layers, both towers, each mixin by name."""
+    if config.cross_vision is None:
+        raise ValueError(f"build_cogagent needs a config with a cross vision tower ({config.model_class!r})")
     model = VisionLanguageModel(config, tp)
-    model.add_mixin("eva", ImageMixin(config, tp, has_pos_embed=True))
-    model.add_mixin("encoder", CrossVisionEncoder(config.cross_vision))
-    model.add_mixin("rotary", VisionExpertAttention(config.llm, tp))
-    model.add_mixin("mlp", VisionExpertMLP(config.llm, tp))
-    model.add_mixin("lm", LMHead(config.llm, tp))
+    tower = build_eva(config.vision, tp)
+    model.add_mixin(mixin_names.IMAGE, ImageMixin(tower, config.vision, config.llm, has_pos_embed=True))
+    cross_tower = EvaLargeEncoder(config.cross_vision)
+    model.add_mixin(mixin_names.CROSS_VISION, CrossVisionEncoder(cross_tower, config.cross_vision))
+    model.add_mixin(mixin_names.EXPERT_ATTENTION, VisionExpertAttention(config.llm, tp))
+    model.add_mixin(mixin_names.EXPERT_MLP, VisionExpertMLP(config.llm, tp))
+    model.add_mixin(mixin_names.LM_HEAD, LMHead(config.llm, tp))
     return model

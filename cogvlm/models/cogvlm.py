@@ -5,8 +5,10 @@ from __future__ import annotations
 from cogvlm.mixins.image_embedding import ImageMixin
 from cogvlm.mixins.lm_head import LMHead
 from cogvlm.mixins.vision_expert import VisionExpertAttention, VisionExpertMLP
+from cogvlm.models import mixin_names
 from cogvlm.models.base_model import MixinModel
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.models.eva import build_eva
 from cogvlm.models.transformer import Transformer
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 
@@ -21,10 +23,11 @@ class VisionLanguageModel(MixinModel):
 
 
 def build_cogvlm(config: CogVLMConfig, tp: TensorParallel = NO_PARALLEL) -> VisionLanguageModel:
-    """The recipe: base LLaMA transformer, then each mixin by name."""
+    """The recipe: base LLaMA transformer, the EVA2-CLIP-E tower, then each mixin by name."""
     model = VisionLanguageModel(config, tp)
-    model.add_mixin("eva", ImageMixin(config, tp))
-    model.add_mixin("rotary", VisionExpertAttention(config.llm, tp))
-    model.add_mixin("mlp", VisionExpertMLP(config.llm, tp))
-    model.add_mixin("lm", LMHead(config.llm, tp))
+    tower = build_eva(config.vision, tp)
+    model.add_mixin(mixin_names.IMAGE, ImageMixin(tower, config.vision, config.llm))
+    model.add_mixin(mixin_names.EXPERT_ATTENTION, VisionExpertAttention(config.llm, tp))
+    model.add_mixin(mixin_names.EXPERT_MLP, VisionExpertMLP(config.llm, tp))
+    model.add_mixin(mixin_names.LM_HEAD, LMHead(config.llm, tp))
     return model

@@ -10,8 +10,6 @@ from cogvlm.errors import ConfigError
 NormKind = Literal["rms", "layer"]
 NormPlacement = Literal["pre", "post_branch"]
 Activation = Literal["gelu", "silu"]
-ModelClass = Literal["CogVLMModel", "CogAgentModel"]
-MODEL_CLASSES: tuple[str, ...] = ("CogVLMModel", "CogAgentModel")
 
 
 def _require(condition: bool, owner: str, message: str) -> None:
@@ -42,7 +40,10 @@ class TransformerConfig:
 
     `norm_placement="pre"` normalises each branch's input (LLaMA); `"post_branch"` normalises each
     branch's output before the residual add (EVA2-CLIP-E). `num_positions > 0` adds a learned absolute
-    position table. `head_dim = 0` means `hidden_size // num_attention_heads`.
+    position table. `head_dim = 0` means `hidden_size // num_attention_heads`. `num_key_value_heads` below
+    `num_attention_heads` is grouped-query attention (each key/value head serves a group of query heads;
+    0 means one per query head). `rotary_base` is the rotary embedding's base (LLaMA 2: 10000, LLaMA 3:
+    500000).
     """
 
     num_layers: int
@@ -63,6 +64,8 @@ class TransformerConfig:
     row_parallel_linear_final_bias: bool = True
     num_positions: int = 0
     cross_attention: CrossAttentionConfig | None = None
+    num_key_value_heads: int = 0
+    rotary_base: float = 10000.0
 
     def __post_init__(self) -> None:
         owner = "TransformerConfig"
@@ -80,6 +83,17 @@ class TransformerConfig:
         _require(
             self.head_dim % 2 == 0, owner, f"head_dim={self.head_dim} must be even for rotary embeddings"
         )
+        if self.num_key_value_heads == 0:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        _require(
+            isinstance(self.num_key_value_heads, int)
+            and 0 < self.num_key_value_heads <= self.num_attention_heads
+            and self.num_attention_heads % self.num_key_value_heads == 0,
+            owner,
+            f"num_key_value_heads={self.num_key_value_heads!r} must divide "
+            f"num_attention_heads={self.num_attention_heads}",
+        )
+        _require(self.rotary_base > 1, owner, f"rotary_base={self.rotary_base!r} must be > 1")
         _require(self.norm in ("rms", "layer"), owner, f"norm={self.norm!r}, expected 'rms' or 'layer'")
         _require(
             self.norm_placement in ("pre", "post_branch"),
@@ -97,8 +111,19 @@ class TransformerConfig:
 
     @property
     def attention_width(self) -> int:
-        """Width of the query (and key, value) projections: heads x head_dim."""
+        """Width of the query projection (and of the attention output): heads x head_dim."""
         return self.num_attention_heads * self.head_dim
+
+    @property
+    def key_value_width(self) -> int:
+        """Width of the key (and of the value) projection: key/value heads x head_dim."""
+        return self.num_key_value_heads * self.head_dim
+
+    @property
+    def qkv_part_weights(self) -> tuple[int, int, int] | None:
+        """Relative sizes of the fused [Q; K; V] blocks, None when they are equal (no grouping)."""
+        group = self.num_attention_heads // self.num_key_value_heads
+        return None if group == 1 else (group, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -177,9 +202,13 @@ class CrossVisionConfig:
 
 @dataclass(frozen=True)
 class CogVLMConfig:
-    """A whole CogVLM or CogAgent: the LLM, the vision tower(s) and the token conventions."""
+    """A whole CogVLM or CogAgent: the LLM, the vision tower(s) and the token conventions.
 
-    model_class: ModelClass
+    `model_class` names the family whose recipe builds it (`models.builders.FAMILIES`). Optional parts are
+    described by optional fields: a `cross_vision` tower, which the LLM's `cross_attention` reads.
+    """
+
+    model_class: str
     llm: TransformerConfig
     vision: VisionConfig
     cross_vision: CrossVisionConfig | None = None
@@ -193,26 +222,22 @@ class CogVLMConfig:
     def __post_init__(self) -> None:
         owner = "CogVLMConfig"
         _require(
-            self.model_class in MODEL_CLASSES,
+            isinstance(self.model_class, str) and bool(self.model_class),
             owner,
-            f"model_class={self.model_class!r}, expected one of {MODEL_CLASSES}",
+            f"model_class={self.model_class!r} must be a non-empty string",
         )
-        has_cross = self.llm.cross_attention is not None
-        if self.model_class == "CogAgentModel":
+        cross = self.llm.cross_attention
+        _require(
+            (self.cross_vision is None) == (cross is None),
+            owner,
+            "a cross vision tower and the LLM's cross_attention come together (one is missing)",
+        )
+        if cross is not None:
             _require(
-                self.cross_vision is not None and has_cross,
+                cross.encoder_hidden_size == self.cross_vision.width,
                 owner,
-                "CogAgentModel needs cross_vision and cross_attention",
-            )
-            _require(
-                self.llm.cross_attention.encoder_hidden_size == self.cross_vision.width,
-                owner,
-                f"cross_attention.encoder_hidden_size={self.llm.cross_attention.encoder_hidden_size} "
+                f"cross_attention.encoder_hidden_size={cross.encoder_hidden_size} "
                 f"!= cross_vision.width={self.cross_vision.width}",
-            )
-        else:
-            _require(
-                self.cross_vision is None and not has_cross, owner, "CogVLMModel has no cross vision tower"
             )
 
     @property
@@ -221,6 +246,6 @@ class CogVLMConfig:
         return self.vision.num_patches
 
     @property
-    def is_cogagent(self) -> bool:
-        """True for CogAgent (two vision towers and cross-attention)."""
-        return self.model_class == "CogAgentModel"
+    def has_cross_vision(self) -> bool:
+        """True when a second, high-resolution tower feeds cross-attention (CogAgent)."""
+        return self.cross_vision is not None

@@ -20,8 +20,13 @@ def llama_config(
     vocab: int,
     max_length: int = 4096,
     cross_attention: CrossAttentionConfig | None = None,
+    kv_heads: int = 0,
+    rotary_base: float = 10000.0,
 ) -> TransformerConfig:
-    """The Vicuna/LLaMA language model: pre-RMSNorm, no biases, rotary positions, causal."""
+    """The Vicuna/LLaMA language model: pre-RMSNorm, no biases, rotary positions, causal.
+
+    `kv_heads` below `heads` is grouped-query attention (LLaMA 3); 0 means one per query head.
+    """
     return TransformerConfig(
         num_layers=layers,
         hidden_size=hidden,
@@ -33,6 +38,8 @@ def llama_config(
         layernorm_epsilon=1e-5,
         activation="silu",
         cross_attention=cross_attention,
+        num_key_value_heads=kv_heads,
+        rotary_base=rotary_base,
     )
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from cogvlm.models.config import TransformerConfig
 from cogvlm.models.context import ForwardContext
 from cogvlm.models.mixin import HookTable
-from cogvlm.nn.attention import merge_heads
+from cogvlm.nn.attention import merge_heads, split_heads
 from cogvlm.nn.norms import build_norm
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.layers import INIT_STD, ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
@@ -17,24 +17,41 @@ from cogvlm.parallel.layers import INIT_STD, ColumnParallelLinear, RowParallelLi
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
+def fused_qkv_width(config: TransformerConfig) -> int:
+    """Output width of a fused [Q; K; V] projection (keys and values are narrower under grouped queries)."""
+    return config.attention_width + 2 * config.key_value_width
+
+
 class SelfAttention(nn.Module):
     """Fused QKV projection (`query_key_value`, rows [Q; K; V]) and output projection (`dense`)."""
 
     def __init__(self, config: TransformerConfig, tp: TensorParallel) -> None:
         super().__init__()
-        width = config.attention_width
         self.head_dim = config.head_dim
         self.is_causal = config.is_causal
+        # This rank's widths of Q, K and V in the fused projection's output (its shard of the heads).
+        widths = (config.attention_width, config.key_value_width, config.key_value_width)
+        self.local_qkv_widths = [tp.divide(width, "query/key/value width") for width in widths]
         self.query_key_value = ColumnParallelLinear(
-            config.hidden_size, 3 * width, bias=config.use_bias or config.use_qkv_bias, tp=tp, parts=3
+            config.hidden_size,
+            fused_qkv_width(config),
+            bias=config.use_bias or config.use_qkv_bias,
+            tp=tp,
+            parts=3,
+            part_weights=config.qkv_part_weights,
         )
         self.dense = RowParallelLinear(
-            width,
+            config.attention_width,
             config.hidden_size,
             bias=config.use_bias,
             tp=tp,
             final_bias=config.row_parallel_linear_final_bias,
         )
+
+    @property
+    def local_key_value_heads(self) -> int:
+        """Key/value heads on this rank: what a KV cache holds per layer."""
+        return self.local_qkv_widths[1] // self.head_dim
 
 
 class CrossAttention(nn.Module):
@@ -107,11 +124,12 @@ class TransformerLayer(nn.Module):
     def _attention(
         self, hidden_states, layer_index: int, ctx: ForwardContext, hooks: HookTable
     ) -> torch.Tensor:
-        qkv = hooks.qkv_projection(self, layer_index, hidden_states, ctx)  # [batch, seq, 3 * local_width]
-        batch, length, width = qkv.shape
-        # [batch, seq, 3, heads, head_dim] -> 3 x [batch, heads, seq, head_dim]; heads = this rank's share
-        qkv = qkv.view(batch, length, 3, width // (3 * self.attention.head_dim), self.attention.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = hooks.qkv_projection(self, layer_index, hidden_states, ctx)  # [batch, seq, local q+k+v width]
+        # 3 x [batch, heads, seq, head_dim]; heads = this rank's share (fewer for K, V under grouped queries)
+        query, key, value = (
+            split_heads(part, self.attention.head_dim)
+            for part in qkv.split(self.attention.local_qkv_widths, dim=-1)
+        )
         query, key = hooks.rotate_qk(self, layer_index, query, key, ctx)  # [batch, heads, seq, head_dim]
         if ctx.kv_cache is not None:
             key, value = ctx.kv_cache.update(layer_index, key, value)

@@ -23,17 +23,20 @@ def attention(
     """Softmax attention over [batch, heads, seq, head_dim] tensors, scale 1/sqrt(head_dim).
 
     `attention_mask` (bool, True = may attend, broadcastable to [batch, heads, q, k]) overrides the
-    causal layout. A causal query shorter than its keys is aligned to the end (KV cache).
+    causal layout. A causal query shorter than its keys is aligned to the end (KV cache). Keys and values
+    with fewer heads than the query serve groups of query heads (grouped-query attention).
     """
+    # Only passed when needed, so attention without grouping calls SDPA exactly as before.
+    grouped = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
     if attention_mask is not None:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, **grouped)
     query_length, key_length = query.shape[-2], key.shape[-2]
     if not is_causal or query_length == 1:
-        return F.scaled_dot_product_attention(query, key, value)
+        return F.scaled_dot_product_attention(query, key, value, **grouped)
     if query_length == key_length:
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True, **grouped)
     mask = causal_mask_with_offset(query_length, key_length, query.device)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, **grouped)
 
 
 def split_heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:

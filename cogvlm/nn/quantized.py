@@ -21,10 +21,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from cogvlm.models import mixin_names
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import REPLICATED
 
 SUPPORTED_BITS = (4, 8)
+_VISION_TOWERS = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
 # Group sizes the CUDA int4 kernel (tinygemm) accepts.
 CUDA_INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -294,7 +296,7 @@ def decode_linears(model: nn.Module) -> list[nn.Module]:
     for name, module in model.named_modules():
         if not isinstance(module, ColumnParallelLinear | RowParallelLinear):
             continue
-        if name.startswith("mixins.eva.") or name.startswith("mixins.encoder.") or "vision" in name:
+        if name.startswith(_VISION_TOWERS) or "vision" in name:
             continue
         if name.endswith("cross_attention.key_value"):
             continue

@@ -24,7 +24,10 @@ INIT_STD = 0.02
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T + b with W split by output rows; `parts` marks fused blocks (QKV = 3)."""
+    """y = x W^T + b with W split by output rows; `parts` marks fused blocks (QKV = 3).
+
+    The fused blocks are equal unless `part_weights` gives their relative sizes (see `ShardRule`).
+    """
 
     def __init__(
         self,
@@ -34,10 +37,12 @@ class ColumnParallelLinear(nn.Module):
         bias: bool,
         tp: TensorParallel = NO_PARALLEL,
         parts: int = 1,
+        part_weights: tuple[int, ...] | None = None,
         gather_output: bool = False,
     ) -> None:
         super().__init__()
-        if out_features % (parts * tp.size):
+        rule = ShardRule(0, parts, part_weights)
+        if not rule.splits_evenly(out_features, tp.size):
             raise ValueError(
                 f"out_features {out_features} does not split into {parts} parts x {tp.size} ranks"
             )
@@ -48,7 +53,7 @@ class ColumnParallelLinear(nn.Module):
         local_out = out_features // tp.size
         self.weight = nn.Parameter(torch.empty(local_out, in_features))
         self.bias = nn.Parameter(torch.empty(local_out)) if bias else None
-        self.shard_rules = {"weight": ShardRule(0, parts), "bias": ShardRule(0, parts)}
+        self.shard_rules = {"weight": rule, "bias": rule}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

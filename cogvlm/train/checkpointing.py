@@ -26,13 +26,8 @@ from cogvlm.checkpoints.loading import (
     load_weights,
     reset_computed_buffers,
 )
-from cogvlm.mixins.lora import (
-    LoraConfig,
-    add_lora,
-    is_lora_parameter,
-    lora_config_from_sat,
-    lora_config_to_sat,
-)
+from cogvlm.checkpoints.lora_format import lora_config_from_sat, lora_config_to_sat
+from cogvlm.mixins.lora import LoraConfig, add_lora, is_lora_parameter
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
@@ -247,7 +242,7 @@ def load_finetuned_model(
         source=str(path / sat_format.MODEL_CONFIG_FILE),
         state_shapes={key: tuple(value.shape) for key, value in shards[0].items()},
     )
-    lora = lora_config_from_sat(config.extra, config.is_cogagent)
+    lora = lora_config_from_sat(config.extra, config.has_cross_vision)
     model = build_model(config, tp, device="meta")
     add_lora(model, lora)
     state_dict = shards[0] if checkpoint.model_parallel_size == tp.size else _reshard(model, shards, tp)
@@ -279,7 +274,7 @@ def _load_qlora_run(
         quantization = record.quantization
         quantize_(model, quantization.bits, quantization.group_size)
         check_same_base(record, model, tp.rank, tp.size, source)
-    lora = lora_config_from_sat(checkpoint.raw_config, base_info.config.is_cogagent)
+    lora = lora_config_from_sat(checkpoint.raw_config, base_info.config.has_cross_vision)
     add_lora(model, lora)
     shards = _read_shards(checkpoint, tp)
     adapter = shards[0] if checkpoint.model_parallel_size == tp.size else _reshard(model, shards, tp)

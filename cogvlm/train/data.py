@@ -161,7 +161,7 @@ def tokenize_sample(
 
 def image_processor_for(config: CogVLMConfig) -> ImageProcessor | DualImageProcessor:
     """The pixel preprocessing a model of `config` expects."""
-    if config.is_cogagent:
+    if config.has_cross_vision:
         return DualImageProcessor(config.vision.image_px, config.cross_vision.image_px)
     return ImageProcessor(config.vision.image_px)
 

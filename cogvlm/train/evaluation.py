@@ -9,16 +9,14 @@ import torch
 import torch.distributed as dist
 
 from cogvlm.checkpoints.download import DownloadConfig
-from cogvlm.inference.generate import GenerationConfig, generate
-from cogvlm.inference.sampling import SamplingConfig
+from cogvlm.inference.generate import generate
+from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import ForwardContext
 from cogvlm.text_processors.inference import build_inference_inputs
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate, sample_prompt
 from cogvlm.train.loss import answer_token_losses
-
-GREEDY = SamplingConfig(temperature=1.0, top_k=1, top_p=0.0)
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,8 @@ def greedy_answer(
     """The model's greedy answer to a sample's prompt, decoded without special tokens."""
     device, dtype = model_device_dtype(model)
     text = build_inference_inputs(tokenizer, sample_prompt(item.sample, version), model.config.image_length)
-    config = GenerationConfig(
-        max_length=text.seq_len + max_new_tokens, end_token_ids=(tokenizer.eos_id,), sampling=GREEDY
-    )
+    defaults = GenerationDefaults(model.config.llm.max_sequence_length, (tokenizer.eos_id,))
+    config = build_generation_config(defaults, GenerationSettings(max_new_tokens=max_new_tokens, top_k=1))
     cross = example.get("cross_pixel_values")
     output = generate(
         model,

@@ -9,11 +9,14 @@ import torch
 
 from cogvlm.checkpoints.convert import read_sat_for_conversion, write_sat_directory
 from cogvlm.checkpoints.sat_format import save_sat_checkpoint
+from cogvlm.models import mixin_names
 from cogvlm.models.builders import build_model
 from cogvlm.models.presets import preset
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE, LlamaTokenizer
 
-VISION_POSITIONS_KEY = "mixins.eva.vit_model.transformer.position_embeddings.weight"
+VISION_POSITIONS_KEY = (
+    mixin_names.prefix(mixin_names.IMAGE) + "vit_model.transformer.position_embeddings.weight"
+)
 
 
 def sincos_positions(grid: int, width: int) -> torch.Tensor:

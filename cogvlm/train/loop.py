@@ -18,6 +18,7 @@ from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE
 from cogvlm.errors import ConfigError
 from cogvlm.mixins.lora import add_lora
+from cogvlm.models import mixin_names
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.deepspeed_mpu import (
@@ -111,8 +112,9 @@ def _load_base_model(config: FinetuneConfig, device: torch.device, layout: Paral
         add_lora(model, config.lora)
     report = apply_trainable(model, trainable_filter(config.trainable, config.lora is not None))
     model.checkpoint_activations = config.checkpoint_activations
-    if "eva" in model.mixins:
-        model.mixins["eva"].vit_model.checkpoint_activations = config.vision_checkpoint_activations
+    if mixin_names.IMAGE in model.mixins:
+        tower = model.mixins[mixin_names.IMAGE].vit_model
+        tower.checkpoint_activations = config.vision_checkpoint_activations
     mark_tensor_parallel_parameters(model, layout.tp)
     return model.train(), info, report, qlora
 

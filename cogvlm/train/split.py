@@ -45,10 +45,28 @@ def split_counts(total: int, fractions: tuple[float, float, float]) -> tuple[int
     return train, valid, total - train - valid
 
 
-def _shuffled(items: list, seed: int) -> list:
+def _write_splits(items: list, destination: Path, config: SplitConfig, write_split) -> dict[str, int]:
+    """Shuffle `items` with the seed, cut them into the three splits and write each with
+    `write_split(staging, split_name, chunk)`, all in one atomic write; return the sizes."""
     items = list(items)
-    random.Random(seed).shuffle(items)
-    return items
+    random.Random(config.seed).shuffle(items)
+    counts = split_counts(len(items), config.fractions)
+    with atomic_directory(destination) as staging:
+        start = 0
+        for name, count in zip(SPLIT_NAMES, counts, strict=True):
+            write_split(staging, name, items[start : start + count])
+            start += count
+    return dict(zip(SPLIT_NAMES, counts, strict=True))
+
+
+def _copy_images(staging: Path, name: str, images: list[Path]) -> None:
+    (staging / name).mkdir()
+    for path in images:
+        shutil.copy2(path, staging / name / path.name)
+
+
+def _write_lines(staging: Path, name: str, lines: list[str]) -> None:
+    (staging / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _split_folder(source: Path, destination: Path, config: SplitConfig) -> dict[str, int]:
@@ -59,16 +77,7 @@ def _split_folder(source: Path, destination: Path, config: SplitConfig) -> dict[
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"{source}: file names occur in several sub-folders: {duplicates[:5]}")
-    images = _shuffled(images, config.seed)
-    counts = split_counts(len(images), config.fractions)
-    with atomic_directory(destination) as staging:
-        start = 0
-        for name, count in zip(SPLIT_NAMES, counts, strict=True):
-            (staging / name).mkdir()
-            for path in images[start : start + count]:
-                shutil.copy2(path, staging / name / path.name)
-            start += count
-    return dict(zip(SPLIT_NAMES, counts, strict=True))
+    return _write_splits(images, destination, config, _copy_images)
 
 
 def _absolute_image(line: str, base: Path, where: str) -> str:
@@ -91,15 +100,7 @@ def _split_jsonl(source: Path, destination: Path, config: SplitConfig) -> dict[s
     ]
     if not lines:
         raise ValueError(f"{source}: no records")
-    lines = _shuffled(lines, config.seed)
-    counts = split_counts(len(lines), config.fractions)
-    with atomic_directory(destination) as staging:
-        start = 0
-        for name, count in zip(SPLIT_NAMES, counts, strict=True):
-            chunk = lines[start : start + count]
-            (staging / f"{name}.jsonl").write_text("".join(line + "\n" for line in chunk), encoding="utf-8")
-            start += count
-    return dict(zip(SPLIT_NAMES, counts, strict=True))
+    return _write_splits(lines, destination, config, _write_lines)
 
 
 def split_dataset(config: SplitConfig) -> dict[str, int]:

@@ -82,9 +82,9 @@ def evaluate(
 
 def session_answerer(session, max_new_tokens: int = 32) -> BatchAnswerer:
     """Greedy batched answers of a loaded `cogvlm.api.CogVLM` (no history)."""
-    from cogvlm.inference.generate import GenerationConfig
-
-    generation = GenerationConfig(max_new_tokens=max_new_tokens, end_token_ids=(session.tokenizer.eos_id,))
+    generation = session.generation_config(
+        max_new_tokens=max_new_tokens, top_k=1
+    )  # the card's scores: greedy
 
     def answer(questions: list[tuple[Path, str]]) -> list[str]:
         turns = [(str(image), question, ()) for image, question in questions]

@@ -68,7 +68,7 @@ def test_sat_config_round_trips(model_dir):
         config_from_sat(
             config_to_sat(info.config),
             state_shapes=None
-            if not info.config.is_cogagent
+            if not info.config.has_cross_vision
             else {key: tuple(value.shape) for key, value in _state(model_dir / "sat_checkpoint").items()},
         )
         == info.config

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from cogvlm.checkpoints.hf_format import sat_state_dict_to_hf
 from cogvlm.checkpoints.loading import load_model
+from cogvlm.checkpoints.lora_format import base_keys_to_lora
 from cogvlm.checkpoints.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, save_peft_adapter
-from cogvlm.mixins.lora import LoraConfig, add_lora, base_keys_to_lora, lora_layers, merge_lora
+from cogvlm.mixins.lora import LoraConfig, add_lora, lora_layers, merge_lora
 from tests.golden import golden_dir
 
 TARGETS = (

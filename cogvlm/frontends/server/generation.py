@@ -8,20 +8,19 @@ from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import invalid
 from cogvlm.frontends.server.requests import ChatRequest
 from cogvlm.frontends.server.scheduler import PreparedJob
-from cogvlm.inference.generate import GenerationConfig
-from cogvlm.inference.sampling import SamplingConfig
 
 
-def sampling_for(request: ChatRequest, vocab_size: int) -> SamplingConfig:
-    """Temperature 0 is greedy; otherwise nucleus sampling over the whole vocabulary."""
+def sampling_for(request: ChatRequest, vocab_size: int) -> dict:
+    """The request's sampling settings: temperature 0 is greedy, else nucleus sampling over the vocabulary."""
     if request.temperature == 0:
-        return SamplingConfig(top_k=1, repetition_penalty=request.repetition_penalty)
+        return dict(top_k=1, repetition_penalty=request.repetition_penalty, semantics="standard")
     # The reference sampler applies top-p only together with top-k, so top-k spans the vocabulary.
-    return SamplingConfig(
+    return dict(
         temperature=request.temperature,
         top_k=vocab_size,
         top_p=request.top_p,
         repetition_penalty=request.repetition_penalty,
+        semantics="standard",
     )
 
 
@@ -30,13 +29,10 @@ def prepare_job(session: CogVLM, config: ServerConfig, request: ChatRequest) -> 
     model = session.model
     images = session.process_image(request.image) if request.image is not None else None
     inputs = session.request(images, request.query, request.history)
-    eos = (session.tokenizer.eos_id,)
-    generation = GenerationConfig(
-        max_length=model.config.llm.max_sequence_length,
+    generation = session.generation_config(
         max_new_tokens=request.max_tokens or config.default_max_tokens,
-        end_token_ids=eos,
-        sampling=sampling_for(request, model.config.llm.vocab_size),
         seed=request.seed,
+        **sampling_for(request, model.config.llm.vocab_size),
     )
     try:
         generation.new_token_budget(inputs.text.seq_len)
