@@ -144,8 +144,8 @@ def parallel_sizes() -> tuple[int, ...]:
 
 def stop_string_in(text: str, length: int = 3) -> str:
     """A piece of `text` that first occurs past its start: a stop string that cuts a reply mid-way.
-    Looks from the middle towards the start first (so a later token completes the text after it); avoids
-    whitespace at its ends and the replacement character."""
+    Looks from the middle towards the start first, so that the reply goes on after it; avoids whitespace at
+    its ends and the replacement character (an incomplete byte sequence while streaming)."""
     middle = len(text) // 2
     for start in [*range(middle, 0, -1), *range(middle + 1, len(text) - length + 1)]:
         piece = text[start : start + length]
