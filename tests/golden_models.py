@@ -67,3 +67,14 @@ def forward_case_id(item: tuple[Path, str]) -> str:
 def tokenizer_file() -> Path:
     """The shared golden tokenizer."""
     return golden_dir() / "tokenizer.model"
+
+
+def recorded_sensitivity(model_dir: Path) -> tuple[str, dict[str, float]]:
+    """(case, figures) of the reference's `sensitivity_<case>` record in model_info.json (logit changes
+    when an image is zeroed); skips the test when the folder records none for a case it holds."""
+    info = load_json(model_dir / "model_info.json")
+    for key, figures in sorted(info.items()):
+        case = key.removeprefix("sensitivity_")
+        if key.startswith("sensitivity_") and case in cases(model_dir):
+            return case, figures
+    pytest.skip(f"{model_dir.name}/model_info.json records no sensitivity_<case> for a case it holds")

@@ -10,20 +10,19 @@ import pytest
 from cogvlm import api
 from cogvlm.errors import TokenizerError
 from cogvlm.inference.generate import GenerationConfig
-from tests.golden import golden_dir, load_json
+from tests.golden import find_case, generations, golden_dir, greedy_cases, prompts
 
-CHECKPOINT = golden_dir() / "cogvlm" / "sat_checkpoint"
+MODEL_DIR = golden_dir() / "cogvlm"
+CHECKPOINT = MODEL_DIR / "sat_checkpoint"
 TOKENIZER = golden_dir() / "tokenizer.model"
 IMAGE = golden_dir() / "test_image.png"
 
 
 def _golden(case: str):
-    return load_json(golden_dir() / "cogvlm" / "text_inputs.json")[case], load_json(
-        golden_dir() / "cogvlm" / "generation.json"
-    )[case]
+    return prompts(MODEL_DIR)[case], generations(MODEL_DIR)[case]
 
 
-@pytest.mark.parametrize("case", ["chat_q2", "chat_old_q2", "base_q1"])
+@pytest.mark.parametrize("case", greedy_cases(MODEL_DIR))
 def test_chat_returns_the_reference_reply_and_extends_history(case):
     prompt, generation = _golden(case)
     session = api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version=prompt["version"])
@@ -53,7 +52,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_one_shot_answer_equals_the_reference():
-    prompt, generation = _golden("chat_old_q1")
+    prompt, generation = _golden(
+        find_case(
+            MODEL_DIR,
+            "of version chat_old without a history",
+            lambda p, _: p["version"] == "chat_old" and not p["history"],
+        )
+    )
     result = _cli(
         "chat",
         "--from_pretrained",
@@ -61,7 +66,7 @@ def test_cli_one_shot_answer_equals_the_reference():
         "--local_tokenizer",
         str(TOKENIZER),
         "--version",
-        "chat_old",
+        prompt["version"],
         "--image",
         str(IMAGE),
         "--query",

@@ -16,14 +16,17 @@ from cogvlm.checkpoints.loading import load_model, read_checkpoint_info
 from cogvlm.checkpoints.sat_format import config_from_sat, load_sat_weights, save_sat_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.context import ForwardContext
-from tests.golden import golden_dir, load_json
+from tests.golden import golden_dir, golden_splits, load_json
 from tests.golden_models import cases, checkpoint_dirs, image_inputs, require_builder
-
-SHARD_BYTES = 400_000  # several shards for the tiny models, so the index path is exercised
 
 
 def _weights(directory):
     return load_sat_weights(directory / "1" / "mp_rank_00_model_states.pt")
+
+
+def _shard_bytes(source) -> int:
+    """A shard size that cuts the checkpoint into several shards, so the index path is exercised."""
+    return sum(path.stat().st_size for path in source.glob("1/mp_rank_*_model_states.pt")) // 4
 
 
 def _assert_bit_identical(actual: dict, expected: dict) -> None:
@@ -35,7 +38,9 @@ def _assert_bit_identical(actual: dict, expected: dict) -> None:
 
 
 def _round_trip(source, tmp_path, **settings):
-    hf = convert_checkpoint(ConvertConfig(source, tmp_path / "hf", max_shard_bytes=SHARD_BYTES, **settings))
+    hf = convert_checkpoint(
+        ConvertConfig(source, tmp_path / "hf", max_shard_bytes=_shard_bytes(source), **settings)
+    )
     sat = convert_checkpoint(ConvertConfig(tmp_path / "hf", tmp_path / "sat"))
     return hf, sat
 
@@ -65,8 +70,9 @@ def test_hf_output_has_the_published_key_names_and_config_fields(model_dir, tmp_
     keys = set(_hf_tensors(tmp_path / "hf"))
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     sat_raw = load_json(model_dir / "sat_checkpoint" / "model_config.json")
+    last = sat_raw["num_layers"] - 1
     assert "model.layers.0.self_attn.language_expert_query_key_value.weight" in keys
-    assert "model.layers.1.mlp.vision_mlp.gate_proj.weight" in keys
+    assert f"model.layers.{last}.mlp.vision_mlp.gate_proj.weight" in keys
     assert "model.vision.linear_proj.dense_4h_to_h.weight" in keys
     assert {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(sat_raw["num_layers"])} <= keys
     assert not any(key.startswith(("transformer.", "mixins.")) for key in keys)
@@ -80,14 +86,14 @@ def test_hf_output_has_the_published_key_names_and_config_fields(model_dir, tmp_
         assert config["cross_hidden_size"] == sat_raw["cross_attn_hidden_size"]
         heads, head_dim = sat_raw["num_attention_heads"], sat_raw["cross_hidden_size_per_attention_head"]
         assert config["cross_compute_hidden_size"] == heads * head_dim
-        assert "model.layers.1.cross_attn.key_value.weight" in keys
+        assert f"model.layers.{last}.cross_attn.key_value.weight" in keys
         assert "model.cross_vision.vit.model.blocks.0.attn.q_proj.weight" in keys
         assert "model.vision.pos_embed" in keys
     else:
         assert config["architectures"] == ["CogVLMForCausalLM"]
 
 
-def _logits(model, model_dir, case="chat_q1"):
+def _logits(model, model_dir, case):
     tensors, pixels = cases(model_dir)[case], image_inputs(model_dir)
     context = ForwardContext(
         position_ids=tensors["position_ids"],
@@ -104,11 +110,12 @@ def _logits(model, model_dir, case="chat_q1"):
 def test_converted_checkpoints_give_the_same_logits(model_dir, tmp_path):
     require_builder(model_dir)
     _round_trip(model_dir / "sat_checkpoint", tmp_path)
-    original = _logits(load_model(model_dir / "sat_checkpoint")[0], model_dir)
+    case = sorted(cases(model_dir))[0]
+    original = _logits(load_model(model_dir / "sat_checkpoint")[0], model_dir, case)
     for converted in ("hf", "sat"):
-        assert torch.equal(_logits(load_model(tmp_path / converted)[0], model_dir), original), converted
+        assert torch.equal(_logits(load_model(tmp_path / converted)[0], model_dir, case), original), converted
     # The reference's own logits, to 1e-4: float32 on CPU, as the golden README suggests.
-    torch.testing.assert_close(original, cases(model_dir)["chat_q1"]["logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(original, cases(model_dir)[case]["logits"], atol=1e-4, rtol=0)
 
 
 def test_bfloat16_checkpoint_stays_bfloat16_both_ways(tmp_path):
@@ -151,10 +158,12 @@ def test_stale_sat_config_in_hf_config_is_replaced_by_a_translation(tmp_path, ca
     assert load_json(tmp_path / "sat" / "model_config.json")["text_processor_version"] == "vqa"
 
 
-def test_model_parallel_sat_checkpoint_is_merged_into_the_hf_output(tmp_path):
-    require_builder(golden_dir() / "cogvlm")
-    _round_trip(golden_dir() / "cogvlm_mp2", tmp_path)
-    _assert_bit_identical(_weights(tmp_path / "sat"), _weights(golden_dir() / "cogvlm" / "sat_checkpoint"))
+@pytest.mark.parametrize("split", golden_splits(), ids=lambda item: item[0].name)
+def test_model_parallel_sat_checkpoint_is_merged_into_the_hf_output(split, tmp_path):
+    split_dir, model_dir, _ = split
+    require_builder(model_dir)
+    _round_trip(split_dir, tmp_path)
+    _assert_bit_identical(_weights(tmp_path / "sat"), _weights(model_dir / "sat_checkpoint"))
     written = load_json(tmp_path / "sat" / "model_config.json")
     assert written["model_parallel_size"] == written["eva_args"]["model_parallel_size"] == 1
 
@@ -184,13 +193,15 @@ def test_byte_sizes_are_parsed_with_decimal_and_binary_units():
 def test_cli_convert_round_trip_and_one_line_errors(tmp_path, capsys):
     source = golden_dir() / "cogvlm" / "sat_checkpoint"
     hf, sat = str(tmp_path / "hf"), str(tmp_path / "sat")
+    shard = str(_shard_bytes(source))
     assert (
-        cli.main(["convert", "--from_pretrained", str(source), "--output", hf, "--max_shard_size", "400KB"])
+        cli.main(["convert", "--from_pretrained", str(source), "--output", hf, "--max_shard_size", shard])
         == 0
     )
     assert cli.main(["convert", "--from_pretrained", hf, "--output", sat, "--to", "sat"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{source} (sat) -> {hf} (hf): 64 tensors, dtype float32")
+    tensors = len(_weights(source))
+    assert out[0].startswith(f"{source} (sat) -> {hf} (hf): {tensors} tensors, dtype float32")
     assert out[1].startswith(f"{hf} (hf) -> {sat} (sat)")
     _assert_bit_identical(_weights(tmp_path / "sat"), _weights(source))
     assert cli.main(["convert", "--from_pretrained", hf, "--output", sat]) == 2
@@ -213,7 +224,7 @@ def test_same_format_copy_casts_floating_weights_and_carries_the_tokenizer(tmp_p
     assert (tmp_path / "half" / "tokenizer.model").read_bytes() == (source / "tokenizer.model").read_bytes()
     assert read_checkpoint_info(tmp_path / "half").config == read_checkpoint_info(source).config
 
-    hf = convert_checkpoint(ConvertConfig(source, tmp_path / "hf", max_shard_bytes=SHARD_BYTES))
+    hf = convert_checkpoint(ConvertConfig(source, tmp_path / "hf", max_shard_bytes=_shard_bytes(source)))
     assert hf.dtypes == ("float32",)
     bf16 = convert_checkpoint(ConvertConfig(tmp_path / "hf", tmp_path / "hf16", "hf", dtype=torch.bfloat16))
     assert (bf16.target_format, bf16.dtypes) == ("hf", ("bfloat16",))
@@ -231,6 +242,9 @@ def test_cli_convert_casts_with_dtype(tmp_path, capsys):
     out = tmp_path / "half"
     argv = ["convert", "--from_pretrained", str(source), "--output", str(out), "--to", "sat"]
     assert cli.main(argv + ["--dtype", "fp16"]) == 0
-    assert capsys.readouterr().out.startswith(f"{source} (sat) -> {out} (sat): 64 tensors, dtype float16")
+    tensors = len(_weights(source))
+    assert capsys.readouterr().out.startswith(
+        f"{source} (sat) -> {out} (sat): {tensors} tensors, dtype float16"
+    )
     assert cli.main(argv + ["--overwrite"]) == 2
     assert "already in SAT format (a same-format copy needs a dtype" in capsys.readouterr().err

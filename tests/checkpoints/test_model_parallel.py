@@ -13,7 +13,7 @@ from cogvlm.checkpoints.model_parallel import merge_checkpoint, split_checkpoint
 from cogvlm.checkpoints.sat_format import load_sat_weights, open_sat_checkpoint
 from cogvlm.cli import main
 from cogvlm.errors import CheckpointError
-from tests.golden import golden_dir
+from tests.golden import golden_dir, golden_splits, parallel_sizes
 from tests.golden_models import checkpoint_dirs, require_builder
 
 
@@ -29,17 +29,8 @@ def _assert_identical(left, right):
             assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
-def _golden_splits():
-    found = []
-    for path in sorted(golden_dir().iterdir()):
-        match = re.fullmatch(r"(.+)_mp(\d+)", path.name)
-        if match and (path / "model_config.json").is_file():
-            found.append((path, golden_dir() / match.group(1) / "sat_checkpoint", int(match.group(2))))
-    return found
-
-
 @pytest.mark.parametrize("model_dir", checkpoint_dirs(), ids=lambda d: d.name)
-@pytest.mark.parametrize("size", [2, 4])
+@pytest.mark.parametrize("size", parallel_sizes())
 def test_split_then_merge_is_identity(model_dir, size, tmp_path):
     require_builder(model_dir)
     source = model_dir / "sat_checkpoint"
@@ -51,9 +42,10 @@ def test_split_then_merge_is_identity(model_dir, size, tmp_path):
     assert merged_config == json.loads((source / "model_config.json").read_text())
 
 
-@pytest.mark.parametrize("split", _golden_splits(), ids=lambda item: item[0].name)
+@pytest.mark.parametrize("split", golden_splits(), ids=lambda item: item[0].name)
 def test_split_reproduces_the_reference_shards_and_merge_recovers_mp1(split, tmp_path):
-    shards_dir, whole_dir, size = split
+    shards_dir, model_dir, size = split
+    whole_dir = model_dir / "sat_checkpoint"
     split_checkpoint(whole_dir, tmp_path / "ours", size)
     _assert_identical(_states(tmp_path / "ours"), _states(shards_dir))
     ours = json.loads((tmp_path / "ours" / "model_config.json").read_text())
@@ -65,7 +57,7 @@ def test_split_reproduces_the_reference_shards_and_merge_recovers_mp1(split, tmp
 @pytest.fixture
 def mp2(tmp_path):
     target = tmp_path / "mp2"
-    split_checkpoint(golden_dir() / "cogvlm" / "sat_checkpoint", target, 2)
+    split_checkpoint(golden_dir() / "cogvlm" / "sat_checkpoint", target, parallel_sizes()[0])
     return target
 
 
@@ -94,13 +86,16 @@ def test_merging_with_a_wrong_shard_count_fails(mp2, tmp_path):
 
 
 def test_merging_inconsistent_shapes_fails_naming_key_and_file(mp2, tmp_path):
+    key = "mixins.mlp.gate_proj.0.weight"
+    columns = _states(mp2)[1][key].shape[1]
+
     def shrink(state):
-        state["mixins.mlp.gate_proj.1.weight"] = state["mixins.mlp.gate_proj.1.weight"][:32]
+        state[key] = state[key][:1]
 
     _rewrite_shard(mp2, 1, shrink)
     with pytest.raises(
         CheckpointError,
-        match=r"mp_rank_01_model_states\.pt: key mixins\.mlp\.gate_proj\.1\.weight has shape \(32, 64\)",
+        match=rf"mp_rank_01_model_states\.pt: key {re.escape(key)} has shape \(1, {columns}\)",
     ):
         merge_checkpoint(mp2, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -123,15 +118,19 @@ def test_a_failed_merge_leaves_an_existing_target_untouched(mp2, tmp_path):
 
 
 def test_splitting_into_a_size_that_does_not_divide_the_heads_fails(tmp_path):
-    with pytest.raises(CheckpointError, match=r"cannot be split into 3 ranks"):
-        split_checkpoint(golden_dir() / "cogvlm" / "sat_checkpoint", tmp_path / "out", 3)
+    source = golden_dir() / "cogvlm" / "sat_checkpoint"
+    heads = json.loads((source / "model_config.json").read_text())["num_attention_heads"]
+    size = next(n for n in range(2, heads + 2) if heads % n)
+    with pytest.raises(CheckpointError, match=rf"cannot be split into {size} ranks"):
+        split_checkpoint(source, tmp_path / "out", size)
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_split_and_merge(tmp_path, capsys):
     source = golden_dir() / "cogvlm" / "sat_checkpoint"
-    assert main(["split", str(source), str(tmp_path / "mp4"), "--mp", "4"]) == 0
-    assert main(["merge", str(tmp_path / "mp4"), str(tmp_path / "mp1")]) == 0
+    size = str(parallel_sizes()[-1])
+    assert main(["split", str(source), str(tmp_path / "split"), "--mp", size]) == 0
+    assert main(["merge", str(tmp_path / "split"), str(tmp_path / "mp1")]) == 0
     _assert_identical(_states(tmp_path / "mp1"), _states(source))
     assert main(["merge", str(tmp_path / "absent"), str(tmp_path / "x")]) == 2
     assert "model_config.json: file not found" in capsys.readouterr().err

@@ -73,13 +73,15 @@ def exported(tmp_path_factory):
 
 
 def test_adapter_keys_use_hf_cogvlm_module_names(exported):
-    tensors, adapter, *_ = exported
+    tensors, adapter, *_, model_config = exported
+    hidden, qkv_width = model_config.llm.hidden_size, 3 * model_config.llm.attention_width
+    last, last_vision = model_config.llm.num_layers - 1, model_config.vision.transformer.num_layers - 1
     qkv = "model.layers.0.self_attn.language_expert_query_key_value"
-    assert tensors[f"{PEFT_PREFIX}{qkv}.lora_A.weight"].shape == (9, 64)  # 3 parts x rank 3
-    assert tensors[f"{PEFT_PREFIX}{qkv}.lora_B.weight"].shape == (192, 9)
-    assert f"{PEFT_PREFIX}model.vision.transformer.layers.1.mlp.fc1.lora_A.weight" not in tensors
-    assert "model.vision.transformer.layers.1.attention.dense" in adapter["target_modules"]
-    assert "model.layers.1.mlp.vision_mlp.gate_proj" in adapter["target_modules"]
+    assert tensors[f"{PEFT_PREFIX}{qkv}.lora_A.weight"].shape == (9, hidden)  # 3 parts x rank 3
+    assert tensors[f"{PEFT_PREFIX}{qkv}.lora_B.weight"].shape == (qkv_width, 9)
+    assert f"{PEFT_PREFIX}model.vision.transformer.layers.{last_vision}.mlp.fc1.lora_A.weight" not in tensors
+    assert f"model.vision.transformer.layers.{last_vision}.attention.dense" in adapter["target_modules"]
+    assert f"model.layers.{last}.mlp.vision_mlp.gate_proj" in adapter["target_modules"]
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 3 and adapter["lora_alpha"] == 5.0
     assert adapter["rank_pattern"]["layers.0.self_attn.language_expert_query_key_value"] == 9
     assert adapter["alpha_pattern"]["layers.0.self_attn.language_expert_query_key_value"] == 15.0

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from cogvlm.frontends.bench import BenchConfig, bench_config_names, model_config
-from tests.golden import golden_dir, load_json
+from cogvlm.models.presets import preset
+from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs, build_prompt
+from tests.golden import golden_dir
 
 IMAGE, TOKENIZER = golden_dir() / "test_image.png", golden_dir() / "tokenizer.model"
 
@@ -19,9 +21,8 @@ def test_the_reference_bench_configs_parse_into_the_shapes_they_describe():
     assert bench_config_names()[:3] == ("tiny", "small-cogvlm", "small-cogagent")
     tiny, seed = model_config("tiny")
     assert seed == 20240601
-    # The tiny bench config is the golden model's SAT config.
-    golden = load_json(golden_dir() / "cogvlm" / "model_info.json")["sat_model_config"]
-    assert tiny.llm.hidden_size == golden["hidden_size"] and tiny.image_length == golden["image_length"]
+    # The tiny bench config has the shapes of the tiny-cogvlm preset (those of the shared golden CogVLM).
+    assert tiny == preset("tiny-cogvlm")
     small, _ = model_config("small-cogvlm")
     assert (small.llm.hidden_size, small.llm.num_layers, small.llm.inner_hidden_size) == (512, 8, 1408)
     assert (small.vision.image_px, small.vision.transformer.hidden_size) == (224, 256)
@@ -40,7 +41,11 @@ def test_bench_prints_the_figures_of_the_tiny_config_as_json():
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["config"] == "tiny" and figures["dtype"] == "float32" and figures["threads"] == 2
-    assert figures["prefill_tokens"] == 31  # chat_old, "What colors are in the image?", 16 image tokens
+    # The protocol's chat_old prompt with one image, in the tokenizer given.
+    tiny, _ = model_config("tiny")
+    prompt = build_prompt("chat_old", "What colors are in the image?")
+    tokenizer = LlamaTokenizer.from_file(TOKENIZER)
+    assert figures["prefill_tokens"] == build_inference_inputs(tokenizer, prompt, tiny.image_length).seq_len
     assert figures["parameters"] == 358_624 and figures["weight_bytes"] >= 4 * 358_624
     for name in (
         "image_encoding_ms",

@@ -9,7 +9,7 @@ from cogvlm.frontends.bench_cross_cache import cross_recompute_flops, decode_gre
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.models.presets import preset
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
-from tests.golden import golden_dir, load_json
+from tests.golden import generations, golden_dir, greedy_cases, prompts
 from tests.golden_models import cases, golden_model, image_inputs, tokenizer_file
 
 MODEL_DIR = golden_dir() / "cogagent"
@@ -17,11 +17,11 @@ MODEL_DIR = golden_dir() / "cogagent"
 STEP_LOGIT_TOLERANCE = dict(atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["chat_q1", "chat_old_q2", "vqa_q1"])
+@pytest.mark.parametrize("case", greedy_cases(MODEL_DIR))
 def test_cached_and_recomputed_cross_attention_decode_the_reference_tokens(case):
     model = golden_model(MODEL_DIR)
-    prompt = load_json(MODEL_DIR / "text_inputs.json")[case]["prompt"]
-    expected = load_json(MODEL_DIR / "generation.json")[case]["new_token_ids"]
+    prompt = prompts(MODEL_DIR)[case]["prompt"]
+    expected = generations(MODEL_DIR)[case]["new_token_ids"]
     text = build_inference_inputs(
         LlamaTokenizer.from_file(tokenizer_file()), prompt, model.config.image_length
     )

@@ -14,13 +14,17 @@ from cogvlm import api
 from cogvlm.frontends.grounding_output import draw_grounding
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
-from tests.golden import golden_dir, load_json
+from tests.golden import find_case, generations, golden_dir, max_new_tokens, prompts
 
-CHECKPOINT = golden_dir() / "cogvlm" / "sat_checkpoint"
+MODEL_DIR = golden_dir() / "cogvlm"
+CHECKPOINT = MODEL_DIR / "sat_checkpoint"
 TOKENIZER = golden_dir() / "tokenizer.model"
 IMAGE = golden_dir() / "test_image.png"
-MAX_LENGTH = 200
-NEW_TOKENS = 12
+# The CLI's one-shot and first turns ask a chat_old golden question without a history, with the reference's
+# new-token budget; the context holds a few such turns, and far fewer tokens than the too-long input.
+VERSION = "chat_old"
+NEW_TOKENS = max_new_tokens(MODEL_DIR)
+MAX_LENGTH = 4 * max(len(p["input_ids"]) for p in prompts(MODEL_DIR).values()) + 4 * NEW_TOKENS
 TIMEOUT_S = 120
 # What the CLI flags below amount to: the reference CLI's greedy sampler, capped at NEW_TOKENS.
 GENERATION = GenerationConfig(
@@ -29,18 +33,26 @@ GENERATION = GenerationConfig(
     sampling=SamplingConfig(0.8, 1, 0.4, 1.0, "reference"),
 )
 FLAGS = [
-    "--from_pretrained", str(CHECKPOINT), "--local_tokenizer", str(TOKENIZER), "--version", "chat_old",
+    "--from_pretrained", str(CHECKPOINT), "--local_tokenizer", str(TOKENIZER), "--version", VERSION,
     "--max_length", str(MAX_LENGTH), "--max_new_tokens", str(NEW_TOKENS),
 ]  # fmt: skip
 
 
 @functools.cache
 def session() -> api.CogVLM:
-    return api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version="chat_old")
+    return api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version=VERSION)
 
 
-def _golden_reply(case: str) -> str:
-    return load_json(golden_dir() / "cogvlm" / "generation.json")[case]["response_after_official_postprocess"]
+def _first_turn() -> tuple[str, str]:
+    """A golden question of the CLI's version without a history, and the reference's reply to it."""
+    name = find_case(MODEL_DIR, f"of version {VERSION} without a history", _is_first_turn)
+    return prompts(MODEL_DIR)[name]["query"], generations(MODEL_DIR)[name][
+        "response_after_official_postprocess"
+    ]
+
+
+def _is_first_turn(prompt: dict, generation: dict) -> bool:
+    return prompt["version"] == VERSION and not prompt["history"]
 
 
 def _spawn(*extra: str) -> pexpect.spawn:
@@ -63,8 +75,7 @@ def _reply(child: pexpect.spawn) -> str:
 
 
 def test_an_interactive_session_chats_clears_survives_bad_input_and_stops():
-    first_query = load_json(golden_dir() / "cogvlm" / "text_inputs.json")["chat_old_q1"]["query"]
-    first_reply = _golden_reply("chat_old_q1")
+    first_query, first_reply = _first_turn()
     second_query = "What color is the box?"
     second_reply = session().chat(IMAGE, second_query, [(first_query, first_reply)], GENERATION).response
     text_reply = session().chat(None, "Hello there", (), GENERATION).response
@@ -76,7 +87,7 @@ def test_an_interactive_session_chats_clears_survives_bad_input_and_stops():
     assert _reply(child) == first_reply  # the reference's own answer
     _ask(child, "User: ", second_query)
     assert _reply(child) == second_reply  # the first turn is in the history
-    _ask(child, "User: ", "word " * 300)
+    _ask(child, "User: ", "word " * MAX_LENGTH)
     child.expect_exact("The prompt exceeds the context length limit, please try again.")
     _ask(child, "User: ", "clear")
     _ask(child, image_prompt, "/no/such/image.png")
@@ -93,8 +104,9 @@ def test_an_interactive_session_chats_clears_survives_bad_input_and_stops():
 def test_stream_chat_prints_the_reply_as_it_is_generated_and_stop_at_the_image_prompt_quits():
     child = _spawn("--stream_chat")
     _ask(child, "Please enter the image path or URL", str(IMAGE))
-    _ask(child, "User: ", load_json(golden_dir() / "cogvlm" / "text_inputs.json")["chat_old_q1"]["query"])
-    assert _reply(child).strip() == _golden_reply("chat_old_q1")
+    query, reply = _first_turn()
+    _ask(child, "User: ", query)
+    assert _reply(child).strip() == reply
     _ask(child, "User: ", "clear")
     _ask(child, "Please enter the image path or URL", "stop")
     child.expect(pexpect.EOF)
@@ -113,10 +125,10 @@ def _one_shot(*extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_one_shot_mode_prints_the_reference_reply(stream):
-    query = load_json(golden_dir() / "cogvlm" / "text_inputs.json")["chat_old_q1"]["query"]
+    query, reply = _first_turn()
     result = _one_shot("--image", str(IMAGE), "--query", query, *(["--stream_chat"] if stream else []))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == _golden_reply("chat_old_q1")
+    assert result.stdout.strip() == reply
 
 
 def test_one_shot_mode_reports_an_unreadable_image_in_one_line(tmp_path):

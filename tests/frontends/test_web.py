@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.frontends.server.conftest import REPO, free_port
-from tests.golden import golden_dir, load_json
+from tests.golden import find_case, generations, golden_dir, prompts
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = [
@@ -38,8 +38,13 @@ def _require_browser():
 @pytest.fixture
 def web_demo():
     _require_browser()
-    prompt = load_json(golden_dir() / "cogvlm" / "text_inputs.json")["chat_old_q1"]
-    expected = load_json(golden_dir() / "cogvlm" / "generation.json")["chat_old_q1"]
+    model_dir = golden_dir() / "cogvlm"
+    name = find_case(
+        model_dir,
+        "of version chat_old without a history",
+        lambda p, g: p["version"] == "chat_old" and not p["history"],
+    )
+    prompt, expected = prompts(model_dir)[name], generations(model_dir)[name]
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
     process = subprocess.Popen(

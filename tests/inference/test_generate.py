@@ -8,7 +8,7 @@ import torch
 from cogvlm.errors import PromptTooLongError
 from cogvlm.inference.generate import GenerationConfig, generate
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs, extract_response
-from tests.golden import load_json
+from tests.golden import continued_case, generations, prompts
 from tests.golden_models import (
     cases,
     checkpoint_dirs,
@@ -25,21 +25,17 @@ STEP_LOGIT_TOLERANCE = dict(atol=1e-4, rtol=0)
 def generation_cases():
     items = []
     for model_dir in checkpoint_dirs():
-        prompts = load_json(model_dir / "text_inputs.json")
-        for name, case in load_json(model_dir / "generation.json").items():
-            base = name if name in prompts else name.split("_extra")[0]
-            items.append((model_dir, name, base, case))
+        for name, case in generations(model_dir).items():
+            items.append((model_dir, name, continued_case(model_dir, name), case))
     return items
 
 
 def _run(model_dir, base, case):
-    prompt = load_json(model_dir / "text_inputs.json")[base]
+    prompt = prompts(model_dir)[base]
     tokenizer = LlamaTokenizer.from_file(tokenizer_file())
     model = golden_model(model_dir)
     text = build_inference_inputs(tokenizer, prompt["prompt"], model.config.image_length)
-    new_tokens = (
-        case.get("max_new_tokens") or load_json(model_dir / "generation.json")[base]["max_new_tokens"]
-    )
+    new_tokens = generations(model_dir)[base]["max_new_tokens"]
     config = GenerationConfig(
         max_length=text.seq_len + new_tokens, end_token_ids=tuple(case.get("end_tokens", [tokenizer.eos_id]))
     )
@@ -62,7 +58,7 @@ def test_greedy_continuation_equals_the_reference(item):
     assert output.token_ids == case["new_token_ids"]
     assert text.input_ids[0].tolist() + output.token_ids == case["output_ids"]
     if "response_after_official_postprocess" in case:
-        version = load_json(model_dir / "text_inputs.json")[base]["version"]
+        version = prompts(model_dir)[base]["version"]
         decoded = tokenizer.decode(case["output_ids"])
         assert decoded == case["decoded_full"]
         assert extract_response(decoded, version) == case["response_after_official_postprocess"]
@@ -73,11 +69,11 @@ def test_greedy_continuation_equals_the_reference(item):
 @pytest.mark.parametrize("model_dir", checkpoint_dirs(), ids=lambda d: d.name)
 def test_step_logits_and_positions_match_the_reference_kv_cache_loop(model_dir):
     require_builder(model_dir)
-    generations = load_json(model_dir / "generation.json")
+    records = generations(model_dir)
     for name, tensors in cases(model_dir).items():
         if "gen_step_logits" not in tensors:
             continue
-        _, text, output = _run(model_dir, name, generations[name])
+        _, text, output = _run(model_dir, name, records[name])
         torch.testing.assert_close(output.step_logits, tensors["gen_step_logits"], **STEP_LOGIT_TOLERANCE)
         positions = text.position_ids[0].tolist() + output.position_ids
         assert positions == tensors["gen_full_sequence_position_ids"][0].tolist()

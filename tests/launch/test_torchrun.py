@@ -7,7 +7,7 @@ import sys
 
 from cogvlm.launch.distributed import read_launch_environment
 from cogvlm.launch.torchrun import is_torchrun_worker, torchrun_command, without_option
-from tests.golden import golden_dir, load_json
+from tests.golden import find_case, generations, golden_dir, prompts
 from tests.parallel.torchrun_jobs import environment
 
 
@@ -31,8 +31,13 @@ def test_worker_detection_and_launch_environment():
 
 
 def test_cli_chat_on_two_ranks_prints_the_reference_answer_once():
-    prompt = load_json(golden_dir() / "cogvlm" / "text_inputs.json")["chat_old_q1"]
-    expected = load_json(golden_dir() / "cogvlm" / "generation.json")["chat_old_q1"]
+    model_dir = golden_dir() / "cogvlm"
+    name = find_case(
+        model_dir,
+        "of version chat_old without a history",
+        lambda p, _: p["version"] == "chat_old" and not p["history"],
+    )
+    prompt, expected = prompts(model_dir)[name], generations(model_dir)[name]
     env = environment()
     env.pop("LOCAL_RANK", None)
     result = subprocess.run(
@@ -48,7 +53,7 @@ def test_cli_chat_on_two_ranks_prints_the_reference_answer_once():
             "--local_tokenizer",
             str(golden_dir() / "tokenizer.model"),
             "--version",
-            "chat_old",
+            prompt["version"],
             "--image",
             str(golden_dir() / "test_image.png"),
             "--query",

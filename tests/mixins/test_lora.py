@@ -26,7 +26,6 @@ from tests.golden import golden_dir
 from tests.golden_models import cases, golden_model, image_inputs
 
 COGVLM_DIR = golden_dir() / "cogvlm"
-CASE = "chat_q1"
 
 
 def _fresh_model():
@@ -35,7 +34,7 @@ def _fresh_model():
 
 
 def _inputs():
-    tensors = cases(COGVLM_DIR)[CASE]
+    tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
     ctx = ForwardContext(
         position_ids=tensors["position_ids"],
         vision_token_mask=tensors["vision_expert_mask"].bool(),
@@ -79,30 +78,34 @@ def test_a_fresh_adapter_leaves_the_logits_unchanged_bit_for_bit():
 
 def test_wrapped_layers_use_sats_key_layout_with_one_pair_per_fused_part():
     model = _fresh_model()
+    llm, eva = model.config.llm, model.config.vision.transformer
+    hidden, width, eva_width = llm.hidden_size, llm.attention_width, eva.attention_width
+    last, last_vision = llm.num_layers - 1, eva.num_layers - 1
     add_lora(model, LoraConfig(rank=3, targets=("language_attention", "vision_attention")))
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     qkv = "transformer.layers.0.attention.query_key_value"
-    assert shapes[f"{qkv}.original.weight"] == (192, 64)
-    assert [shapes[f"{qkv}.matrix_A.{i}"] for i in range(3)] == [(3, 64)] * 3
-    assert [shapes[f"{qkv}.matrix_B.{i}"] for i in range(3)] == [(64, 3)] * 3
+    assert shapes[f"{qkv}.original.weight"] == (3 * width, hidden)
+    assert [shapes[f"{qkv}.matrix_A.{i}"] for i in range(3)] == [(3, hidden)] * 3
+    assert [shapes[f"{qkv}.matrix_B.{i}"] for i in range(3)] == [(width, 3)] * 3
     assert f"{qkv}.matrix_A.3" not in shapes
-    dense = "transformer.layers.1.attention.dense"
-    assert shapes[f"{dense}.matrix_A.0"] == (3, 64) and shapes[f"{dense}.matrix_B.0"] == (64, 3)
-    eva_qkv = "mixins.eva.vit_model.transformer.layers.1.attention.query_key_value"
-    assert shapes[f"{eva_qkv}.original.bias"] == (96,)
-    assert shapes[f"{eva_qkv}.matrix_B.2"] == (32, 3)
+    dense = f"transformer.layers.{last}.attention.dense"
+    assert shapes[f"{dense}.matrix_A.0"] == (3, width) and shapes[f"{dense}.matrix_B.0"] == (hidden, 3)
+    eva_qkv = f"mixins.eva.vit_model.transformer.layers.{last_vision}.attention.query_key_value"
+    assert shapes[f"{eva_qkv}.original.bias"] == (3 * eva_width,)
+    assert shapes[f"{eva_qkv}.matrix_B.2"] == (eva_width, 3)
     assert not any(key.startswith("mixins.lora") for key in shapes)
 
 
 def test_layer_ranges_select_layers_of_each_tower_separately():
     model = _fresh_model()
+    last = model.config.llm.num_layers - 1
     config = LoraConfig(
-        targets=("language_attention", "vision_attention"), layer_range=(1,), vision_layer_range=(0,)
+        targets=("language_attention", "vision_attention"), layer_range=(last,), vision_layer_range=(0,)
     )
     paths = lora_target_paths(model, config)
     assert paths["language_attention"] == [
-        "transformer.layers.1.attention.query_key_value",
-        "transformer.layers.1.attention.dense",
+        f"transformer.layers.{last}.attention.query_key_value",
+        f"transformer.layers.{last}.attention.dense",
     ]
     assert paths["vision_attention"] == [
         "mixins.eva.vit_model.transformer.layers.0.attention.query_key_value",
@@ -111,8 +114,12 @@ def test_layer_ranges_select_layers_of_each_tower_separately():
 
 
 def test_a_layer_range_outside_the_model_is_an_error():
-    with pytest.raises(ValueError, match=r"layer_range \[0, 5\] has indices \[5\] outside \[0, 2\)"):
-        lora_target_paths(_fresh_model(), LoraConfig(layer_range=(0, 5)))
+    model = _fresh_model()
+    layers = model.config.llm.num_layers
+    outside = layers + 3
+    match = rf"layer_range \[0, {outside}\] has indices \[{outside}\] outside \[0, {layers}\)"
+    with pytest.raises(ValueError, match=match):
+        lora_target_paths(model, LoraConfig(layer_range=(0, outside)))
 
 
 def test_cross_attention_targets_select_nothing_on_cogvlm():
@@ -212,7 +219,7 @@ def test_dropout_acts_in_training_only():
     add_lora(model, LoraConfig(rank=4, dropout=0.5, targets=("language_attention",)))
     _randomise_b(model)
     layer = next(iter(lora_layers(model).values()))
-    hidden = torch.randn(2, 5, 64)
+    hidden = torch.randn(2, 5, layer.matrix_A[0].shape[1])
     with torch.no_grad():
         layer.eval()
         assert torch.equal(layer(hidden), layer(hidden))

@@ -12,7 +12,7 @@ from cogvlm import api
 from cogvlm.checkpoints.hf_format import save_hf_checkpoint
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.inference.generate import GenerationConfig
-from tests.golden import golden_dir, golden_image_path, load_json
+from tests.golden import continued_case, find_case, generations, golden_dir, golden_image_path, prompts
 from tests.golden_models import image_inputs
 
 MODEL_DIR = golden_dir() / "cogagent"
@@ -21,13 +21,13 @@ TOKENIZER = golden_dir() / "tokenizer.model"
 
 
 def generation_cases() -> list[str]:
-    return sorted(load_json(MODEL_DIR / "generation.json"))
+    return sorted(generations(MODEL_DIR))
 
 
 def _case(name: str):
-    generations = load_json(MODEL_DIR / "generation.json")
-    base = name.split("_extra")[0]
-    return load_json(MODEL_DIR / "text_inputs.json")[base], generations[base], generations[name]
+    """The prompt a generation record continues, that prompt's greedy record, and the record itself."""
+    records, base = generations(MODEL_DIR), continued_case(MODEL_DIR, name)
+    return prompts(MODEL_DIR)[base], records[base], records[name]
 
 
 def _chat(session: api.CogVLM, name: str) -> tuple[api.ChatResult, dict]:
@@ -54,8 +54,11 @@ def test_chat_with_a_sat_cogagent_returns_the_reference_continuation(name):
 def test_chat_with_an_hf_cogagent_returns_the_reference_continuation(tmp_path):
     model, info = load_model(CHECKPOINT)
     save_hf_checkpoint(tmp_path / "hf", info.config, model.state_dict())
-    session = api.load(tmp_path / "hf", local_tokenizer=str(TOKENIZER), version="chat")
-    result, generation = _chat(session, "chat_q2")
+    name = find_case(MODEL_DIR, "with a history", lambda prompt, _: prompt["history"])
+    session = api.load(
+        tmp_path / "hf", local_tokenizer=str(TOKENIZER), version=prompts(MODEL_DIR)[name]["version"]
+    )
+    result, generation = _chat(session, name)
     assert result.token_ids == generation["new_token_ids"]
     assert result.response == generation["response_after_official_postprocess"]
 
@@ -69,7 +72,9 @@ def test_a_cogagent_session_processes_both_resolutions_of_one_image():
 
 
 def test_cli_answers_with_a_cogagent_checkpoint_as_the_reference_does():
-    prompt, generation, _ = _case("chat_old_q1")
+    prompt, generation, _ = _case(
+        find_case(MODEL_DIR, "without a history", lambda prompt, _: not prompt["history"])
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -81,7 +86,7 @@ def test_cli_answers_with_a_cogagent_checkpoint_as_the_reference_does():
             "--local_tokenizer",
             str(TOKENIZER),
             "--version",
-            "chat_old",
+            prompt["version"],
             "--image",
             str(golden_image_path()),
             "--query",

@@ -15,11 +15,13 @@ from tests.golden_models import (
     forward_cases,
     golden_model,
     image_inputs,
+    recorded_sensitivity,
     require_builder,
 )
 
 # The reference runs float32 on CPU; the golden README suggests 1e-4 absolute for a reimplementation.
-# Our expert routing matches its row grouping, so in practice the difference is 0.
+# Our expert routing matches its row grouping: bit-exact on the machine the set was made on; on others the
+# float32 kernels round differently (an AVX-512 CPU: up to 1.2e-5).
 LOGIT_TOLERANCE = dict(atol=1e-4, rtol=0)
 
 
@@ -86,18 +88,20 @@ def test_vision_features_and_image_embeddings_match_the_reference(item):
 
 
 @pytest.mark.parametrize("model_dir", checkpoint_dirs(), ids=lambda d: d.name)
-def test_image_slots_change_the_logits(model_dir):
-    # Guards against a forward that silently ignores the image.
+def test_zeroing_the_image_changes_the_logits_as_much_as_in_the_reference(model_dir):
+    # Guards against a forward that silently ignores the image: the change at the last position is the one
+    # the reference recorded (float32, so to the parity tolerance).
     require_builder(model_dir)
     model = golden_model(model_dir)
-    case, tensors = sorted(cases(model_dir).items())[0]
+    case, recorded = recorded_sensitivity(model_dir)
+    tensors = cases(model_dir)[case]
     ctx = _context(model_dir, tensors)
     blank = ForwardContext(**{**ctx.__dict__, "pixel_values": torch.zeros_like(ctx.pixel_values)})
     with torch.no_grad():
-        difference = (
-            (model(tensors["input_ids"], ctx).logits - model(tensors["input_ids"], blank).logits).abs().max()
-        )
-    assert difference > 1e-2
+        change = model(tensors["input_ids"], ctx).logits - model(tensors["input_ids"], blank).logits
+    expected = recorded["zero_vision_image_maxabs_logit_change_last_pos"]
+    assert expected > 1e-2
+    assert change[0, -1].abs().max().item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_model_parts_follow_the_recipe():

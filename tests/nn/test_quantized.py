@@ -30,7 +30,7 @@ from cogvlm.nn.quantized import (
 from cogvlm.parallel.groups import TensorParallel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict
-from tests.golden import golden_dir, load_json
+from tests.golden import golden_dir, greedy_cases, prompts
 from tests.golden_models import cases, image_inputs
 
 MODEL_DIR = golden_dir() / "cogvlm"
@@ -142,8 +142,10 @@ def test_scales_are_sharded_like_their_weights(rank):
 def test_bad_quantization_settings_are_refused():
     with pytest.raises(ValueError, match="quantization bits must be one of"):
         quantize_(_fresh_model(), 3)
-    with pytest.raises(ValueError, match="group_size 48 does not divide the 64 local input features"):
-        _quantized(8, 48)
+    widths = {m.weight.shape[1] for m in _fresh_model().modules() if isinstance(m, ColumnParallelLinear)}
+    group = next(n for n in range(2, max(widths) + 2) if any(width % n for width in widths))
+    with pytest.raises(ValueError, match=rf"group_size {group} does not divide the \d+ local input features"):
+        _quantized(8, group)
 
 
 def test_quant_configs_validate_and_round_trip_through_json():
@@ -175,7 +177,7 @@ def test_dequantizing_gives_plain_layers_under_the_original_keys_within_half_a_s
 
 
 def test_the_quant_flag_quantizes_the_chat_model():
-    prompt = load_json(MODEL_DIR / "text_inputs.json")["chat_old_q1"]
+    prompt = prompts(MODEL_DIR)[greedy_cases(MODEL_DIR)[0]]
     expected = api.load(
         MODEL_DIR / "sat_checkpoint", local_tokenizer=str(golden_dir() / "tokenizer.model"), quant_bits=8
     )

@@ -37,6 +37,7 @@ def main(checkpoint: str, golden_dir: str, tokenizer_path: str, output_dir: str)
     logits, continuations = {}, {}
     tokenizer = LlamaTokenizer.from_file(tokenizer_path)
     prompts = json.loads((golden / "text_inputs.json").read_text())
+    records = json.loads((golden / "generation.json").read_text())
     for case, tensors in _cases(golden).items():
         ctx = ForwardContext(
             position_ids=tensors["position_ids"],
@@ -51,7 +52,9 @@ def main(checkpoint: str, golden_dir: str, tokenizer_path: str, output_dir: str)
         output = generate(
             model,
             text,
-            GenerationConfig(max_length=text.seq_len + 12),
+            GenerationConfig(
+                max_length=text.seq_len + records[case]["max_new_tokens"], end_token_ids=(tokenizer.eos_id,)
+            ),
             pixel_values=pixels["pixel_values"],
             cross_pixel_values=pixels.get("cross_pixel_values"),
         )

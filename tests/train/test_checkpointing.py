@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogvlm.checkpoints.loading import load_model
+from cogvlm.checkpoints.loading import load_model, read_checkpoint_info
 from cogvlm.checkpoints.sat_format import save_sat_checkpoint
 from cogvlm.mixins.lora import LoraConfig, add_lora, lora_layers
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict
@@ -59,18 +59,18 @@ def test_a_two_way_sharded_lora_checkpoint_merges_to_one_rank(tmp_path):
 
 def test_a_checkpoint_written_by_the_reference_finetuning_loads_with_its_adapter(tmp_path):
     # The reference records only use_lora / lora_rank / layer_range (alpha 1, language + EVA attention).
-    reference_lora = LoraConfig(rank=4, alpha=1.0, layer_range=(1,), vision_layer_range=(1,))
+    golden = read_checkpoint_info(golden_dir() / "cogvlm" / "sat_checkpoint").config
+    last = min(golden.llm.num_layers, golden.vision.transformer.num_layers) - 1  # in both towers
+    reference_lora = LoraConfig(rank=4, alpha=1.0, layer_range=(last,), vision_layer_range=(last,))
     model, config = _lora_model(reference_lora)
-    extra = {**config.extra, "use_lora": True, "lora_rank": 4, "layer_range": [1]}
+    extra = {**config.extra, "use_lora": True, "lora_rank": 4, "layer_range": [last]}
     save_sat_checkpoint(
         tmp_path / "ref", config.__class__(**{**config.__dict__, "extra": extra}), [model.state_dict()]
     )
     loaded, _, lora = load_finetuned_model(tmp_path / "ref")
     assert lora == reference_lora
-    assert torch.equal(
-        loaded.state_dict()["transformer.layers.1.attention.dense.matrix_B.0"],
-        model.state_dict()["transformer.layers.1.attention.dense.matrix_B.0"],
-    )
+    key = f"transformer.layers.{last}.attention.dense.matrix_B.0"
+    assert torch.equal(loaded.state_dict()[key], model.state_dict()[key])
 
 
 def test_a_plain_checkpoint_loads_without_an_adapter():

@@ -37,8 +37,14 @@ def _image(path, colour=(200, 30, 30)):
     return path
 
 
-def _dataset(samples, max_length=64, version="base"):
-    return VisionTextDataset(samples, tokenizer(), model_and_config()[1], version, max_length)
+def _max_length() -> int:
+    """Room for the golden model's image block and a short question and answer."""
+    return model_and_config()[1].image_length + 48
+
+
+def _dataset(samples, max_length=None, version="base"):
+    config = model_and_config()[1]
+    return VisionTextDataset(samples, tokenizer(), config, version, max_length or _max_length())
 
 
 def test_a_captcha_folder_is_labelled_by_file_name_up_to_the_first_dot(tmp_path):
@@ -110,15 +116,17 @@ def test_over_long_samples_are_skipped_and_reported_never_truncated(tmp_path):
     _image(tmp_path / "long.png")
     records = [
         {"image": "ok.png", "question": "q", "answer": "short"},
-        {"image": "long.png", "question": "q", "answer": " ".join(["word"] * 80)},
+        {"image": "long.png", "question": "q", "answer": " ".join(["word"] * _max_length())},
     ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    dataset = _dataset(read_samples(tmp_path / "d.jsonl"), max_length=64)
+    dataset = _dataset(read_samples(tmp_path / "d.jsonl"))
     assert [item.sample.answer for item in dataset.items] == ["short"]
     (skipped,) = dataset.skipped
     assert skipped.source.endswith("d.jsonl:2") and "caption length" in skipped.reason
-    with pytest.raises(ValueError, match="every one of the 1 samples is too long for max_length 64"):
-        _dataset(read_samples(tmp_path / "d.jsonl")[1:], max_length=64)
+    with pytest.raises(
+        ValueError, match=f"every one of the 1 samples is too long for max_length {_max_length()}"
+    ):
+        _dataset(read_samples(tmp_path / "d.jsonl")[1:])
 
 
 def _examples(tmp_path, labels):
@@ -142,7 +150,8 @@ def test_collate_pads_to_the_longest_sample_with_ignored_labels(tmp_path):
         positions[min(lengths) :] - positions[min(lengths) - 1],
         torch.arange(1, max(lengths) - min(lengths) + 1),
     )
-    assert batch.pixel_values.shape == (2, 3, 56, 56) and batch.num_tokens == sum(lengths)
+    image_px = model_and_config()[1].vision.image_px
+    assert batch.pixel_values.shape == (2, 3, image_px, image_px) and batch.num_tokens == sum(lengths)
 
 
 def test_a_samples_loss_does_not_depend_on_the_padding_its_batch_needs(tmp_path):

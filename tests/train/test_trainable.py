@@ -10,9 +10,6 @@ from cogvlm.train.config import OptimizerConfig, TrainableConfig
 from cogvlm.train.trainable import apply_trainable, parameter_groups, trainable_filter
 from tests.golden import golden_dir
 
-# Tiny CogVLM: LLM hidden 64, inner 128, 2 layers; EVA width 32, 2 layers.
-HIDDEN, INNER, EVA = 64, 128, 32
-
 
 def _model():
     model, _ = load_model(golden_dir() / "cogvlm" / "sat_checkpoint")
@@ -26,14 +23,20 @@ def _lora_params(rank: int, in_features: int, out_features: int, parts: int = 1)
 
 def test_the_report_counts_exactly_the_chosen_targets_and_layers():
     model = _model()
+    llm, tower = model.config.llm, model.config.vision.transformer
+    hidden, width, inner = llm.hidden_size, llm.attention_width, llm.inner_hidden_size
+    eva_hidden, eva_width, eva_layers = tower.hidden_size, tower.attention_width, tower.num_layers
     config = LoraConfig(
-        rank=4, targets=("language_attention", "vision_expert_mlp", "vision_attention"), layer_range=(1,)
+        rank=4,
+        targets=("language_attention", "vision_expert_mlp", "vision_attention"),
+        layer_range=(llm.num_layers - 1,),  # the LLM's last layer; every EVA layer
     )
     add_lora(model, config)
     report = apply_trainable(model, trainable_filter(TrainableConfig(), has_lora=True))
-    attention = _lora_params(4, HIDDEN, 3 * HIDDEN, parts=3) + _lora_params(4, HIDDEN, HIDDEN)
-    mlp = 2 * _lora_params(4, HIDDEN, INNER) + _lora_params(4, INNER, HIDDEN)
-    eva = 2 * (_lora_params(4, EVA, 3 * EVA, parts=3) + _lora_params(4, EVA, EVA))  # both EVA layers
+    attention = _lora_params(4, hidden, 3 * width, parts=3) + _lora_params(4, width, hidden)
+    mlp = 2 * _lora_params(4, hidden, inner) + _lora_params(4, inner, hidden)
+    eva_layer = _lora_params(4, eva_hidden, 3 * eva_width, parts=3) + _lora_params(4, eva_width, eva_hidden)
+    eva = eva_layers * eva_layer
     assert report.groups == {
         "lora:language_attention": attention,
         "lora:vision_attention": eva,
@@ -41,12 +44,12 @@ def test_the_report_counts_exactly_the_chosen_targets_and_layers():
     }
     assert report.lora_modules == {
         "lora:language_attention": 2,
-        "lora:vision_attention": 4,
+        "lora:vision_attention": 2 * eva_layers,
         "lora:vision_expert_mlp": 3,
     }
     assert report.trainable == attention + mlp + eva
     assert report.total == sum(p.numel() for p in model.parameters())
-    assert "lora:vision_expert_mlp: 2,304 in 3 wrapped layers" in report.describe()
+    assert f"lora:vision_expert_mlp: {mlp:,} in 3 wrapped layers" in report.describe()
 
 
 def test_freezing_patterns_win_and_train_patterns_add_parameters():

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.golden import golden_dir
+from tests.inference.server.helpers import SERVED_VERSION
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -45,7 +46,7 @@ class RunningServer:
             "--local_tokenizer",
             str(golden_dir() / "tokenizer.model"),
             "--version",
-            "chat_old",
+            SERVED_VERSION,
             "--model-id",
             "tiny-cogvlm",
             *extra,

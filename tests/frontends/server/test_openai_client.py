@@ -8,7 +8,15 @@ import httpx
 import openai
 import pytest
 
-from tests.frontends.server.helpers import golden_case, messages_for
+from tests.frontends.server.helpers import (
+    finish_reason,
+    first_and_last_served,
+    golden_case,
+    messages_for,
+    served_case,
+    served_cases,
+)
+from tests.golden import stop_string_in
 
 
 @pytest.fixture
@@ -16,7 +24,7 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
-@pytest.mark.parametrize("case", ["chat_old_q1", "chat_old_q2"])
+@pytest.mark.parametrize("case", served_cases())
 def test_greedy_answer_and_usage_equal_the_reference(client, case):
     prompt, expected = golden_case(case)
     completion = client.chat.completions.create(
@@ -28,15 +36,16 @@ def test_greedy_answer_and_usage_equal_the_reference(client, case):
     choice = completion.choices[0]
     assert choice.message.role == "assistant"
     assert choice.message.content == expected["response_after_official_postprocess"]
-    assert choice.finish_reason == "length"
+    assert choice.finish_reason == finish_reason(expected, expected["max_new_tokens"])
+    new_tokens = len(expected["new_token_ids"])
     assert completion.usage.prompt_tokens == len(prompt["input_ids"])
-    assert completion.usage.completion_tokens == expected["max_new_tokens"]
-    assert completion.usage.total_tokens == len(prompt["input_ids"]) + expected["max_new_tokens"]
+    assert completion.usage.completion_tokens == new_tokens
+    assert completion.usage.total_tokens == len(prompt["input_ids"]) + new_tokens
     assert completion.model == "tiny-cogvlm"
 
 
 def test_streaming_pieces_join_to_the_non_streaming_answer(client):
-    prompt, expected = golden_case("chat_old_q2")
+    prompt, expected = golden_case(first_and_last_served()[-1])
     stream = client.chat.completions.create(
         model="tiny-cogvlm",
         messages=messages_for(prompt),
@@ -51,12 +60,12 @@ def test_streaming_pieces_join_to_the_non_streaming_answer(client):
     finishes = [
         chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason
     ]
-    assert finishes == ["length"]
-    assert chunks[-1].usage.completion_tokens == expected["max_new_tokens"]
+    assert finishes == [finish_reason(expected, expected["max_new_tokens"])]
+    assert chunks[-1].usage.completion_tokens == len(expected["new_token_ids"])
 
 
 def test_sse_framing_has_a_role_chunk_content_a_finish_chunk_and_done(server):
-    prompt, expected = golden_case("chat_old_q1")
+    prompt, expected = golden_case(served_case())
     body = {"model": "m", "messages": messages_for(prompt), "temperature": 0, "max_tokens": 5, "stream": True}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -68,16 +77,15 @@ def test_sse_framing_has_a_role_chunk_content_a_finish_chunk_and_done(server):
     assert all(event.startswith("data: ") for event in events[:-1])
     assert payloads[0]["choices"][0]["delta"]["role"] == "assistant"
     assert all(p["object"] == "chat.completion.chunk" for p in payloads)
-    assert (
-        payloads[-1]["choices"][0]["finish_reason"] == "length" and payloads[-1]["choices"][0]["delta"] == {}
-    )
+    assert payloads[-1]["choices"][0]["finish_reason"] == finish_reason(expected, 5)
+    assert payloads[-1]["choices"][0]["delta"] == {}
     assert len({p["id"] for p in payloads}) == 1
 
 
 def test_a_stop_string_ends_the_answer_before_it(client):
-    prompt, expected = golden_case("chat_old_q1")
+    prompt, expected = golden_case(served_case())
     full = expected["response_after_official_postprocess"]
-    stop = full[8:11]
+    stop = stop_string_in(full)
     completion = client.chat.completions.create(
         model="m",
         messages=messages_for(prompt),
@@ -101,7 +109,7 @@ def test_text_only_request_and_system_message(client):
 
 
 def test_seeded_sampling_is_reproducible(client):
-    prompt, _ = golden_case("chat_old_q1")
+    prompt, _ = golden_case(served_case())
     answers = {
         client.chat.completions.create(
             model="m", messages=messages_for(prompt), temperature=1.0, top_p=0.9, max_tokens=8, seed=1234

@@ -14,16 +14,16 @@ from cogvlm.frontends.server.scheduler import Delta, Failed, Finished, PreparedJ
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
-from tests.golden import golden_dir, load_json
+from tests.golden import generations, golden_dir, greedy_cases, prompts, stop_string_in
 from tests.golden_models import golden_model, image_inputs, tokenizer_file
+from tests.inference.server.helpers import finish_reason
 
 MODEL_DIR = golden_dir() / "cogvlm"
 
 
 def _prepared(case: str, stop: tuple[str, ...] = ()) -> tuple[PreparedJob, dict]:
     model = golden_model(MODEL_DIR)
-    prompt = load_json(MODEL_DIR / "text_inputs.json")[case]
-    generation = load_json(MODEL_DIR / "generation.json")[case]
+    prompt, generation = prompts(MODEL_DIR)[case], generations(MODEL_DIR)[case]
     text = build_inference_inputs(_tokenizer(), prompt["prompt"], model.config.image_length)
     request = GenerationRequest(text, image_inputs(MODEL_DIR)["pixel_values"])
     config = GenerationConfig(max_new_tokens=generation["max_new_tokens"])
@@ -75,34 +75,36 @@ def _run_jobs(
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_jobs_decode_together_and_each_gets_its_reference_answer(compiled):
-    cases = ["chat_old_q1", "chat_old_q2", "chat_q1", "vqa_q1"]
+    cases = greedy_cases(MODEL_DIR)[:4]  # several prompt lengths (and versions) in one batch
     prepared = [_prepared(case) for case in cases]
     results, load = _run_jobs([p for p, _ in prepared], max_active=4, compiled=compiled)
-    assert load["largest_step"] == 4
+    # Every row whose reference continuation goes on past the prefill's token shares the decode steps.
+    assert load["largest_step"] == len([job for job, g in prepared if len(g["new_token_ids"]) > 1])
     assert load["new_graphs"] == 0  # with compiled steps, the warm-up compiled every shape the jobs needed
     for (text, finished), (job, generation) in zip(results, prepared, strict=True):
         assert isinstance(finished, Finished)
         expected = _tokenizer().decode(generation["new_token_ids"], skip_special_tokens=True)
         assert text == expected
         assert (finished.finish_reason, finished.completion_tokens) == (
-            "length",
+            finish_reason(generation, generation["max_new_tokens"]),
             len(generation["new_token_ids"]),
         )
         assert finished.prompt_tokens == job.prompt_tokens
 
 
 def test_a_failing_prefill_fails_its_job_only_and_a_stop_string_frees_its_row():
-    good, generation = _prepared("chat_old_q1")
+    good, generation = _prepared(greedy_cases(MODEL_DIR)[0])
     expected = _tokenizer().decode(generation["new_token_ids"], skip_special_tokens=True)
     broken = dataclasses.replace(
         good, request=dataclasses.replace(good.request, pixel_values=torch.zeros(1, 3, 5, 5))
     )
-    stop_word = expected.split()[1]
+    stop_word = stop_string_in(expected)
     stopped = dataclasses.replace(good, stop=(stop_word,))
     results, load = _run_jobs([broken, stopped, good], max_active=2)
     (_, failure), (stopped_text, stopped_end), (text, finished) = results
     assert isinstance(failure, Failed) and failure.error.status == 500
     assert stopped_text == expected[: expected.index(stop_word)]
     assert stopped_end.finish_reason == "stop"
-    assert text == expected and finished.finish_reason == "length"
+    assert text == expected
+    assert finished.finish_reason == finish_reason(generation, generation["max_new_tokens"])
     assert load["active"] == 0 and load["waiting"] == 0
