@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.golden import golden_dir
-from tests.inference.server.helpers import SERVED_VERSION
+from tests.frontends.server.helpers import SERVED_VERSION
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -16,7 +16,7 @@ from cogvlm.inference.generate import GenerationConfig
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
 from tests.golden import generations, golden_dir, greedy_cases, prompts, stop_string_in
 from tests.golden_models import golden_model, image_inputs, tokenizer_file
-from tests.inference.server.helpers import finish_reason
+from tests.frontends.server.helpers import finish_reason
 
 MODEL_DIR = golden_dir() / "cogvlm"
 
