@@ -4,13 +4,15 @@ Both start from a decoded PIL RGB image and end with a uint8 array, as `ImagePro
 ours is `np.asarray(image)` + `resize_bicubic`, Pillow's is `image.resize(..., BICUBIC)` + `np.asarray`.
 The two run alternately (so a busy machine slows both alike) and the medians are reported; our first
 call, which builds the cached weight matrices, is reported apart. The sources are smooth gradients with
-noise, like a photo. Usage: python benchmarks/resample_speed.py [--repeats 15] [--threads N]
+noise, like a photo. CPU time (all threads) is reported too: on a busy machine it is steadier than wall
+time. Usage: python benchmarks/resample_speed.py [--repeats 15] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -79,6 +81,9 @@ def main() -> None:
             {
                 "pillow": PIL.__version__,
                 "torch_threads": torch.get_num_threads(),
+                # OpenMP threads that spin while waiting slow every torch op on an oversubscribed machine.
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+                "load_average_1min": round(os.getloadavg()[0], 2),
                 "max_ratio": max(row["ratio"] for row in rows),
                 "max_cpu_ratio": max(row["cpu_ratio"] for row in rows),
                 "cases": rows,

@@ -15,21 +15,22 @@ Pillow's `Resample.c` for 8-bit bands, with the default `box` and `reducing_gap=
 The kernel's float64 operations are Pillow's, in its order; that matches Pillow's x86-64 wheels, whose C is
 compiled without fused multiply-add (a build that fuses could round a rare weight differently).
 
-A pass is a float32 product with the banded weight matrix (CSR, cached per size pair), a strip of the image
-at a time so that a strip's work stays in cache. float32 cannot hold the 31-bit sums exactly, so each
-output whose float sum lies within a bound of the float error from a rounding boundary is recomputed in
-int64: the results are exact, and a fraction of a percent of the outputs take that path.
+A pass is a float32 product with the banded weight matrix (cached per size pair), computed by
+`embedding_bag` with per-sample weights, which is exactly a sparse-times-dense product and a fast one, a strip
+of the image at a time so that a strip's work stays in cache. float32 cannot hold the 31-bit sums exactly,
+so each output whose float sum lies within a bound of the float error from a rounding boundary is
+recomputed in int64: the results are exact, and a fraction of a percent of the outputs take that path.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # Pillow's fixed point: 32 bits less 8 for the pixel and 2 for sums that overshoot [0, 1].
 PRECISION_BITS = 22
@@ -79,7 +80,8 @@ class AxisPlan:
     """One pass from `n_in` to `n_out` pixels of `channels` interleaved values; built once per sizes.
 
     Row `o * channels + c` of the pass is channel c of output pixel o; it reads the input values at
-    `starts[row] + t * channels` for its taps t.
+    `starts[row] + t * channels` for its taps t. `columns`, `offsets` and `values` hold the nonzero
+    weights row after row (the banded matrix in CSR form), as `torch.nn.functional.embedding_bag` takes them.
     """
 
     n_in: int
@@ -87,7 +89,9 @@ class AxisPlan:
     channels: int
     starts: np.ndarray  # int64 [n_out * channels]
     weights: np.ndarray  # int64 [n_out * channels, taps], Pillow's fixed point
-    matrix: torch.Tensor  # float32 CSR [n_out * channels, n_in * channels]: weights / 2**22, exact
+    columns: torch.Tensor  # int64 [nonzero], the input row of each nonzero weight
+    offsets: torch.Tensor  # int64 [n_out * channels], where each output row's weights begin
+    values: torch.Tensor  # float32 [nonzero]: weight / 2**22, exact (the weights fit in 24 bits)
     margin: float  # float sums nearer than this to a rounding boundary are recomputed exactly
 
 
@@ -104,23 +108,6 @@ def _rounding_margin(weights: np.ndarray) -> float:
     return 2.0 * gamma * magnitude
 
 
-def _csr_matrix(shape: tuple[int, int], starts: np.ndarray, weights: np.ndarray, step: int) -> torch.Tensor:
-    """The banded weight matrix in CSR, scaled by 2**-22 (exact in float32: weights fit in 24 bits)."""
-    columns = starts[:, None] + step * np.arange(weights.shape[1])[None, :]
-    stored = weights != 0  # zero past each output's last tap, so every stored column is in the image
-    row_pointers = np.concatenate([[0], np.cumsum(stored.sum(axis=1))])
-    values = (weights[stored] / float(1 << PRECISION_BITS)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # torch's "beta" notice
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(row_pointers),
-            torch.from_numpy(columns[stored]),
-            torch.from_numpy(values),
-            size=shape,
-            check_invariants=True,
-        )
-
-
 @functools.lru_cache(maxsize=32)
 def axis_plan(n_in: int, n_out: int, channels: int = 1) -> AxisPlan:
     """The plan of one pass, cached: the same few size pairs recur (one per source size and view)."""
@@ -129,8 +116,21 @@ def axis_plan(n_in: int, n_out: int, channels: int = 1) -> AxisPlan:
     weights = np.repeat(weights, channels, axis=0)
     starts.setflags(write=False)
     weights.setflags(write=False)
-    matrix = _csr_matrix((n_out * channels, n_in * channels), starts, weights, channels)
-    return AxisPlan(n_in, n_out, channels, starts, weights, matrix, _rounding_margin(weights))
+    nonzero = weights != 0  # zero past each row's last tap, so every nonzero column is in the image
+    columns = (starts[:, None] + channels * np.arange(weights.shape[1])[None, :])[nonzero]
+    offsets = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))[:-1]])
+    values = (weights[nonzero] / float(1 << PRECISION_BITS)).astype(np.float32)
+    return AxisPlan(
+        n_in,
+        n_out,
+        channels,
+        starts,
+        weights,
+        torch.from_numpy(columns),
+        torch.from_numpy(offsets),
+        torch.from_numpy(values),
+        _rounding_margin(weights),
+    )
 
 
 def _exact_values(source: np.ndarray, plan: AxisPlan, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -145,7 +145,10 @@ def _exact_values(source: np.ndarray, plan: AxisPlan, rows: np.ndarray, columns:
 def _resample_strip(plan: AxisPlan, strip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pass over float32 `strip` [n_in * C, s]: uint8 [n_out * C, s], and the flat indices of the
     outputs whose float sum is too near a rounding boundary to be trusted."""
-    sums = torch.sparse.mm(plan.matrix, torch.from_numpy(strip)).numpy()  # ~ sum(pixel * weight) / 2**22
+    # embedding_bag with weights is a sparse-times-dense product: row r sums values * strip[columns].
+    sums = F.embedding_bag(
+        plan.columns, torch.from_numpy(strip), plan.offsets, mode="sum", per_sample_weights=plan.values
+    ).numpy()  # [n_out * C, s], about sum(pixel * weight) / 2**22
     rounded = np.rint(sums)  # ties go to even, not up as in Pillow, but ties are always recomputed
     distance = np.abs(np.subtract(sums, rounded, out=sums), out=sums)  # 0.5 at a rounding boundary
     suspects = np.flatnonzero(distance >= 0.5 - plan.margin)
