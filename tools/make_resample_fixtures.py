@@ -81,6 +81,7 @@ def main() -> None:
     FIXTURE_PATH.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed over it, so a failed run leaves the old fixture whole.
     handle, temporary = tempfile.mkstemp(dir=FIXTURE_PATH.parent, suffix=".npz")
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; the fixture is an ordinary tracked file
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez_compressed(file, **arrays)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,11 @@ def cases_description() -> str:
     """The case list as text: the fixture stores it, so that a changed list asks for a new fixture."""
     rows = [repr(sorted(asdict(case).items())) for case in CASES]
     return "\n".join(rows + [f"grid {GRID_INPUTS} x {GRID_OUTPUTS}", f"full<={FULL_ARRAY_MAX_PIXELS}"])
+
+
+@cache
+def load_fixture() -> dict[str, np.ndarray]:
+    """The reference arrays, loaded once: keys `digest__<case>`, `sums__<case>`, `pixels__<case>` (small
+    results), `encoded__<case>` (encoded cases), `grid`, `cases` and `pillow_version`."""
+    with np.load(FIXTURE_PATH) as arrays:
+        return {name: arrays[name] for name in arrays.files}

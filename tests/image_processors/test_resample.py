@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,13 @@ from cogvlm.image_processors.resample import (
 )
 from tests.image_processors.resample_cases import (
     CASES,
-    FIXTURE_PATH,
     GRID_INPUTS,
     GRID_OUTPUTS,
     REFERENCE_PILLOW,
     ResampleCase,
     cases_description,
     grid_row,
+    load_fixture,
     source_image,
     source_values,
 )
@@ -46,32 +45,25 @@ from tests.image_processors.resample_cases import (
 GRID_PAIRS = [(n_in, n_out) for n_in in GRID_INPUTS for n_out in GRID_OUTPUTS]
 
 
-@cache
-def fixture() -> dict[str, np.ndarray]:
-    """The reference arrays, loaded once."""
-    with np.load(FIXTURE_PATH) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
 def grid_expected(n_in: int, n_out: int) -> np.ndarray:
     """Pillow 13.0.0's resize of `grid_row(n_in)` to `n_out` pixels: uint8 [n_out]."""
     offset = GRID_INPUTS.index(n_in) * sum(GRID_OUTPUTS) + sum(GRID_OUTPUTS[: GRID_OUTPUTS.index(n_out)])
-    return fixture()["grid"][offset : offset + n_out]
+    return load_fixture()["grid"][offset : offset + n_out]
 
 
 def case_input(case: ResampleCase) -> bytes | Image.Image:
     """What the case feeds to `load_image`: its stored encoded bytes, or its generated image."""
     if case.encoding:
-        return fixture()[f"encoded__{case.name}"].tobytes()
+        return load_fixture()[f"encoded__{case.name}"].tobytes()
     return source_image(case)
 
 
 def test_fixture_was_made_by_pillow_13_from_the_current_case_list():
-    assert str(fixture()["pillow_version"]) == REFERENCE_PILLOW
-    assert str(fixture()["cases"]) == cases_description(), (
+    assert str(load_fixture()["pillow_version"]) == REFERENCE_PILLOW
+    assert str(load_fixture()["cases"]) == cases_description(), (
         "cases changed: rerun tools/make_resample_fixtures.py"
     )
-    assert fixture()["grid"].size == len(GRID_INPUTS) * sum(GRID_OUTPUTS)
+    assert load_fixture()["grid"].size == len(GRID_INPUTS) * sum(GRID_OUTPUTS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
@@ -79,13 +71,13 @@ def test_image_matches_pillow_13(case):
     """Loaded and resized here (under the installed Pillow), equal to Pillow 13.0.0's pixels."""
     resized = resize_bicubic(np.asarray(load_image(case_input(case))), *case.target)
     assert resized.shape == (case.target[1], case.target[0], 3) and resized.dtype == np.uint8
-    if f"pixels__{case.name}" in fixture():
-        np.testing.assert_array_equal(resized, fixture()[f"pixels__{case.name}"])
+    if f"pixels__{case.name}" in load_fixture():
+        np.testing.assert_array_equal(resized, load_fixture()[f"pixels__{case.name}"])
     sums = resized.reshape(-1, 3).sum(axis=0, dtype=np.int64)
     digest = np.frombuffer(hashlib.sha256(resized.tobytes()).digest(), dtype=np.uint8)
-    assert np.array_equal(digest, fixture()[f"digest__{case.name}"]), (
+    assert np.array_equal(digest, load_fixture()[f"digest__{case.name}"]), (
         f"pixels differ from Pillow 13.0.0's: channel sums {sums.tolist()}, "
-        f"expected {fixture()[f'sums__{case.name}'].tolist()}"
+        f"expected {load_fixture()[f'sums__{case.name}'].tolist()}"
     )
 
 
@@ -231,4 +223,4 @@ def test_installed_pillow_disagrees_with_the_reference_where_its_pass_order_diff
     assert resample.is_vertical_first(*case.source, *case.target)
     theirs = np.asarray(load_image(case_input(case)).resize(case.target, Image.Resampling.BICUBIC))
     digest = np.frombuffer(hashlib.sha256(theirs.tobytes()).digest(), dtype=np.uint8)
-    assert not np.array_equal(digest, fixture()[f"digest__{case.name}"])
+    assert not np.array_equal(digest, load_fixture()[f"digest__{case.name}"])
