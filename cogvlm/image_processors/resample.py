@@ -36,7 +36,11 @@ import torch.nn.functional as F
 PRECISION_BITS = 22
 _KERNEL_SUPPORT = 2.0  # the bicubic kernel is zero for |x| >= 2
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-_STRIP_VALUES = 1 << 18  # float32 values in (and out) per strip: about 1 MB, so a strip stays in cache
+# float32 values in (and out) per strip: 1 MB keeps a strip's work in cache. With several torch threads a
+# strip is one OpenMP parallel region, which on a busy machine can wait a whole scheduler time slice for a
+# descheduled thread; 16 MB strips make few regions, at some cost in cache misses.
+_STRIP_VALUES = 1 << 18
+_THREADED_STRIP_VALUES = 1 << 22
 _EXACT_BATCH_VALUES = 1 << 20  # int64 products per batch of exact recomputation
 
 
@@ -165,8 +169,9 @@ def _recompute(source: np.ndarray, plan: AxisPlan, result: np.ndarray, suspects:
 
 
 def _strip_length(plan: AxisPlan) -> int:
-    """Columns per strip, so that a strip's input and output hold about `_STRIP_VALUES` values each."""
-    return max(1, _STRIP_VALUES // (plan.channels * max(plan.n_in, plan.n_out)))
+    """Columns per strip, so that a strip's input and output hold about a strip's worth of values each."""
+    values = _STRIP_VALUES if torch.get_num_threads() == 1 else _THREADED_STRIP_VALUES
+    return max(1, values // (plan.channels * max(plan.n_in, plan.n_out)))
 
 
 def resample_rows(pixels: np.ndarray, plan: AxisPlan) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -180,8 +181,22 @@ def test_strided_input_gives_the_same_pixels_as_a_contiguous_copy():
 def test_many_strips_give_the_same_pixels_as_one(monkeypatch):
     pixels = source_values("noise", 7, 300, 200, 3)
     whole = resize_bicubic(pixels, 117, 251)
-    monkeypatch.setattr(resample, "_STRIP_VALUES", 3 * 300)  # a strip of one or two lines
+    for name in ("_STRIP_VALUES", "_THREADED_STRIP_VALUES"):
+        monkeypatch.setattr(resample, name, 3 * 300)  # a strip of one or two lines
     np.testing.assert_array_equal(resize_bicubic(pixels, 117, 251), whole)
+
+
+def test_torch_thread_count_does_not_change_the_pixels():
+    """One thread takes small strips, several take large ones (and sum in another order)."""
+    pixels = source_values("photo", 8, 640, 480, 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = resize_bicubic(pixels, 490, 490)
+        torch.set_num_threads(2)
+        np.testing.assert_array_equal(resize_bicubic(pixels, 490, 490), single)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
