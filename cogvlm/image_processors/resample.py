@@ -100,7 +100,7 @@ class AxisPlan:
 
 
 def _rounding_margin(weights: np.ndarray) -> float:
-    """Twice the largest float32 error of `sum(pixel * weight) / 2**22` for pixels in [0, 255].
+    """Twice a bound on the float32 error of `sum(pixel * weight) / 2**22` for pixels in [0, 255].
 
     A float32 dot product of n terms, summed in any order (fused or not), errs by at most
     n*u/(1 - n*u) times the sum of the terms' magnitudes, u = 2**-24 (Higham, Accuracy and Stability
@@ -194,7 +194,7 @@ def resample_columns(pixels: np.ndarray, plan: AxisPlan) -> np.ndarray:
     for first in range(0, pixels.shape[0], step):
         strip = pixels[first : first + step].T.astype(np.float32, order="C")  # [n_in * C, s]
         block, flat = _resample_strip(plan, strip)
-        result[first : first + step] = block.T
+        result[first : first + step] = block.T  # [s, n_out * C]
         rows, columns = np.divmod(flat, strip.shape[1])
         suspects.append(rows * pixels.shape[0] + columns + first)
     _recompute(pixels.T, plan, result.T, suspects)
