@@ -14,6 +14,7 @@ from cogvlm.image_processors.processor import (
     DualPixelValues,
     ImageProcessor,
 )
+from cogvlm.image_processors.resample import resize_bicubic
 
 __all__ = [
     "CLIP_MEAN",
@@ -25,5 +26,6 @@ __all__ = [
     "ImageProcessor",
     "ImageSource",
     "load_image",
+    "resize_bicubic",
     "to_rgb",
 ]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cogvlm.image_processors.loading import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from cogvlm.image_processors.resample import resize_bicubic
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,10 +33,9 @@ class ImageProcessor:
             raise ValueError(f"ImageProcessor.std values must be positive, got {self.std!r}")
 
     def resize(self, image: ImageSource) -> np.ndarray:
-        """The resized RGB image as uint8 [S, S, 3] (PIL bicubic with antialiasing, like torchvision)."""
+        """The resized RGB image, uint8 [S, S, 3]: Pillow 13.0.0's bicubic, whichever Pillow is installed."""
         rgb = load_image(image, self.max_pixels)
-        resized = rgb.resize((self.image_px, self.image_px), Image.Resampling.BICUBIC)
-        return np.array(resized, dtype=np.uint8)  # a writable copy
+        return resize_bicubic(np.asarray(rgb), self.image_px, self.image_px)  # a new, writable array
 
     def normalize(self, resized: np.ndarray) -> torch.Tensor:
         """[1, 3, S, S] from uint8 [S, S, 3]: `(x / 255 - mean) / std` in float32, as torchvision does."""

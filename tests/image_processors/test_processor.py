@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors import safe_open
 
 from cogvlm.image_processors.processor import CLIP_MEAN, DualImageProcessor, ImageProcessor
 from tests.golden import golden_image_path, model_dirs
+from tests.image_processors.resample_cases import CASES, load_fixture, source_image
 
 
 def tensor_names(model_dir: Path) -> set[str]:
@@ -48,6 +50,15 @@ def test_dual_processor_gives_both_golden_views(model_dir):
     result = DualImageProcessor(low.shape[-1], cross.shape[-1])(Image.open(golden_image_path()))
     assert torch.equal(result.pixel_values, low)
     assert torch.equal(result.cross_pixel_values, cross)
+
+
+def test_resize_gives_pillow_13_pixels_where_older_pillow_differs():
+    """64x88 -> 42x42: Pillow 13 runs the vertical pass first, Pillow 12 the horizontal one; whichever is
+    installed, the processor gives Pillow 13.0.0's pixels (the reference of the golden set)."""
+    case = next(case for case in CASES if case.name.startswith("rgb-64x88-to-42x42"))
+    resized = ImageProcessor(42).resize(source_image(case))
+    expected = load_fixture()[f"digest__{case.name}"].tobytes()
+    assert resized.shape == (42, 42, 3) and hashlib.sha256(resized.tobytes()).digest() == expected
 
 
 def test_non_square_rgba_image_is_stretched_to_a_square():
