@@ -310,6 +310,14 @@ def verified_record(destination: Path) -> dict | None:
     return recorded
 
 
+def same_file(recorded: dict | None, expected: dict) -> bool:
+    """Whether a record is of the expected file: same size and SHA-256 (any server), else the same URL too."""
+    if not isinstance(recorded, dict):
+        return False
+    keys = ("size_bytes", "sha256") if expected["sha256"] is not None else ("size_bytes", "sha256", "url")
+    return all(recorded.get(key) == expected[key] for key in keys)
+
+
 class _RefusedBody(DownloadError):
     """The server sent something that makes the partial file worthless: it is discarded."""
 
@@ -345,7 +353,7 @@ class _PartialFile:
         except (OSError, ValueError):
             recorded = None
         length = self.path.stat().st_size if self.path.is_file() else 0
-        if recorded != self.expected or length > self.size_bytes:
+        if not same_file(recorded, self.expected) or length > self.size_bytes:
             self.reset()
             self.meta_path.write_text(json.dumps(self.expected))
             return 0
@@ -512,7 +520,8 @@ def fetch_file(
     The expected SHA-256 and size come from the arguments (a catalog) or else from the server's headers;
     without a size the download is refused, without a SHA-256 it is refused unless `allow_unverified`.
     A `destination` this function verified earlier against the same values is reused as it is.
-    A verification failure deletes the partial file; a transfer that keeps failing leaves it for the next try.
+    A verification failure or a body longer than the size deletes the partial file; a transfer that keeps
+    failing, or a reply that contradicts the expected size or range, leaves it for the next try.
     """
     if config.is_offline:
         raise DownloadError(f"{url}: offline mode is on (COGVLM_OFFLINE / HF_HUB_OFFLINE); cannot download")
@@ -542,9 +551,9 @@ def _receive(url, destination: Path, part: _PartialFile, config: DownloadConfig,
             remote = probe_remote(url, config)
             part.size_bytes, part.sha256 = _expected(url, remote, sha256, size_bytes)
             if progress is None:
-                if verified_record(destination) == part.expected:
-                    return False
                 _check_verifiable(url, part.sha256, config)
+                if same_file(verified_record(destination), part.expected):
+                    return False
                 progress = Progress(destination.name, part.size_bytes, part.open(), config.show_progress)
             _transfer(remote, part, progress, config)
             break
@@ -579,7 +588,7 @@ def _finish(part: _PartialFile, destination: Path) -> None:
     The record is written first: a crash before the rename leaves a complete `.part` that the next run
     verifies again without downloading, never a `destination` without its record.
     """
-    with open(part.path, "rb") as handle:
+    with open(part.path, "r+b") as handle:
         os.fsync(handle.fileno())
     record = record_path(destination)
     temporary = record.with_name(record.name + ".tmp")

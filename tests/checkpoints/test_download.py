@@ -463,6 +463,24 @@ def test_verified_file_is_reused_until_the_server_has_another_version(tmp_path, 
     assert verified_record(path)["sha256"] == hashlib.sha256(DATA[::-1]).hexdigest()
 
 
+def test_verified_file_is_reused_from_a_mirror_with_the_same_checksum(tmp_path):
+    with HubServer() as first, HubServer() as mirror:
+        first.add_file(REPO, FILE, DATA)
+        served = mirror.add_file(REPO, FILE, DATA)
+        fetch_file(_url(first), tmp_path / FILE, _config(tmp_path, first))
+        fetch_file(_url(mirror), tmp_path / FILE, _config(tmp_path, mirror))
+        assert mirror.gets[mirror.blob_path(served)] == 0
+
+
+def test_size_larger_than_the_free_space_is_refused_before_writing(tmp_path):
+    with HubServer() as hub:
+        served = hub.add_file(REPO, FILE, DATA, advertised_size=10**19)
+        with pytest.raises(DownloadError, match=r"downloading .* needs 10000000\.0 TB but only .* is free"):
+            fetch_file(_url(hub), tmp_path / FILE, _config(tmp_path, hub))
+        assert hub.gets[hub.blob_path(served)] == 0
+    assert _leftovers(tmp_path) == []
+
+
 def test_settings_are_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"endpoint='http://' must be an http:// or https:// URL"):
         DownloadConfig(sat_home=tmp_path, endpoint="http://")

@@ -427,6 +427,20 @@ def test_target_that_is_not_a_folder_is_a_clear_error_before_any_download(tmp_pa
     assert kind != "file" or (home / NAME).read_text() == "notes"
 
 
+def test_stale_staging_link_is_removed_without_touching_what_it_points_to(tmp_path, bundle):
+    home = tmp_path / "sat_home"
+    home.mkdir()
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep")
+    (home / f".{NAME}.tmp-link").symlink_to(victim)
+    with HubServer() as hub:
+        hub.add_file(REPO, ARCHIVE, bundle)
+        resolve_checkpoint(NAME, _config(home, hub))
+    assert (victim / "data.txt").read_text() == "keep"
+    assert _tree(home) == _golden_tree()
+
+
 def test_lock_folder_that_cannot_be_made_is_a_clear_error(tmp_path, bundle):
     home = tmp_path / "sat_home"
     home.mkdir()
