@@ -35,7 +35,7 @@ class ServedFile:
     cut_after: list[int] = field(default_factory=list)  # one entry per coming GET: bytes sent before closing
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     endless: bool = False  # after the data, keep sending filler until the client hangs up (or ENDLESS_CAP)
-    redirect_location: str | None = None  # the resolve URL's Location instead of the blob (any scheme)
+    redirect_location: str | None = None  # the resolve URL's Location instead of the blob (any scheme, or "")
     body_headers: dict[str, str | None] = field(default_factory=dict)  # set (None: drop) on the bytes reply
 
     @property
@@ -127,7 +127,7 @@ def _handler_for(hub: HubServer):
             parts = path.strip("/").split("/")
             if len(parts) >= 5 and parts[2] == "resolve":
                 served = hub.files.get(("/".join(parts[:2]), "/".join(parts[4:])))
-                if served is not None and (hub.redirect or served.redirect_location):
+                if served is not None and (hub.redirect or served.redirect_location is not None):
                     return self._redirect(served)
                 return self._bytes(path, served, send_body)
             self.send_error(404)
@@ -144,7 +144,11 @@ def _handler_for(hub: HubServer):
             self.send_response(302)
             headers = {
                 **self._hub_headers(served),
-                "Location": served.redirect_location or f"{hub.endpoint}{hub.blob_path(served)}",
+                "Location": (
+                    f"{hub.endpoint}{hub.blob_path(served)}"
+                    if served.redirect_location is None
+                    else served.redirect_location
+                ),
                 "Content-Length": "0",
             }
             for name, value in headers.items():

@@ -363,6 +363,13 @@ def test_redirect_loop_is_bounded(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_redirect_without_a_location_is_a_clear_error(tmp_path):
+    with HubServer() as hub:
+        hub.add_file(REPO, FILE, DATA).redirect_location = ""
+        with pytest.raises(DownloadError, match=r"blob\.bin: a redirect without a Location header"):
+            fetch_file(_url(hub), tmp_path / FILE, _config(tmp_path, hub))
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 (certificate path, key path)."""
