@@ -138,7 +138,7 @@ def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
     _refuse_non_directory(target)
     kept_archive = config.sat_home / entry.filename
     downloaded = config.sat_home / DOWNLOAD_DIR / entry.filename
-    if config.is_offline and not kept_archive.is_file() and verified_record(downloaded) is None:
+    if config.is_offline and not kept_archive.is_file() and not _is_usable_download(downloaded, config):
         raise DownloadError(
             f"{entry.name}: not in {config.sat_home} and offline mode is on "
             "(COGVLM_OFFLINE or HF_HUB_OFFLINE); "
@@ -160,6 +160,12 @@ def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
             with contextlib.suppress(OSError):  # kept only while it holds a download to resume or extract
                 (config.sat_home / DOWNLOAD_DIR).rmdir()
     return target
+
+
+def _is_usable_download(archive: Path, config: DownloadConfig) -> bool:
+    """Whether an earlier run verified `archive` (without a SHA-256 only counts with allow_unverified)."""
+    record = verified_record(archive)
+    return record is not None and (record.get("sha256") is not None or config.allow_unverified)
 
 
 def _download_and_extract(entry: CatalogEntry, config: DownloadConfig, target: Path) -> None:
