@@ -7,6 +7,7 @@ The served checkpoint is the golden tiny CogVLM, zipped as SAT publishes its bun
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from cogvlm import api, cli
-from cogvlm.checkpoints.download import DownloadConfig, verified_record
+from cogvlm.checkpoints.download import DownloadConfig, record_path, verified_record
 from cogvlm.checkpoints.hf_format import save_hf_checkpoint
 from cogvlm.checkpoints.listing import render_listing
 from cogvlm.checkpoints.loading import load_model
@@ -465,3 +466,16 @@ def test_cli_download_refuses_an_unverifiable_archive_unless_allowed(tmp_path, b
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tmp_path / "sat_home" / NAME)
     assert re.search(rf"WARNING: .*{re.escape(ARCHIVE)}: no SHA-256 is known .*UNVERIFIED", captured.err)
+
+
+def test_offline_an_archive_recorded_without_a_checksum_needs_allow_unverified(tmp_path, bundle):
+    home = tmp_path / "sat_home"
+    (home / ".downloads").mkdir(parents=True)
+    archive = home / ".downloads" / ARCHIVE
+    archive.write_bytes(bundle)
+    record_path(archive).write_text(json.dumps({"url": "u", "size_bytes": len(bundle), "sha256": None}))
+    with pytest.raises(DownloadError, match=rf"{re.escape(NAME)}: not in .* offline mode is on"):
+        resolve_checkpoint(NAME, _config(home, is_offline=True))
+    path = resolve_checkpoint(NAME, _config(home, is_offline=True, allow_unverified=True))
+    assert (path / "model_config.json").is_file()
+    assert _tree(home) == _golden_tree()
