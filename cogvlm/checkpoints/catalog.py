@@ -43,6 +43,10 @@ class CatalogEntry:
             raise ConfigError(f"CatalogEntry {self.name}: a SAT entry names an archive, an HF entry does not")
         if self.sha256 is not None and (len(self.sha256) != 64 or not _is_hex(self.sha256)):
             raise ConfigError(f"CatalogEntry {self.name}: sha256={self.sha256!r} is not 64 hex digits")
+        if self.size_bytes is not None and (type(self.size_bytes) is not int or self.size_bytes <= 0):
+            raise ConfigError(
+                f"CatalogEntry {self.name}: size_bytes={self.size_bytes!r} is not a positive int"
+            )
 
     @property
     def source(self) -> str:

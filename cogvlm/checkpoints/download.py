@@ -4,6 +4,12 @@ Written on the standard library because the SAT archives are single files of ~35
 server and the behaviour wanted here (keep and resume a partial file across processes, verify against the
 Hub's `X-Linked-Etag`/`X-Linked-Size` or a catalog checksum, plain servers and mirrors alike) is a
 small amount of code; whole HF repositories go through huggingface_hub instead (see `resolve.py`).
+
+What a server may not do: send more bytes than the expected size (the `.part` never grows past it), send
+sizes or ranges that contradict each other, redirect anywhere but http(s) (an https -> http downgrade is
+refused; http -> https is followed) or more than `_MAX_REDIRECTS` times, or send a file without a SHA-256
+unless `allow_unverified` says so. A verified file is recorded beside itself (`<file>.json`) so that a
+later run reuses it instead of downloading it again.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
+import ssl
 import sys
 import time
 import urllib.error
@@ -21,7 +29,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from cogvlm.errors import ConfigError, DownloadError
 
@@ -35,6 +43,10 @@ _RETRYABLE_STATUS = (408, 425, 429, 500, 502, 503, 504)
 _TRUTHY = ("1", "true", "yes", "on")
 _BAR_WIDTH = 24
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+_BYTE_COUNT = re.compile(r"[0-9]{1,20}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+ALLOW_UNVERIFIED_ENV = "COGVLM_ALLOW_UNVERIFIED"
+_HOW_TO_ALLOW = f"pass --allow_unverified to `cogvlm download` or set {ALLOW_UNVERIFIED_ENV}=1"
 
 
 @dataclass(frozen=True)
@@ -50,20 +62,24 @@ class DownloadConfig:
     retry_wait_s: float = 1.0
     timeout_s: float = 60.0
     hf_cache_dir: Path | None = None  # None: huggingface_hub's own default (honours HF_HOME, HF_HUB_CACHE)
+    allow_unverified: bool = False  # accept a file nobody gives a SHA-256 for (with a warning on stderr)
 
     def __post_init__(self) -> None:
-        if not self.endpoint.startswith(("http://", "https://")):
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"DownloadConfig: endpoint={self.endpoint!r} must be an http:// or https:// URL"
             )
-        if self.max_retries < 0 or self.timeout_s <= 0:
+        if self.max_retries < 0 or self.timeout_s <= 0 or self.retry_wait_s < 0:
             raise ConfigError(
-                f"DownloadConfig: max_retries={self.max_retries} must be >= 0, timeout_s={self.timeout_s} > 0"
+                f"DownloadConfig: max_retries={self.max_retries} must be >= 0, "
+                f"timeout_s={self.timeout_s} > 0, retry_wait_s={self.retry_wait_s} >= 0"
             )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides) -> DownloadConfig:
-        """SAT_HOME, COGVLM_ENDPOINT or HF_ENDPOINT, COGVLM_OFFLINE or HF_HUB_OFFLINE, then overrides."""
+        """SAT_HOME, COGVLM_ENDPOINT or HF_ENDPOINT, COGVLM_OFFLINE or HF_HUB_OFFLINE,
+        COGVLM_ALLOW_UNVERIFIED, then overrides (None: not given)."""
         environ = os.environ if environ is None else environ
         config = cls(
             sat_home=Path(environ.get("SAT_HOME") or DEFAULT_SAT_HOME).expanduser(),
@@ -73,6 +89,7 @@ class DownloadConfig:
             is_offline=any(
                 environ.get(name, "").lower() in _TRUTHY for name in ("COGVLM_OFFLINE", "HF_HUB_OFFLINE")
             ),
+            allow_unverified=environ.get(ALLOW_UNVERIFIED_ENV, "").lower() in _TRUTHY,
         )
         chosen = {key: value for key, value in overrides.items() if value is not None}
         if "sat_home" in chosen:
@@ -96,19 +113,39 @@ class _TransientError(Exception):
     """A failure worth retrying: a cut connection, a timeout, a 5xx."""
 
 
-class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+class _ManualRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
-        return None  # the HEAD probe follows redirects by hand, to read the Hub's headers on each hop
+        return None  # `_open` follows redirects by hand: it checks each hop and reads the Hub's headers
 
 
-_PROBE_OPENER = urllib.request.build_opener(_KeepRedirects)
-_OPENER = urllib.request.build_opener()
+def _http_only_opener() -> urllib.request.OpenerDirector:
+    """An opener with http(s) handlers only: no file:, ftp: or data: URL can be opened through it."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _ManualRedirects(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+_OPENER = _http_only_opener()
 
 
 def notify(config: DownloadConfig, message: str) -> None:
     """A one-line status message on stderr (silenced with show_progress=False)."""
     if config.show_progress:
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that show_progress=False does not silence."""
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -168,13 +205,23 @@ def _request(
     return urllib.request.Request(url, method=method, headers={**base, **(headers or {})})
 
 
-def _sha256_from_etag(value: str | None) -> str | None:
-    text = (value or "").strip().removeprefix("W/").strip('"').lower()
-    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+def _byte_count(value: str | None, header: str, url: str) -> int | None:
+    """A size header as an int, None when absent; anything but a plain non-negative integer is an error."""
+    if value is None:
+        return None
+    if not _BYTE_COUNT.fullmatch(value.strip()):
+        raise DownloadError(f"{url}: header {header}: {value!r} is not a byte count")
+    return int(value)
 
 
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value and value.strip().isdigit() else None
+def _sha256_header(value: str | None, url: str) -> str | None:
+    """The SHA-256 an `X-Linked-Etag` carries, None when absent; any other value is an error."""
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"').lower()
+    if not _SHA256.fullmatch(text):
+        raise DownloadError(f"{url}: header X-Linked-Etag: {value!r} is not a SHA-256 (64 hex digits)")
+    return text
 
 
 def _raise_http(url: str, status: int, reason: str) -> None:
@@ -183,26 +230,96 @@ def _raise_http(url: str, status: int, reason: str) -> None:
     raise DownloadError(f"{url}: HTTP {status} {reason}" + (" (no such file)" if status == 404 else ""))
 
 
-def probe_remote(url: str, config: DownloadConfig) -> RemoteFile:
-    """HEAD `url`, following redirects by hand and keeping the Hub's `X-Linked-Size`/`X-Linked-Etag`."""
-    current, size, sha256 = url, None, None
-    for _ in range(_MAX_REDIRECTS):
+def _redirect_target(current: str, location: str | None) -> str:
+    """Where a redirect from `current` leads, if allowed: http(s) only, never from https down to http."""
+    if not location:
+        raise DownloadError(f"{current}: a redirect without a Location header")
+    try:
+        target = urljoin(current, location.strip())
+        scheme, host = urlsplit(target).scheme.lower(), urlsplit(target).hostname
+    except ValueError:
+        scheme, host, target = "", None, location
+    if scheme not in ("http", "https") or not host:
+        raise DownloadError(
+            f"{current}: refusing the redirect to {target!r}: only http:// and https:// URLs are followed"
+        )
+    if scheme == "http" and urlsplit(current).scheme.lower() == "https":
+        raise DownloadError(f"{current}: refusing the redirect to {target!r}: a downgrade from https to http")
+    return target
+
+
+def _open(url: str, config: DownloadConfig, method: str = "GET", headers: Mapping[str, str] | None = None):
+    """Open `url`, following at most `_MAX_REDIRECTS` checked redirects by hand.
+
+    Returns the final response (body unread), its URL, and the headers of every hop, first to last.
+    Raises `urllib.error.HTTPError` for a final error status and `_TransientError` for a network failure.
+    """
+    current, hops = url, []
+    for _ in range(_MAX_REDIRECTS + 1):
         try:
-            with _PROBE_OPENER.open(_request(current, "HEAD"), timeout=config.timeout_s) as response:
-                status, headers = response.status, response.headers
+            response = _OPENER.open(_request(current, method, headers), timeout=config.timeout_s)
         except urllib.error.HTTPError as error:
-            status, headers = error.code, error.headers
-            if status not in _REDIRECTS:
-                _raise_http(current, status, error.reason)
+            if error.code not in _REDIRECTS:
+                raise
+            error.close()
+            hops.append(error.headers)
+            current = _redirect_target(current, error.headers.get("Location"))
+            continue
         except _NETWORK_ERRORS as error:
+            if isinstance(getattr(error, "reason", None), ssl.SSLCertVerificationError):
+                raise DownloadError(f"{current}: {error.reason}") from None  # trying again will not fix it
             raise _TransientError(f"{current}: {error}") from error
-        size = size or _int_or_none(headers.get("X-Linked-Size"))
-        sha256 = sha256 or _sha256_from_etag(headers.get("X-Linked-Etag"))
-        if status not in _REDIRECTS:
-            size = size or _int_or_none(headers.get("Content-Length"))
-            return RemoteFile(url, current, size, sha256)
-        current = urljoin(current, headers["Location"])
+        hops.append(response.headers)
+        return response, current, hops
     raise DownloadError(f"{url}: more than {_MAX_REDIRECTS} redirects")
+
+
+def probe_remote(url: str, config: DownloadConfig) -> RemoteFile:
+    """HEAD `url` through its redirects, keeping the Hub's `X-Linked-Size`/`X-Linked-Etag` of any hop."""
+    try:
+        response, location, hops = _open(url, config, "HEAD")
+    except urllib.error.HTTPError as error:
+        _raise_http(error.filename or url, error.code, error.reason)
+    response.close()
+    sizes = {_byte_count(headers.get("X-Linked-Size"), "X-Linked-Size", url) for headers in hops} - {None}
+    digests = {_sha256_header(headers.get("X-Linked-Etag"), url) for headers in hops} - {None}
+    if len(sizes) > 1 or len(digests) > 1:
+        raise DownloadError(
+            f"{url}: the redirects disagree about the file: sizes {sorted(sizes)}, SHA-256 {sorted(digests)}"
+        )
+    size = next(iter(sizes), None)
+    if size is None:
+        size = _byte_count(hops[-1].get("Content-Length"), "Content-Length", location)
+    return RemoteFile(url, location, size, next(iter(digests), None))
+
+
+def record_path(destination: Path) -> Path:
+    """Where `fetch_file` records what `destination` was verified against: `<destination>.json`."""
+    return destination.with_name(destination.name + ".json")
+
+
+def verified_record(destination: Path) -> dict | None:
+    """What `destination` was verified against when `fetch_file` wrote it; None if it is no such file."""
+    try:
+        recorded = json.loads(record_path(destination).read_text())
+        size = destination.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or destination.is_symlink() or recorded.get("size_bytes") != size:
+        return None
+    return recorded
+
+
+def same_file(recorded: dict | None, expected: dict) -> bool:
+    """Whether a record is of the expected file: same size and SHA-256 (any server), else the same URL too."""
+    if not isinstance(recorded, dict):
+        return False
+    keys = ("size_bytes", "sha256") if expected["sha256"] is not None else ("size_bytes", "sha256", "url")
+    return all(recorded.get(key) == expected[key] for key in keys)
+
+
+class _RefusedBody(DownloadError):
+    """The server sent something that makes the partial file worthless: it is discarded."""
 
 
 @dataclass
@@ -210,8 +327,9 @@ class _PartialFile:
     """A `.part` file being written, the SHA-256 of its bytes so far, and what it is expected to become."""
 
     path: Path
-    size_bytes: int | None
-    sha256: str | None
+    url: str
+    size_bytes: int | None = None
+    sha256: str | None = None
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     hashed: int = 0  # bytes of the file that `hasher` has seen
 
@@ -219,18 +337,25 @@ class _PartialFile:
     def meta_path(self) -> Path:
         return self.path.with_name(self.path.name + ".json")
 
+    @property
+    def expected(self) -> dict:
+        """What the file must become, as recorded beside it."""
+        return {"url": self.url, "size_bytes": self.size_bytes, "sha256": self.sha256}
+
     def open(self) -> int:
         """Keep a partial file that belongs to the same remote file, else start afresh; return its length."""
-        expected = {"size_bytes": self.size_bytes, "sha256": self.sha256}
+        for path in (self.path, self.meta_path):
+            if path.is_symlink():
+                raise DownloadError(f"{path}: a symbolic link; refusing to write a download through it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             recorded = json.loads(self.meta_path.read_text())
         except (OSError, ValueError):
             recorded = None
         length = self.path.stat().st_size if self.path.is_file() else 0
-        too_long = self.size_bytes is not None and length > self.size_bytes
-        if recorded != expected or too_long:
+        if not same_file(recorded, self.expected) or length > self.size_bytes:
             self.reset()
-            self.meta_path.write_text(json.dumps(expected))
+            self.meta_path.write_text(json.dumps(self.expected))
             return 0
         if self.hashed != length:
             self.hasher, self.hashed = hashlib.sha256(), 0
@@ -251,21 +376,42 @@ class _PartialFile:
         self.hasher.update(chunk)
         self.hashed += len(chunk)
 
-    def discard(self) -> None:
-        """Delete the partial file and its record."""
+    def discard(self, only_if_empty: bool = False) -> None:
+        """Delete the partial file and its record (with `only_if_empty`: only if it holds no bytes)."""
+        with contextlib.suppress(OSError):
+            if only_if_empty and self.path.stat().st_size > 0:
+                return
         for path in (self.path, self.meta_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
 
 def _expected(url: str, remote: RemoteFile, sha256: str | None, size_bytes: int | None) -> tuple:
-    if sha256 and remote.sha256 and sha256.lower() != remote.sha256:
+    """The size and SHA-256 the file must have: the caller's (a catalog's), checked against the server's."""
+    if sha256 is not None and remote.sha256 is not None and sha256.lower() != remote.sha256:
         raise DownloadError(f"{url}: the server's SHA-256 {remote.sha256} differs from the expected {sha256}")
-    if size_bytes and remote.size_bytes and size_bytes != remote.size_bytes:
+    if size_bytes is not None and remote.size_bytes is not None and size_bytes != remote.size_bytes:
         raise DownloadError(
             f"{url}: the server's size {remote.size_bytes} differs from the expected {size_bytes}"
         )
-    return (sha256 or remote.sha256), (size_bytes or remote.size_bytes)
+    size = size_bytes if size_bytes is not None else remote.size_bytes
+    if size is None:
+        raise DownloadError(
+            f"{url}: the server sends no size (X-Linked-Size or Content-Length) and none is recorded for it, "
+            "so the download cannot be bounded; refused"
+        )
+    return size, (sha256.lower() if sha256 is not None else remote.sha256)
+
+
+def _check_verifiable(url: str, sha256: str | None, config: DownloadConfig) -> None:
+    if sha256 is not None:
+        return
+    if not config.allow_unverified:
+        raise DownloadError(
+            f"{url}: the server sends no SHA-256 (X-Linked-Etag) and none is recorded for it, so the "
+            f"download cannot be verified; refused. To accept it unverified, {_HOW_TO_ALLOW}"
+        )
+    warn(f"{url}: no SHA-256 is known for this file; downloading it UNVERIFIED (allow_unverified is set)")
 
 
 def _check_free_space(directory: Path, needed: int, what: str) -> None:
@@ -279,63 +425,86 @@ def _check_free_space(directory: Path, needed: int, what: str) -> None:
 def _transfer(remote: RemoteFile, part: _PartialFile, progress: Progress, config: DownloadConfig) -> None:
     """One GET from the current length of the partial file; a body cut short is a `_TransientError`.
 
-    A body that arrives whole ends the transfer even if the file is shorter than expected: that is a
-    truncated file, not a cut connection, and verification rejects it.
+    A server that answers a range with 416 has nothing after it: the file ends there, and verification
+    decides whether that is the whole file.
     """
     offset = part.open()
-    if part.size_bytes is not None and offset == part.size_bytes:
+    if offset == part.size_bytes:
         return
+    _check_free_space(part.path.parent, part.size_bytes - offset, f"downloading {remote.url}")
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        with _OPENER.open(_request(remote.location, headers=headers), timeout=config.timeout_s) as response:
-            start = _range_start(response, offset, remote.location)
+        response, location, _ = _open(remote.location, config, headers=headers)
+        with response:
+            start = _body_start(response, offset, part.size_bytes, location)
             if start != offset:  # the server ignored the range: take the whole body from the start
                 part.reset()
                 progress.done -= offset
-            body_bytes = _int_or_none(response.headers.get("Content-Length"))
-            if body_bytes is not None:
-                _check_free_space(part.path.parent, body_bytes, f"downloading {remote.url}")
-            _write_body(response, part, progress)
+            _write_body(response, part, progress, location)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # nothing after `offset`: the file is complete, verification decides
+        if error.code == 416 and offset:
             return
-        _raise_http(remote.location, error.code, error.reason)
+        _raise_http(error.filename or remote.location, error.code, error.reason)
     except _NETWORK_ERRORS as error:
         raise _TransientError(f"{remote.location}: {error}") from error
     except OSError as error:
         raise DownloadError(f"{part.path}: cannot write the download ({error})") from error
-    if body_bytes is not None and part.hashed - start < body_bytes:
+    if part.hashed < part.size_bytes:
         raise _TransientError(
-            f"{remote.location}: connection closed after {part.hashed} of {start + body_bytes} bytes"
+            f"{remote.location}: connection closed after {part.hashed} of {part.size_bytes} bytes"
         )
 
 
-def _write_body(response, part: _PartialFile, progress: Progress) -> None:
-    with open(part.path, "r+b") as handle:
-        handle.seek(part.hashed)
-        handle.truncate()
-        while chunk := response.read(CHUNK_BYTES):
-            part.append(chunk, handle)
-            progress.update(len(chunk))
-
-
-def _range_start(response, offset: int, url: str) -> int:
-    if response.status != 206:
-        return 0
-    start = _content_range_start(response.headers.get("Content-Range"))
-    if start != offset:
+def _body_start(response, offset: int, size: int, url: str) -> int:
+    """Where the body starts in the file, once its status, encoding, range and length agree with `size`."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
         raise DownloadError(
-            f"{url}: asked for bytes {offset}- but the server sent a range starting at {start}"
+            f"{url}: the server sent Content-Encoding {encoding!r} although identity was asked for; refused"
+        )
+    if response.status == 200:
+        start = 0
+    elif response.status == 206:
+        start = _range_start(response.headers.get("Content-Range"), offset, size, url)
+    else:
+        raise DownloadError(f"{url}: HTTP {response.status} {response.reason} instead of the file's bytes")
+    length = _byte_count(response.headers.get("Content-Length"), "Content-Length", url)
+    if length is not None and length != size - start:
+        raise DownloadError(
+            f"{url}: the server announces {length} bytes (Content-Length) from byte {start} "
+            f"of a {size}-byte file; refused"
         )
     return start
 
 
-def _content_range_start(value: str | None) -> int:
-    # "bytes 100-199/200"
-    try:
-        return int(value.split()[1].split("-")[0])
-    except (AttributeError, IndexError, ValueError):
-        return -1
+def _range_start(value: str | None, offset: int, size: int, url: str) -> int:
+    wanted = f"bytes {offset}-{size - 1}/{size}"
+    match = re.fullmatch(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)", (value or "").strip())
+    if match is None:
+        raise DownloadError(f"{url}: a partial reply with Content-Range {value!r}, expected {wanted!r}")
+    start, end, total = int(match[1]), int(match[2]), match[3]
+    if (start, end) != (offset, size - 1) or (total != "*" and int(total) != size):
+        raise DownloadError(
+            f"{url}: asked for bytes {offset}- of a {size}-byte file, the server sent Content-Range "
+            f"{value!r} (expected {wanted!r}); refused"
+        )
+    return start
+
+
+def _write_body(response, part: _PartialFile, progress: Progress, url: str) -> None:
+    """Append the body to the partial file, never past the expected size; a longer body is refused."""
+    with open(part.path, "r+b") as handle:
+        handle.seek(part.hashed)
+        handle.truncate()
+        # One byte more than the room left is enough to tell that the body is too long.
+        while chunk := response.read(min(CHUNK_BYTES, part.size_bytes - part.hashed + 1)):
+            if len(chunk) > part.size_bytes - part.hashed:
+                raise _RefusedBody(
+                    f"{url}: the server sends more than the expected {part.size_bytes} bytes; "
+                    "download refused and discarded"
+                )
+            part.append(chunk, handle)
+            progress.update(len(chunk))
 
 
 def fetch_file(
@@ -348,19 +517,43 @@ def fetch_file(
 ) -> Path:
     """Download `url` to `destination`, resuming `<destination>.part`, and verify it before the rename.
 
-    The expected SHA-256 and size come from the arguments (a catalog) or else from the server's headers.
-    A verification failure deletes the partial file; a transfer that keeps failing leaves it for the next try.
+    The expected SHA-256 and size come from the arguments (a catalog) or else from the server's headers;
+    without a size the download is refused, without a SHA-256 it is refused unless `allow_unverified`.
+    A `destination` this function verified earlier against the same values is reused as it is.
+    A verification failure or a body longer than the size deletes the partial file; a transfer that keeps
+    failing, or a reply that contradicts the expected size or range, leaves it for the next try.
     """
     if config.is_offline:
         raise DownloadError(f"{url}: offline mode is on (COGVLM_OFFLINE / HF_HUB_OFFLINE); cannot download")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    part = _PartialFile(destination.with_name(destination.name + ".part"), None, None)
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise DownloadError(f"{url}: only http:// and https:// URLs are downloaded")
+    part = _PartialFile(destination.with_name(destination.name + ".part"), url)
+    try:
+        if not _receive(url, destination, part, config, sha256, size_bytes):
+            notify(config, f"{destination.name}: already downloaded and verified; reusing {destination}")
+            return destination
+        _verify(part, url)
+    except _RefusedBody:
+        part.discard()
+        raise
+    except DownloadError:
+        part.discard(only_if_empty=True)
+        raise
+    _finish(part, destination)
+    return destination
+
+
+def _receive(url, destination: Path, part: _PartialFile, config: DownloadConfig, sha256, size_bytes) -> bool:
+    """Fill `part` with retries; False (nothing fetched) when `destination` already is the verified file."""
     progress = None
     for attempt in range(config.max_retries + 1):
         try:
             remote = probe_remote(url, config)
-            part.sha256, part.size_bytes = _expected(url, remote, sha256, size_bytes)
+            part.size_bytes, part.sha256 = _expected(url, remote, sha256, size_bytes)
             if progress is None:
+                _check_verifiable(url, part.sha256, config)
+                if same_file(verified_record(destination), part.expected):
+                    return False
                 progress = Progress(destination.name, part.size_bytes, part.open(), config.show_progress)
             _transfer(remote, part, progress, config)
             break
@@ -372,21 +565,34 @@ def fetch_file(
             notify(config, f"{destination.name}: {error}; resuming (attempt {attempt + 2})")
             time.sleep(config.retry_wait_s * (attempt + 1))
     progress.close()
-    _verify(part, url)
-    os.replace(part.path, destination)
-    part.meta_path.unlink(missing_ok=True)
-    return destination
+    return True
 
 
 def _verify(part: _PartialFile, url: str) -> None:
     received = part.path.stat().st_size
-    if part.size_bytes is not None and received != part.size_bytes:
+    if received != part.size_bytes:
         part.discard()
         raise DownloadError(
             f"{url}: received {received} bytes, expected {part.size_bytes}; download discarded"
         )
     if part.sha256 is not None:
         actual = part.hasher.hexdigest()
-        if actual != part.sha256.lower():
+        if actual != part.sha256:
             part.discard()
             raise DownloadError(f"{url}: SHA-256 {actual} does not match {part.sha256}; download discarded")
+
+
+def _finish(part: _PartialFile, destination: Path) -> None:
+    """Make the verified bytes durable, record what they were verified against, then rename them into place.
+
+    The record is written first: a crash before the rename leaves a complete `.part` that the next run
+    verifies again without downloading, never a `destination` without its record.
+    """
+    with open(part.path, "r+b") as handle:
+        os.fsync(handle.fileno())
+    record = record_path(destination)
+    temporary = record.with_name(record.name + ".tmp")
+    temporary.write_text(json.dumps(part.expected))
+    os.replace(temporary, record)
+    os.replace(part.path, destination)
+    part.meta_path.unlink(missing_ok=True)

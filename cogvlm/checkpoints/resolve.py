@@ -1,29 +1,34 @@
 """`--from_pretrained X`: a local directory, a catalog name under $SAT_HOME (fetched if missing), an HF repo.
 
 SAT archives are downloaded once per SAT_HOME: a file lock (`$SAT_HOME/.locks/<name>.lock`) makes every
-other process (every torchrun rank) wait and then use the extracted folder. HF repositories go through
+other process (every torchrun rank) wait and then use the extracted folder. The lock holder also owns
+what earlier runs of that name left: staging folders of an interrupted extraction are removed, and a
+verified archive in `.downloads/` is extracted without downloading it again. HF repositories go through
 huggingface_hub and its cache, which has its own locks, resume and offline mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from cogvlm.checkpoints import sat_format
-from cogvlm.checkpoints.archive import extract_checkpoint_archive
+from cogvlm.checkpoints.archive import ArchiveWriteError, extract_checkpoint_archive
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry, archive_url, find_entry
-from cogvlm.checkpoints.download import DownloadConfig, fetch_file, notify
+from cogvlm.checkpoints.download import DownloadConfig, fetch_file, notify, record_path, verified_record
 from cogvlm.embedded import EMBEDDED_NAME, embedded_checkpoint
 from cogvlm.errors import CheckpointError, DownloadError
 
 LOCK_DIR = ".locks"
 DOWNLOAD_DIR = ".downloads"
+STAGING_INFIX = ".tmp-"  # `atomic_directory` stages `<parent>/.<name>.tmp-<random>` beside its target
 # What an HF-format checkpoint needs: no remote code, no tokenizer (the published repos ship none).
 HF_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -76,17 +81,43 @@ def fetch_named(name: str, config: DownloadConfig) -> Path:
 def download_lock(config: DownloadConfig, name: str) -> Iterator[None]:
     """Hold `$SAT_HOME/.locks/<name>.lock`, saying so once if another process has it."""
     path = config.sat_home / LOCK_DIR / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        notify(config, f"{name}: another process is downloading it; waiting for {path}")
-        lock.acquire()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            notify(config, f"{name}: another process is downloading it; waiting for {path}")
+            lock.acquire()
+    except OSError as error:
+        raise DownloadError(f"{path}: cannot take the download lock ({error})") from None
     try:
         yield
     finally:
         lock.release()
+
+
+def staging_folders(sat_home: Path, name: str = "*") -> list[Path]:
+    """Staging folders of extractions into SAT_HOME (of `name`, or of any name) that were not renamed."""
+    pattern = f".{name if name == '*' else glob.escape(name)}{STAGING_INFIX}*"
+    return sorted(sat_home.glob(pattern))
+
+
+def remove_stale_staging(config: DownloadConfig, name: str) -> None:
+    """Delete the staging folders an interrupted extraction of `name` left; only the lock holder may."""
+    for path in staging_folders(config.sat_home, name):
+        notify(config, f"{name}: removing {path}, left by an interrupted extraction")
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+
+
+def _refuse_non_directory(target: Path) -> None:
+    if target.is_symlink() and not target.exists():
+        raise CheckpointError(f"{target}: a symbolic link to {os.readlink(target)}, which does not exist")
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target}: exists but is not a checkpoint folder; move it away to download it")
 
 
 def check_sat_directory(directory: Path) -> None:
@@ -104,8 +135,10 @@ def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
     target = config.sat_home / entry.name
     if target.is_dir():
         return target
+    _refuse_non_directory(target)
     kept_archive = config.sat_home / entry.filename
-    if config.is_offline and not kept_archive.is_file():
+    downloaded = config.sat_home / DOWNLOAD_DIR / entry.filename
+    if config.is_offline and not kept_archive.is_file() and not _is_usable_download(downloaded, config):
         raise DownloadError(
             f"{entry.name}: not in {config.sat_home} and offline mode is on "
             "(COGVLM_OFFLINE or HF_HUB_OFFLINE); "
@@ -114,15 +147,25 @@ def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
     with download_lock(config, entry.name):
         if target.is_dir():  # another process finished it while this one waited
             return target
+        remove_stale_staging(config, entry.name)
         if kept_archive.is_file():
             extract_checkpoint_archive(kept_archive, target, entry.name, check=check_sat_directory)
             return target
         try:
-            _download_and_extract(entry, config, target)
+            if config.is_offline:  # verified by the run that downloaded it, which stopped before extracting
+                _extract_download(downloaded, entry, config, target)
+            else:
+                _download_and_extract(entry, config, target)
         finally:
-            with contextlib.suppress(OSError):  # kept only while it holds a partial download to resume
+            with contextlib.suppress(OSError):  # kept only while it holds a download to resume or extract
                 (config.sat_home / DOWNLOAD_DIR).rmdir()
     return target
+
+
+def _is_usable_download(archive: Path, config: DownloadConfig) -> bool:
+    """Whether an earlier run verified `archive` (without a SHA-256 only counts with allow_unverified)."""
+    record = verified_record(archive)
+    return record is not None and (record.get("sha256") is not None or config.allow_unverified)
 
 
 def _download_and_extract(entry: CatalogEntry, config: DownloadConfig, target: Path) -> None:
@@ -133,13 +176,30 @@ def _download_and_extract(entry: CatalogEntry, config: DownloadConfig, target: P
         sha256=entry.sha256,
         size_bytes=entry.size_bytes,
     )
+    _extract_download(archive, entry, config, target)
+
+
+def _extract_download(archive: Path, entry: CatalogEntry, config: DownloadConfig, target: Path) -> None:
+    """Extract a verified download; keep it unless it is extracted or its content is bad.
+
+    An interrupted run (Ctrl-C, kill) or a full disk keeps the archive, so the next run extracts it
+    without downloading it again; an archive whose members are refused would be refused again, so it goes.
+    """
     try:
         extract_checkpoint_archive(archive, target, entry.name, check=check_sat_directory)
-    finally:
-        if config.keep_archive and target.is_dir():
-            os.replace(archive, config.sat_home / entry.filename)
-        else:
-            archive.unlink(missing_ok=True)
+    except ArchiveWriteError as error:
+        raise ArchiveWriteError(
+            f"{error}; the verified archive is kept for the next run: {archive}"
+        ) from None
+    except CheckpointError:
+        archive.unlink(missing_ok=True)
+        record_path(archive).unlink(missing_ok=True)
+        raise
+    if config.keep_archive:
+        os.replace(archive, config.sat_home / entry.filename)
+    else:
+        archive.unlink(missing_ok=True)
+    record_path(archive).unlink(missing_ok=True)
 
 
 def _hub(what: str):

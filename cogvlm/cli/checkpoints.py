@@ -11,7 +11,9 @@ def run_download(args: argparse.Namespace) -> int:
     """Fetch each named checkpoint (if missing) and print where it is."""
     from cogvlm.checkpoints.resolve import resolve_checkpoint
 
-    config = download_config(args, keep_archive=args.keep_archive)
+    config = download_config(
+        args, keep_archive=args.keep_archive, allow_unverified=args.allow_unverified or None
+    )
     for name in args.names:
         print(resolve_checkpoint(name, config))
     return 0
@@ -24,6 +26,11 @@ def add_download_parser(commands) -> None:
         "names", nargs="+", metavar="NAME", help="catalog name (`cogvlm list`) or HF repo id"
     )
     download.add_argument("--keep_archive", action="store_true", help="keep <name>.zip in SAT_HOME")
+    download.add_argument(
+        "--allow_unverified",
+        action="store_true",
+        help="accept an archive no SHA-256 is known for, with a warning (also COGVLM_ALLOW_UNVERIFIED=1)",
+    )
     add_download_arguments(download)
     download.set_defaults(handler=run_download)
 

@@ -19,12 +19,14 @@ def zip_directory(source: Path, folder: str) -> bytes:
     return buffer.getvalue()
 
 
-def zip_with_members(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+def zip_with_members(
+    members: dict[str, bytes], symlinks: dict[str, str] | None = None, compression: int = zipfile.ZIP_STORED
+) -> bytes:
     """A zip holding exactly these members (names are written as given, `..` and `/` included)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as bundle:
+    with zipfile.ZipFile(buffer, "w", compression) as bundle:
         for name, data in members.items():
-            bundle.writestr(zipfile.ZipInfo(name), data)
+            bundle.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
         for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
             info.external_attr = (stat.S_IFLNK | 0o777) << 16

@@ -94,3 +94,9 @@ def test_malformed_entries_are_rejected():
         CatalogEntry("a", "sat", "o/r", None, "CogVLMModel", "490", "")
     with pytest.raises(ConfigError, match="format='gguf'"):
         CatalogEntry("a", "gguf", "o/r", None, "CogVLMModel", "490", "")
+
+
+@pytest.mark.parametrize("size", [-5, 0, "12", 1.5, True])
+def test_catalog_size_must_be_a_positive_int(size):
+    with pytest.raises(ConfigError, match=rf"size_bytes={size!r} is not a positive int"):
+        CatalogEntry("a", "sat", "o/r", "a.zip", "CogVLMModel", "490", "", size_bytes=size)

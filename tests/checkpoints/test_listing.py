@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from cogvlm import cli
-from cogvlm.checkpoints.download import DownloadConfig
-from cogvlm.checkpoints.listing import catalog_status, list_local, render_listing
+from cogvlm.checkpoints.download import DownloadConfig, record_path
+from cogvlm.checkpoints.listing import catalog_status, list_leftovers, list_local, render_listing
 from tests.golden import golden_dir
 
 GOLDEN_SAT = golden_dir() / "cogvlm" / "sat_checkpoint"
@@ -55,7 +56,9 @@ def test_text_listing_names_local_and_remote_checkpoints(tmp_path):
     assert downloaded.rstrip().endswith(f"downloaded: {config.sat_home / 'cogvlm-chat-v1.1'}")
     assert "THUDM/CogAgent: cogagent-chat.zip" in text and "not downloaded" in text
     assert "cogvlm-chat -> cogvlm-chat-v1.1" in text
-    assert ".downloads" not in text and "notes.txt" not in text
+    local_section = text[: text.index("\n\n")]
+    assert ".downloads" not in local_section and "notes.txt" not in text
+    assert re.search(r"\.downloads/cogagent-chat\.zip\.part +partial download +7\.0 B  resumed", text)
 
 
 def test_cli_list_prints_json(tmp_path, capsys):
@@ -64,7 +67,41 @@ def test_cli_list_prints_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["sat_home"] == str(home)
     assert [item["name"] for item in data["local"]] == ["cogagent-vqa.zip", "cogvlm-chat-v1.1", "my-hf"]
+    assert [(item["kind"], item["size_bytes"]) for item in data["leftovers"]] == [("partial download", 7)]
     by_name = {item["name"]: item for item in data["catalog"]}
     assert by_name["cogvlm-chat-v1.1"]["local_path"] == str(home / "cogvlm-chat-v1.1")
     assert by_name["cogagent-chat-hf"]["source"] == "THUDM/cogagent-chat-hf"
     assert data["aliases"]["cogvlm-grounding-generalist"] == "cogvlm-grounding-generalist-v1.1"
+
+
+def test_leftovers_of_interrupted_runs_are_listed_with_what_becomes_of_them(tmp_path):
+    home = _home(tmp_path)
+    archive = home / ".downloads" / "cogvlm-chat-v1.1.zip"
+    archive.write_bytes(b"a" * 100)
+    record_path(archive).write_text(json.dumps({"url": "u", "size_bytes": 100, "sha256": "0" * 64}))
+    (home / ".downloads" / "cogagent-vqa.zip").write_bytes(b"b" * 10)  # no record: not verified
+    staging = home / ".cogvlm-chat-v1.1.tmp-k2j4"
+    (staging / "1").mkdir(parents=True)
+    (staging / "1" / "mp_rank_00_model_states.pt").write_bytes(b"w" * 50)
+    found = {item.path.relative_to(home).as_posix(): item for item in list_leftovers(home)}
+    assert {path: (item.kind, item.size_bytes) for path, item in found.items()} == {
+        ".downloads/cogagent-chat.zip.part": ("partial download", 7),
+        ".downloads/cogagent-vqa.zip": ("unverified archive", 10),
+        ".downloads/cogvlm-chat-v1.1.zip": ("verified archive", 100),
+        ".cogvlm-chat-v1.1.tmp-k2j4": ("staging folder", 50),
+    }
+    assert "without downloading it again" in found[".downloads/cogvlm-chat-v1.1.zip"].fate
+    assert "next download of cogvlm-chat-v1.1 removes it" in found[".cogvlm-chat-v1.1.tmp-k2j4"].fate
+    text = render_listing(DownloadConfig(sat_home=home, hf_cache_dir=tmp_path / "hf_cache"))
+    assert re.search(
+        r"\.cogvlm-chat-v1\.1\.tmp-k2j4 +staging folder +50\.0 B  an interrupted extraction", text
+    )
+
+
+def test_listing_survives_link_cycles_and_dangling_links(tmp_path):
+    home = tmp_path / "sat_home"
+    (home / "looped" / "inner").mkdir(parents=True)
+    (home / "looped" / "weights.bin").write_bytes(b"x" * 30)
+    (home / "looped" / "inner" / "up").symlink_to(home / "looped")  # a cycle
+    (home / "looped" / "gone.bin").symlink_to(tmp_path / "missing")
+    assert [(item.name, item.size_bytes) for item in list_local(home)] == [("looped", 30)]

@@ -7,6 +7,7 @@ The served checkpoint is the golden tiny CogVLM, zipped as SAT publishes its bun
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -14,13 +15,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from zipfile import ZIP_DEFLATED
 
 import pytest
 import torch
 
 from cogvlm import api, cli
-from cogvlm.checkpoints.download import DownloadConfig
+from cogvlm.checkpoints.download import DownloadConfig, record_path, verified_record
 from cogvlm.checkpoints.hf_format import save_hf_checkpoint
+from cogvlm.checkpoints.listing import render_listing
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.errors import CheckpointError, DownloadError
@@ -102,7 +105,12 @@ def test_connection_cut_mid_file_resumes_to_a_verified_checkpoint(tmp_path, bund
     ("damage", "advertise", "error", "message"),
     [
         ("corrupt", True, DownloadError, r"SHA-256 .* does not match"),
-        ("truncate", True, DownloadError, r"received \d+ bytes, expected \d+"),
+        (
+            "truncate",
+            True,
+            DownloadError,
+            r"announces \d+ bytes \(Content-Length\) from byte 0 of a \d+-byte",
+        ),
         ("corrupt", False, CheckpointError, r"is corrupted \(Bad CRC-32"),
         ("truncate", False, CheckpointError, "not a readable zip archive"),
     ],
@@ -122,7 +130,7 @@ def test_damaged_archive_is_rejected_and_leaves_nothing_under_sat_home(
             advertised_size=len(bundle) if advertise else None,
         )
         with pytest.raises(error, match=message):
-            resolve_checkpoint(NAME, _config(home, hub))
+            resolve_checkpoint(NAME, _config(home, hub, allow_unverified=not advertise))
     assert _tree(home) == [".locks", f".locks/{NAME}.lock"]  # the lock file is empty and reused
 
 
@@ -296,3 +304,178 @@ def test_cli_download_reports_failures_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("cogvlm download: error: cogagent-vqa: not in ") and "offline mode is on" in error
     assert len(error.strip().splitlines()) == 1
+
+
+# --- Interrupted runs, and what they leave under SAT_HOME ---------------------------------------------------
+
+# Runs `cogvlm ARGS...` after (1) pausing for good once the first zip member is extracted, touching PAUSED,
+# and/or (2) limiting the size of any file it writes (RLIMIT_FSIZE): python -c DRIVER PAUSED FSIZE ARGS...
+_DRIVER = """
+import resource, signal, sys, time
+from pathlib import Path
+from cogvlm.checkpoints import archive
+
+paused, file_size_limit = sys.argv[1], int(sys.argv[2])
+if paused:
+    copy_member = archive._copy_member
+
+    def copy_then_pause(*args):
+        copy_member(*args)
+        Path(paused).touch()
+        time.sleep(300)
+
+    archive._copy_member = copy_then_pause
+if file_size_limit:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+from cogvlm import cli
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def _cli_process(home: Path, hub: HubServer, paused: str = "", file_size_limit: int = 0) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if k not in ("COGVLM_OFFLINE", "HF_HUB_OFFLINE")}
+    environment.update(
+        SAT_HOME=str(home), PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    command = [sys.executable, "-c", _DRIVER, paused, str(file_size_limit), "download", NAME]
+    return subprocess.Popen(
+        command + ["--endpoint", hub.endpoint],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _golden_tree() -> list[str]:
+    files = {p.relative_to(GOLDEN_SAT).as_posix() for p in GOLDEN_SAT.rglob("*")}
+    return sorted({f"{NAME}/{f}" for f in files} | {NAME, ".locks", f".locks/{NAME}.lock"})
+
+
+@pytest.mark.parametrize("next_run", ["online", "offline"])
+def test_kill_during_extraction_keeps_the_verified_archive_and_the_next_run_cleans_up(
+    tmp_path, bundle, golden_state, next_run
+):
+    home, paused = tmp_path / "sat_home", tmp_path / "paused"
+    with HubServer() as hub:
+        served = hub.add_file(REPO, ARCHIVE, bundle)
+        process = _cli_process(home, hub, paused=str(paused))
+        deadline = time.monotonic() + 120
+        while not paused.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the download never reached the extraction"
+            time.sleep(0.05)
+        process.kill()  # SIGKILL: no handler, no finally block runs
+        process.communicate(timeout=60)
+        (staging,) = home.glob(f".{NAME}.tmp-*")
+        assert [p.name for p in staging.rglob("*") if p.is_file()] == ["mp_rank_00_model_states.pt"]
+        other = home / ".cogagent-chat.tmp-1234"  # another name's staging: not this run's to remove
+        other.mkdir()
+        listing = render_listing(_config(home, hub, hf_cache_dir=tmp_path / "hf_cache"))
+        assert re.search(
+            rf"\.downloads/{re.escape(ARCHIVE)} +verified archive .*without downloading", listing
+        )
+        assert re.search(rf"{re.escape(staging.name)} +staging folder", listing)
+
+        config = _config(home, hub) if next_run == "online" else _config(home, is_offline=True)
+        path = resolve_checkpoint(NAME, config)
+        assert hub.gets[hub.blob_path(served)] == 1  # the archive was not downloaded again
+    assert _tree(home) == sorted(_golden_tree() + [other.name])
+    _assert_golden_weights(path, golden_state)
+
+
+def test_extraction_that_cannot_write_keeps_the_verified_archive_for_the_next_run(tmp_path, bundle):
+    files = {
+        f"{NAME}/{p.relative_to(GOLDEN_SAT).as_posix()}": p for p in GOLDEN_SAT.rglob("*") if p.is_file()
+    }
+    members = {name: path.read_bytes() for name, path in files.items()}
+    padded = zip_with_members({**members, f"{NAME}/padding.bin": bytes(4 << 20)}, compression=ZIP_DEFLATED)
+    largest_member = max(p.stat().st_size for p in GOLDEN_SAT.rglob("*") if p.is_file())
+    limit = max(len(padded), largest_member) + (1 << 20)  # room for the download, not for padding.bin
+    home = tmp_path / "sat_home"
+    with HubServer() as hub:
+        served = hub.add_file(REPO, ARCHIVE, padded)
+        process = _cli_process(home, hub, file_size_limit=limit)
+        _, error = process.communicate(timeout=180)
+        assert process.returncode == 2, error
+        assert re.search(
+            r"cannot extract .*File too large.*the verified archive is kept for the next run", error
+        )
+        assert verified_record(home / ".downloads" / ARCHIVE) is not None
+        assert not list(home.glob(f".{NAME}.tmp-*"))
+        path = resolve_checkpoint(NAME, _config(home, hub))
+        assert hub.gets[hub.blob_path(served)] == 1
+    assert (path / "padding.bin").stat().st_size == 4 << 20
+    assert not (home / ".downloads").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling-link"])
+def test_target_that_is_not_a_folder_is_a_clear_error_before_any_download(tmp_path, bundle, kind):
+    home = tmp_path / "sat_home"
+    home.mkdir()
+    if kind == "file":
+        (home / NAME).write_text("notes")
+        message = "exists but is not a checkpoint folder"
+    else:
+        (home / NAME).symlink_to(tmp_path / "elsewhere")
+        message = r"a symbolic link to .*elsewhere, which does not exist"
+    with HubServer() as hub:
+        served = hub.add_file(REPO, ARCHIVE, bundle)
+        with pytest.raises(CheckpointError, match=rf"{re.escape(NAME)}: {message}"):
+            resolve_checkpoint(NAME, _config(home, hub))
+        assert hub.gets[hub.blob_path(served)] == 0
+    assert kind != "file" or (home / NAME).read_text() == "notes"
+
+
+def test_stale_staging_link_is_removed_without_touching_what_it_points_to(tmp_path, bundle):
+    home = tmp_path / "sat_home"
+    home.mkdir()
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep")
+    (home / f".{NAME}.tmp-link").symlink_to(victim)
+    with HubServer() as hub:
+        hub.add_file(REPO, ARCHIVE, bundle)
+        resolve_checkpoint(NAME, _config(home, hub))
+    assert (victim / "data.txt").read_text() == "keep"
+    assert _tree(home) == _golden_tree()
+
+
+def test_lock_folder_that_cannot_be_made_is_a_clear_error(tmp_path, bundle):
+    home = tmp_path / "sat_home"
+    home.mkdir()
+    (home / ".locks").write_text("not a folder")
+    with HubServer() as hub:
+        hub.add_file(REPO, ARCHIVE, bundle)
+        with pytest.raises(
+            DownloadError, match=rf"\.locks/{re.escape(NAME)}\.lock: cannot take the download lock"
+        ):
+            resolve_checkpoint(NAME, _config(home, hub))
+
+
+def test_cli_download_refuses_an_unverifiable_archive_unless_allowed(tmp_path, bundle, capsys):
+    home = str(tmp_path / "sat_home")
+    with HubServer() as hub:
+        hub.add_file(REPO, ARCHIVE, bundle, advertised_sha256=None)
+        arguments = ["download", NAME, "--sat_home", home, "--endpoint", hub.endpoint]
+        assert cli.main(arguments) == 2
+        error = capsys.readouterr().err
+        assert "cannot be verified; refused" in error and "--allow_unverified" in error
+        assert cli.main([*arguments, "--allow_unverified"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(tmp_path / "sat_home" / NAME)
+    assert re.search(rf"WARNING: .*{re.escape(ARCHIVE)}: no SHA-256 is known .*UNVERIFIED", captured.err)
+
+
+def test_offline_an_archive_recorded_without_a_checksum_needs_allow_unverified(tmp_path, bundle):
+    home = tmp_path / "sat_home"
+    (home / ".downloads").mkdir(parents=True)
+    archive = home / ".downloads" / ARCHIVE
+    archive.write_bytes(bundle)
+    record_path(archive).write_text(json.dumps({"url": "u", "size_bytes": len(bundle), "sha256": None}))
+    with pytest.raises(DownloadError, match=rf"{re.escape(NAME)}: not in .* offline mode is on"):
+        resolve_checkpoint(NAME, _config(home, is_offline=True))
+    path = resolve_checkpoint(NAME, _config(home, is_offline=True, allow_unverified=True))
+    assert (path / "model_config.json").is_file()
+    assert _tree(home) == _golden_tree()
