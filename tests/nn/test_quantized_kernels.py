@@ -8,7 +8,7 @@ from torch import nn
 
 from cogvlm.inference.generate import generate_batch
 from cogvlm.nn.quantized import dequantize, pack_int4, quantize_, quantize_weight
-from cogvlm.nn.quantized_kernels import CPU_INT8_MAX_ROWS, select_fused_kernel
+from cogvlm.nn.quantized_kernels import CPU_INT4_MAX_ROWS, CPU_INT8_MAX_ROWS, select_fused_kernel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from tests.inference.test_engine import _config, _golden_cases, _request
 from tests.nn.test_quantized import _quantized
@@ -81,14 +81,18 @@ def test_a_bfloat16_model_runs_the_int8_kernel_in_its_own_dtype():
     torch.testing.assert_close(got.float(), expected, atol=atol, rtol=0)
 
 
-def test_more_int8_rows_than_the_kernel_wins_on_run_the_float32_dequantize_matmul():
-    layer = _quantized_layer(8, None, 512, 256)
-    few, many = _inputs(CPU_INT8_MAX_ROWS, 512), _inputs(CPU_INT8_MAX_ROWS + 1, 512)
+@pytest.mark.parametrize(
+    ("bits", "max_rows"), [(8, CPU_INT8_MAX_ROWS), (4, CPU_INT4_MAX_ROWS)], ids=["int8", "int4"]
+)
+def test_more_rows_than_the_kernel_wins_on_run_the_float32_dequantize_matmul(bits, max_rows):
+    layer = _quantized_layer(bits, None, 512, 256)
+    few, many = _inputs(max_rows, 512), _inputs(max_rows + 1, 512)
     assert layer.fused_kernel.applies_to(few) and not layer.fused_kernel.applies_to(many)
     with torch.inference_mode():
         kernel_error = (layer(few) - _reference(layer, few)).abs().max()
         float_output = layer(many)
-    # (x q^T) s against x (q s)^T: float32 rounding of outputs of size ~3, far below the kernel's bfloat16.
+    # The same dequantized weight, other summation orders: float32 rounding of outputs of size ~3, far
+    # below the kernel's bfloat16 error.
     torch.testing.assert_close(float_output, _reference(layer, many), atol=1e-5, rtol=1e-5)
     assert kernel_error > 1e-3
 
