@@ -120,11 +120,10 @@ class QuantizedProjection:
     def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = hidden_states.dtype
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-        # torch's fused kernels have no backward; when a gradient must flow to the input (an adapter
-        # trains below this layer) the differentiable dequantize-matmul below is used instead.
-        needs_input_grad = torch.is_grad_enabled() and hidden_states.requires_grad
+        # The fused kernels serve inference: they have no backward, and on CPU they compute in bfloat16. With
+        # autograd on (QLoRA training) the differentiable dequantize-matmul in the model dtype runs.
         kernel = self.fused_kernel
-        if kernel is not None and not needs_input_grad and kernel.applies_to(flat):
+        if kernel is not None and not torch.is_grad_enabled() and kernel.applies_to(flat):
             output = kernel.matmul(flat, self.weight)
             output = output.reshape(*hidden_states.shape[:-1], -1)
             return output if bias is None else output + bias
@@ -209,6 +208,18 @@ def dequantized_copy(layer: QuantizedProjection, dtype: torch.dtype | None = Non
     return plain
 
 
+def set_fused_kernels(model: nn.Module, enabled: bool) -> nn.Module:
+    """Probe torch's fused kernels again for every quantized layer of `model`, or (`enabled=False`) run
+    them all through the float dequantize-matmul, the reference numerics; loading a state dict re-probes."""
+    for module in model.modules():
+        if is_quantized(module):
+            if enabled:
+                module.select_kernel()
+            else:
+                module.fused_kernel = None
+    return model
+
+
 def is_quantized(module: nn.Module) -> bool:
     """True for a layer `quantize_` produced."""
     return isinstance(module, QuantizedProjection)
@@ -287,6 +298,7 @@ __all__ = [
     "pack_int4",
     "quantize_",
     "quantize_weight",
+    "set_fused_kernels",
     "unpack_int4",
     "weight_bytes",
 ]

@@ -1,13 +1,16 @@
 """torch's fused weight-only int8 / int4 matmuls, prepared for one quantized layer and probed once.
 
+They serve inference (autograd off): they have no backward, so training runs the dequantize-matmul.
+
 Our stored format stays the checkpoint's (int8 [out, in], or int4 packed two per byte with element 2j in
 the high nibble, plus scales); a kernel that wants another layout gets its own copy here, held beside the
-layer's buffers and never in its state dict.
+layer's buffers and never in its state dict (so int4 layers with a kernel hold their integers twice).
 
 - int8, one scale per row: `_weight_int8pack_mm` reads our int8 weight as it is (CUDA and CPU).
 - int4: tinygemm (`_weight_int4pack_mm` on CUDA, `_weight_int4pack_mm_for_cpu` on CPU) takes unsigned
   nibbles q + 8 in its own packed layout and (scale, zero) pairs per group of 32-256 inputs, zero = 0 for
-  our symmetric scheme. On CPU a per-row scale, or a group a multiple of 256, is repeated over kernel groups.
+  our symmetric scheme. On CPU a per-row scale, or a group that several kernel groups make up, is repeated
+  over them.
 
 On CPU these kernels are vectorised for bfloat16 only (their float32 versions are scalar, ~10x slower than
 a float32 matmul), so a float32 model's activations are rounded to bfloat16 on the way in and the result
