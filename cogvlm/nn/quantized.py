@@ -5,8 +5,9 @@ channel, or per group of `group_size` input columns; `q = round(w / scale)`. int
 element 2j in the high nibble and 2j+1 in the low one. The quantized layer keeps its module path, so keys
 stay SAT's: `<layer>.weight` holds the integers and `<layer>.weight_scale` the scales, sharded like the
 weight (a row-parallel per-channel scale is the same on every rank: its absmax is reduced over the group).
-Where torch has a fused kernel that a probe confirms (`quantized_kernels`), the matmul runs in it; elsewhere
-activations stay in the model dtype and weights are dequantized inside the matmul.
+Inference runs in torch's fused kernel where a probe confirms one (`quantized_kernels`; bfloat16 on CPU);
+elsewhere, and with autograd on, activations stay in the model dtype and weights are dequantized inside the
+matmul. A kernel's own layout of the weight is derived at quantization and on `load_state_dict`, never saved.
 
 The integers and scales are buffers, never parameters: an optimizer, gradient clipping or a data-parallel
 all-reduce cannot reach them. A quantized layer is differentiable in its input, so a LoRA adapter wrapped

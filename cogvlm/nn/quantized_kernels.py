@@ -80,6 +80,8 @@ def select_fused_kernel(
 
     A candidate is kept only if it runs and agrees with the dequantize-matmul on a random probe.
     """
+    if weight.device.type not in ("cpu", "cuda"):
+        return None
     generator = torch.Generator(device=weight.device).manual_seed(0)
     probe = torch.randn(2, integers.shape[1], generator=generator, device=weight.device, dtype=scale.dtype)
     expected = F.linear(probe.float(), integers.float() * _per_input_scale(scale, integers.shape[1]).float())
@@ -138,7 +140,9 @@ def _int4_kernel(
         packed = torch._convert_weight_to_int4pack(
             ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).contiguous(), 8
         )
-    per_input = _per_input_scale(scale, in_features)  # [out, in]
-    scales = per_input[:, ::group_size].t().to(torch.bfloat16).contiguous()  # [groups, out]
+    per_row = scale[:, None] if scale.dim() == 1 else scale  # [out, our groups]
+    kernel_groups_per_group = in_features // per_row.shape[1] // group_size
+    scales = per_row.repeat_interleave(kernel_groups_per_group, dim=1)  # [out, kernel groups]
+    scales = scales.t().to(torch.bfloat16).contiguous()  # [kernel groups, out]
     scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1)  # [groups, out, 2]
     return FusedKernel(4, device_type, torch.bfloat16, max_rows, scales_and_zeros, group_size, packed)
