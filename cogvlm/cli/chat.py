@@ -6,6 +6,7 @@ import argparse
 
 from cogvlm.cli.common import DECODE_STEPS, QUANT_BITS, add_model_arguments, download_config, flag_dtype
 from cogvlm.embedded import EMBEDDED_NAME
+from cogvlm.errors import CogVLMError
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -109,7 +110,10 @@ def run_bench(args: argparse.Namespace) -> int:
         quant_bits=args.quant,
         decode_step=args.decode_step or ("cuda_graph" if is_cuda else "compiled"),
     )
-    print(json.dumps(bench.run_bench(config), indent=2))
+    if args.compare_quant and args.quant is not None:
+        raise CogVLMError("--compare_quant measures unquantized, int8 and int4 itself: drop --quant")
+    run = bench.run_quant_comparison if args.compare_quant else bench.run_bench
+    print(json.dumps(run(config), indent=2))
     return 0
 
 
@@ -127,6 +131,11 @@ def add_bench_parser(commands) -> None:
     bench.add_argument("--batch_size", type=int, default=4, help="rows of the batched decode figure")
     bench.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     bench.add_argument("--quant", type=int, choices=QUANT_BITS, default=None)
+    bench.add_argument(
+        "--compare_quant",
+        action="store_true",
+        help="measure the config unquantized, int8 and int4 in one run, repeats interleaved, with the ratios",
+    )
     bench.add_argument(
         "--decode_step",
         choices=DECODE_STEPS,

@@ -13,7 +13,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,15 @@ GOLDEN_ENV = "COGVLM_GOLDEN"
 FULL_SIZE_PRESETS = ("cogvlm-17b-490", "cogagent-18b")
 FULL_SIZE_SEED = 20240620
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# `run_quant_comparison`: unquantized, int8, int4 (one scale per row, as `--quant` gives), and the
+# figures it puts side by side (each unquantized / quantized ratio is a speed-up where above 1).
+COMPARED_QUANT_BITS = (None, 8, 4)
+COMPARED_FIGURES = (
+    "decode_ms_per_token_batch_1",
+    "bare_linears_ms_per_token",
+    "prefill_ms",
+    "first_token_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -258,42 +267,57 @@ def _protocol_generation(model: VisionLanguageModel, config: BenchConfig) -> Gen
     return build_generation_config(defaults, settings)
 
 
-def _measure_repeat(model, requests, generation, config: BenchConfig, device, dtype) -> dict[str, float]:
-    """One repeat of every single-prompt figure, taken back to back so they share the machine's load."""
-    first_ms, decode_ms = _time_generation(model, requests, generation, device)
-    floor_ms = _time_bare_linears(model, 1, device, dtype, config.new_tokens)
+@dataclass(frozen=True)
+class _Prepared:
+    """A config's model, warmed up, with its generation settings and requests."""
+
+    config: BenchConfig
+    model: VisionLanguageModel
+    generation: GenerationConfig
+    single: list[GenerationRequest]
+    batch: list[GenerationRequest]
+
+
+def _prepare(config: BenchConfig) -> _Prepared:
+    """Build (and quantize) the model, and warm it up on one and on `batch_size` rows."""
+    protocol = _reference_configs()["protocol"]
+    model = build_random_model(config.name, config.device, DTYPES[config.dtype])
+    if config.quant_bits is not None:
+        quantize_(model, config.quant_bits)
+    prepared = _Prepared(
+        config,
+        model,
+        _protocol_generation(model, config),
+        _requests(model, config, protocol, 1),
+        _requests(model, config, protocol, config.batch_size),
+    )
+    # Warm-ups: allocator, and with decode_step="compiled" the compilation of each batch size's step.
+    _time_generation(model, prepared.single, prepared.generation, torch.device(config.device))
+    _time_generation(model, prepared.batch, prepared.generation, torch.device(config.device))
+    return prepared
+
+
+def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
+    """One repeat of every figure, taken back to back so they share the machine's load."""
+    model, request, device = prepared.model, prepared.single[0], torch.device(prepared.config.device)
+    first_ms, decode_ms = _time_generation(model, prepared.single, prepared.generation, device)
+    floor_ms = _time_bare_linears(model, 1, device, DTYPES[prepared.config.dtype], prepared.config.new_tokens)
     return {
         "first_token_ms": first_ms,
         "decode_ms_per_token_batch_1": decode_ms,
         "bare_linears_ms_per_token": floor_ms,
         "decode_over_bare_linears": decode_ms / floor_ms,
-        "image_encoding_ms": _median_ms(lambda: _encode_image(model, requests[0], device), device, 1),
-        "prefill_ms": _time_prefill(model, requests[0], device, 1),
+        "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, 1),
+        "prefill_ms": _time_prefill(model, request, device, 1),
+        "batch_decode_ms": _time_generation(model, prepared.batch, prepared.generation, device)[1],
     }
 
 
-def run_bench(config: BenchConfig) -> dict:
-    """Build the model, run the protocol and return the figures (medians over repeats) as a dict."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device, dtype = torch.device(config.device), DTYPES[config.dtype]
-    protocol = _reference_configs()["protocol"]
-    model = build_random_model(config.name, config.device, dtype)
-    if config.quant_bits is not None:
-        quantize_(model, config.quant_bits)
-    generation = _protocol_generation(model, config)
-    single = _requests(model, config, protocol, 1)
-    batch = _requests(model, config, protocol, config.batch_size)
-    # Warm-ups: allocator, and with decode_step="compiled" the compilation of each batch size's step.
-    _time_generation(model, single, generation, device)
-    _time_generation(model, batch, generation, device)
-    repeats = [
-        _measure_repeat(model, single, generation, config, device, dtype) for _ in range(config.repeats)
-    ]
+def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
+    """The JSON figures of a prepared model from its repeats (medians)."""
+    config, model, device = prepared.config, prepared.model, torch.device(prepared.config.device)
     figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
-    batch_ms = statistics.median(
-        _time_generation(model, batch, generation, device)[1] for _ in range(config.repeats)
-    )
+    batch_ms = figures.pop("batch_decode_ms")
     result = {
         "config": config.name,
         "model_class": model.config.model_class,
@@ -304,7 +328,7 @@ def run_bench(config: BenchConfig) -> dict:
         "decode_step": config.decode_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weight_bytes": weight_bytes(model),
-        "prefill_tokens": single[0].text.seq_len,
+        "prefill_tokens": prepared.single[0].text.seq_len,
         "new_tokens": config.new_tokens,
         **figures,
         "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
@@ -316,6 +340,44 @@ def run_bench(config: BenchConfig) -> dict:
     if device.type == "cuda":
         result.update(_bandwidth_figures(model, result))
     return result
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Build the model, run the protocol and return the figures (medians over repeats) as a dict."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    prepared = _prepare(config)
+    return _result(prepared, [_measure_repeat(prepared) for _ in range(config.repeats)])
+
+
+def run_quant_comparison(config: BenchConfig) -> dict:
+    """The config unquantized, with int8 and with int4 (per row) in one process, and their speed ratios.
+
+    The three models are built first; each repeat then measures them back to back, so that a ratio
+    compares figures taken under the same load, and each ratio is the median of the repeats' ratios.
+    Peak memory is the process's, with the three models loaded.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    prepared = [_prepare(replace(config, quant_bits=bits)) for bits in COMPARED_QUANT_BITS]
+    repeats = [[] for _ in prepared]
+    for _ in range(config.repeats):
+        for runs, model in zip(repeats, prepared, strict=True):
+            runs.append(_measure_repeat(model))
+    results = [_result(model, runs) for model, runs in zip(prepared, repeats, strict=True)]
+    labels = [config.dtype if bits is None else f"int{bits}" for bits in COMPARED_QUANT_BITS]
+    comparison = {
+        f"{figure}_{label}": result[figure]
+        for figure in COMPARED_FIGURES
+        for label, result in zip(labels, results, strict=True)
+    }
+    for label, runs in zip(labels[1:], repeats[1:], strict=True):
+        for figure in COMPARED_FIGURES:
+            ratios = [
+                base[figure] / quantized[figure] for base, quantized in zip(repeats[0], runs, strict=True)
+            ]
+            comparison[f"{figure}_{config.dtype}_over_{label}"] = statistics.median(ratios)
+    return {"comparison": comparison, "runs": results}
 
 
 def _bandwidth_figures(model: VisionLanguageModel, result: dict) -> dict:

@@ -5,7 +5,9 @@ channel, or per group of `group_size` input columns; `q = round(w / scale)`. int
 element 2j in the high nibble and 2j+1 in the low one. The quantized layer keeps its module path, so keys
 stay SAT's: `<layer>.weight` holds the integers and `<layer>.weight_scale` the scales, sharded like the
 weight (a row-parallel per-channel scale is the same on every rank: its absmax is reduced over the group).
-Activations stay in the model dtype; weights are dequantized inside the matmul.
+Inference runs in torch's fused kernel where a probe confirms one (`quantized_kernels`; bfloat16 on CPU);
+elsewhere, and with autograd on, activations stay in the model dtype and weights are dequantized inside the
+matmul. A kernel's own layout of the weight is derived at quantization and on `load_state_dict`, never saved.
 
 The integers and scales are buffers, never parameters: an optimizer, gradient clipping or a data-parallel
 all-reduce cannot reach them. A quantized layer is differentiable in its input, so a LoRA adapter wrapped
@@ -22,13 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cogvlm.models import mixin_names
+from cogvlm.nn.quantized_kernels import FusedKernel, select_fused_kernel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import REPLICATED
 
 SUPPORTED_BITS = (4, 8)
 _VISION_TOWERS = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
-# Group sizes the CUDA int4 kernel (tinygemm) accepts.
-CUDA_INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,7 @@ class QuantizedProjection:
 
     bits: int
     group_size: int | None
-    uses_int8_kernel: bool = False
-    int4_kernel_weight: torch.Tensor | None = None
-    int4_scales_and_zeros: torch.Tensor | None = None
+    fused_kernel: FusedKernel | None = None
 
     def integers(self) -> torch.Tensor:
         """The weight as int8 [out, in]."""
@@ -115,21 +114,20 @@ class QuantizedProjection:
         """This rank's weight [local out, local in] in `dtype`."""
         return dequantize(self.integers(), self.weight_scale, dtype)
 
+    def select_kernel(self) -> None:
+        """Probe torch's fused kernels for this layer's weight (again after its buffers were reloaded)."""
+        self.fused_kernel = select_fused_kernel(
+            self.weight, self.integers(), self.weight_scale, self.bits, self.group_size
+        )
+
     def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = hidden_states.dtype
-        # torch's fused kernels have no backward; when a gradient must flow to the input (an adapter
-        # trains below this layer) the differentiable dequantize-matmul below is used instead.
-        needs_input_grad = torch.is_grad_enabled() and hidden_states.requires_grad
-        if self.uses_int8_kernel and not needs_input_grad:
-            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-            output = torch._weight_int8pack_mm(flat, self.weight, self.weight_scale.to(dtype))
-            output = output.reshape(*hidden_states.shape[:-1], -1)
-            return output if bias is None else output + bias
-        if self.int4_kernel_weight is not None and not needs_input_grad:
-            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-            output = torch._weight_int4pack_mm(
-                flat, self.int4_kernel_weight, self.group_size, self.int4_scales_and_zeros
-            )
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        # The fused kernels serve inference: they have no backward, and on CPU they compute in bfloat16. With
+        # autograd on (QLoRA training) the differentiable dequantize-matmul in the model dtype runs.
+        kernel = self.fused_kernel
+        if kernel is not None and not torch.is_grad_enabled() and kernel.applies_to(flat):
+            output = kernel.matmul(flat, self.weight)
             output = output.reshape(*hidden_states.shape[:-1], -1)
             return output if bias is None else output + bias
         if self.bits == 8 and self.weight_scale.dim() == 1:
@@ -186,8 +184,14 @@ def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.
         "weight_scale": scale_rule,
         "bias": module.shard_rules["bias"],
     }
-    _select_kernel(quantized)
+    quantized.select_kernel()
+    # A kernel's copy of the weight is derived, not state: loading new integers re-derives it.
+    quantized.register_load_state_dict_post_hook(_reselect_kernel)
     return quantized
+
+
+def _reselect_kernel(layer: QuantizedProjection, _incompatible_keys) -> None:
+    layer.select_kernel()
 
 
 def dequantized_copy(layer: QuantizedProjection, dtype: torch.dtype | None = None) -> nn.Module:
@@ -207,40 +211,21 @@ def dequantized_copy(layer: QuantizedProjection, dtype: torch.dtype | None = Non
     return plain
 
 
+def set_fused_kernels(model: nn.Module, enabled: bool) -> nn.Module:
+    """Probe torch's fused kernels again for every quantized layer of `model`, or (`enabled=False`) run
+    them all through the float dequantize-matmul, the reference numerics; loading a state dict re-probes."""
+    for module in model.modules():
+        if is_quantized(module):
+            if enabled:
+                module.select_kernel()
+            else:
+                module.fused_kernel = None
+    return model
+
+
 def is_quantized(module: nn.Module) -> bool:
     """True for a layer `quantize_` produced."""
     return isinstance(module, QuantizedProjection)
-
-
-def _select_kernel(layer: QuantizedProjection) -> None:
-    """Use torch's fused CUDA kernels where they exist and agree with the reference dequantize-matmul."""
-    if layer.weight.device.type != "cuda":
-        return
-    dtype = layer.weight_scale.dtype
-    probe = torch.randn(2, layer.weight.shape[1] * (2 if layer.bits == 4 else 1), device="cuda", dtype=dtype)
-    expected = F.linear(probe, dequantize(layer.integers(), layer.weight_scale, dtype))
-    try:
-        if layer.bits == 8 and layer.weight_scale.dim() == 1:
-            layer.uses_int8_kernel = True
-        elif layer.bits == 4 and dtype == torch.bfloat16 and layer.group_size in CUDA_INT4_GROUP_SIZES:
-            _prepare_int4_kernel(layer)
-        else:
-            return
-        got = layer.project(probe, None)
-    except (RuntimeError, NotImplementedError):
-        got = None
-    if got is None or not torch.allclose(got.float(), expected.float(), rtol=2e-2, atol=2e-2):
-        layer.uses_int8_kernel = False
-        layer.int4_kernel_weight = layer.int4_scales_and_zeros = None
-
-
-def _prepare_int4_kernel(layer: QuantizedProjection) -> None:
-    """tinygemm layout: unsigned nibbles q + 8, and (scale, zero) pairs with zero = 0 (symmetric)."""
-    unsigned = (layer.integers().to(torch.int32) + 8).to(torch.uint8)  # [out, in]
-    packed = (unsigned[:, 0::2] << 4) | unsigned[:, 1::2]
-    layer.int4_kernel_weight = torch._convert_weight_to_int4pack(packed.contiguous(), 8)
-    scales = layer.weight_scale.t().contiguous()  # [groups, out]
-    layer.int4_scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1)  # [groups, out, 2]
 
 
 def quantize_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
@@ -316,6 +301,7 @@ __all__ = [
     "pack_int4",
     "quantize_",
     "quantize_weight",
+    "set_fused_kernels",
     "unpack_int4",
     "weight_bytes",
 ]

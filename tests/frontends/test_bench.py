@@ -70,3 +70,40 @@ def test_bench_prints_the_figures_of_the_tiny_config_as_json():
 def test_bad_bench_settings_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         BenchConfig(**{"name": "tiny", "image": Path(IMAGE), "tokenizer": Path(TOKENIZER), **changes})
+
+
+def test_compare_quant_measures_unquantized_int8_and_int4_in_one_run_with_their_ratios():
+    command = [sys.executable, "-m", "cogvlm.cli", "bench", "tiny", "--compare_quant", "--repeats", "1"]
+    command += [
+        "--new_tokens",
+        "4",
+        "--decode_step",
+        "eager",
+        "--image",
+        str(IMAGE),
+        "--tokenizer",
+        str(TOKENIZER),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    runs, comparison = output["runs"], output["comparison"]
+    assert [run["quant_bits"] for run in runs] == [None, 8, 4]
+    assert runs[0]["weight_bytes"] > runs[1]["weight_bytes"] > runs[2]["weight_bytes"]
+    for run in runs:  # each run keeps the single-run figures
+        assert run["config"] == "tiny" and run["decode_ms_per_token_batch_1"] > 0
+        assert run["decode_tokens_per_s_batch_n"] > 0 and "batch_decode_ms" not in run
+    for label, run in zip(["float32", "int8", "int4"], runs, strict=True):
+        assert comparison[f"decode_ms_per_token_batch_1_{label}"] == run["decode_ms_per_token_batch_1"]
+    # One repeat: each ratio is that repeat's unquantized figure over the quantized one.
+    for label, run in (("int8", runs[1]), ("int4", runs[2])):
+        for figure in ("decode_ms_per_token_batch_1", "prefill_ms"):
+            ratio = runs[0][figure] / run[figure]
+            assert comparison[f"{figure}_float32_over_{label}"] == pytest.approx(ratio)
+
+
+def test_compare_quant_with_a_quant_flag_is_refused():
+    command = [sys.executable, "-m", "cogvlm.cli", "bench", "tiny", "--compare_quant", "--quant", "8"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--compare_quant measures unquantized, int8 and int4 itself: drop --quant" in result.stderr

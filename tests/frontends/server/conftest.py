@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.golden import golden_dir
 from tests.frontends.server.helpers import SERVED_VERSION
+from tests.golden import golden_dir
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -14,9 +14,9 @@ from cogvlm.frontends.server.scheduler import Delta, Failed, Finished, PreparedJ
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
+from tests.frontends.server.helpers import finish_reason
 from tests.golden import generations, golden_dir, greedy_cases, prompts, stop_string_in
 from tests.golden_models import golden_model, image_inputs, tokenizer_file
-from tests.frontends.server.helpers import finish_reason
 
 MODEL_DIR = golden_dir() / "cogvlm"
 
