@@ -69,6 +69,14 @@ def tokenizer_file() -> Path:
     return golden_dir() / "tokenizer.model"
 
 
+@functools.cache
+def end_tokens() -> tuple[int, ...]:
+    """The reference's end tokens: the golden tokenizer's EOS (the engine itself knows no tokenizer)."""
+    from cogvlm.text_processors import LlamaTokenizer
+
+    return (LlamaTokenizer.from_file(tokenizer_file()).eos_id,)
+
+
 def recorded_sensitivity(model_dir: Path) -> tuple[str, dict[str, float]]:
     """(case, figures) of the reference's `sensitivity_<case>` record in model_info.json (logit changes
     when an image is zeroed); skips the test when the folder records none for a case it holds."""

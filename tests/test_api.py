@@ -11,6 +11,7 @@ from cogvlm import api
 from cogvlm.errors import TokenizerError
 from cogvlm.inference.generate import GenerationConfig
 from tests.golden import find_case, generations, golden_dir, greedy_cases, prompts
+from tests.golden_models import end_tokens
 
 MODEL_DIR = golden_dir() / "cogvlm"
 CHECKPOINT = MODEL_DIR / "sat_checkpoint"
@@ -26,7 +27,9 @@ def _golden(case: str):
 def test_chat_returns_the_reference_reply_and_extends_history(case):
     prompt, generation = _golden(case)
     session = api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version=prompt["version"])
-    config = GenerationConfig(max_length=len(prompt["input_ids"]) + generation["max_new_tokens"])
+    config = GenerationConfig(
+        max_length=len(prompt["input_ids"]) + generation["max_new_tokens"], end_token_ids=end_tokens()
+    )
     result = session.chat(IMAGE, prompt["query"], [tuple(turn) for turn in prompt["history"]], config)
     assert result.response == generation["response_after_official_postprocess"]
     assert result.token_ids == generation["new_token_ids"]

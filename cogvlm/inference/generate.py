@@ -51,7 +51,7 @@ class GenerationConfig:
 
     max_length: int = 2048
     max_new_tokens: int | None = None
-    end_token_ids: tuple[int, ...] = (2,)
+    end_token_ids: tuple[int, ...] = ()  # the engine knows no tokenizer: `CogVLM.generation_config` sets EOS
     stop_strings: tuple[str, ...] = ()
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int | None = None

@@ -15,6 +15,7 @@ from cogvlm.frontends.grounding_output import draw_grounding
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.sampling import SamplingConfig
 from tests.golden import find_case, generations, golden_dir, max_new_tokens, prompts
+from tests.golden_models import end_tokens
 
 MODEL_DIR = golden_dir() / "cogvlm"
 CHECKPOINT = MODEL_DIR / "sat_checkpoint"
@@ -30,6 +31,7 @@ TIMEOUT_S = 120
 GENERATION = GenerationConfig(
     max_length=MAX_LENGTH,
     max_new_tokens=NEW_TOKENS,
+    end_token_ids=end_tokens(),
     sampling=SamplingConfig(0.8, 1, 0.4, 1.0, "reference"),
 )
 FLAGS = [

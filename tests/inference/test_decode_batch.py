@@ -21,7 +21,7 @@ from tests.golden import (
     sequence_budget,
 )
 from tests.golden import prompts as golden_prompts
-from tests.golden_models import checkpoint_dirs, golden_model, image_inputs, tokenizer_file
+from tests.golden_models import checkpoint_dirs, end_tokens, golden_model, image_inputs, tokenizer_file
 
 SAMPLED = SamplingConfig(temperature=1.3, top_k=0, top_p=0.9)
 
@@ -81,7 +81,9 @@ def test_prompts_joining_at_different_steps_reproduce_every_reference_continuati
     arrivals: dict[int, list] = {}
     for index, name in enumerate(names):
         config = GenerationConfig(
-            max_length=model.config.llm.max_sequence_length, max_new_tokens=records[name]["max_new_tokens"]
+            max_length=model.config.llm.max_sequence_length,
+            max_new_tokens=records[name]["max_new_tokens"],
+            end_token_ids=end_tokens(),
         )
         # Two prompts share step 0; the others arrive while earlier rows are mid-generation.
         arrivals.setdefault(max(0, 3 * index - 3), []).append(
@@ -140,7 +142,7 @@ def test_a_row_that_leaves_frees_its_slot_and_the_others_carry_on_unchanged():
     names = names[:3]
     if max_new_tokens(model_dir) < 3:
         pytest.skip(f"{model_dir.name}: rows must outlive a step after joining: needs 3 new tokens or more")
-    config = GenerationConfig(max_new_tokens=max_new_tokens(model_dir))
+    config = GenerationConfig(max_new_tokens=max_new_tokens(model_dir), end_token_ids=end_tokens())
     batch = DecodeBatch(model, max_rows=2, max_length=_row_length(model_dir))
     rows = {}
     for name in names[:2]:

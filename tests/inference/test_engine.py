@@ -24,7 +24,7 @@ from tests.golden import (
     max_new_tokens,
     stop_string_in,
 )
-from tests.golden_models import cases, golden_model, image_inputs, tokenizer_file
+from tests.golden_models import cases, end_tokens, golden_model, image_inputs, tokenizer_file
 
 MODEL_DIR = golden_dir() / "cogvlm"
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,10 @@ def _text_only_request(query: str) -> GenerationRequest:
 
 def _config(**overrides) -> GenerationConfig:
     """The reference runs' budget: as many new tokens as they had, within the model's context."""
-    budget = {"max_length": golden_model(MODEL_DIR).config.llm.max_sequence_length}
+    budget = {
+        "max_length": golden_model(MODEL_DIR).config.llm.max_sequence_length,
+        "end_token_ids": end_tokens(),
+    }
     return GenerationConfig(**{**budget, "max_new_tokens": max_new_tokens(MODEL_DIR), **overrides})
 
 
@@ -189,7 +192,10 @@ def test_max_new_tokens_and_max_length_bound_the_continuation():
     length = request.text.seq_len
     by_count = generate(model, request.text, _config(max_new_tokens=fewer), pixel_values=request.pixel_values)
     by_length = generate(
-        model, request.text, GenerationConfig(max_length=length + most), pixel_values=request.pixel_values
+        model,
+        request.text,
+        GenerationConfig(max_length=length + most, end_token_ids=end_tokens()),
+        pixel_values=request.pixel_values,
     )
     assert len(by_count.token_ids) == fewer and by_count.stop_reason == "length"
     assert len(by_length.token_ids) == most

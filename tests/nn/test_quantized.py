@@ -31,7 +31,7 @@ from cogvlm.parallel.groups import TensorParallel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict
 from tests.golden import golden_dir, greedy_cases, prompts
-from tests.golden_models import cases, image_inputs
+from tests.golden_models import cases, end_tokens, image_inputs
 
 MODEL_DIR = golden_dir() / "cogvlm"
 # Max |logit - reference fp32 logit| over the six golden prompts (|logit| <= 4.5), measured: int8 per row
@@ -184,7 +184,10 @@ def test_the_quant_flag_quantizes_the_chat_model():
     )
     assert isinstance(expected.model.mixins["lm"].lm_head, QuantizedColumnParallelLinear)
     reply = expected.chat(
-        golden_dir() / "test_image.png", prompt["query"], (), GenerationConfig(max_new_tokens=8)
+        golden_dir() / "test_image.png",
+        prompt["query"],
+        (),
+        GenerationConfig(max_new_tokens=8, end_token_ids=end_tokens()),
     )
     checkpoint, tokenizer = str(MODEL_DIR / "sat_checkpoint"), str(golden_dir() / "tokenizer.model")
     flags = ["--from_pretrained", checkpoint, "--local_tokenizer", tokenizer, "--quant", "8"]

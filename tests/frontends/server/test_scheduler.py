@@ -16,7 +16,7 @@ from cogvlm.inference.generate import GenerationConfig
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
 from tests.frontends.server.helpers import finish_reason
 from tests.golden import generations, golden_dir, greedy_cases, prompts, stop_string_in
-from tests.golden_models import golden_model, image_inputs, tokenizer_file
+from tests.golden_models import end_tokens, golden_model, image_inputs, tokenizer_file
 
 MODEL_DIR = golden_dir() / "cogvlm"
 
@@ -26,7 +26,7 @@ def _prepared(case: str, stop: tuple[str, ...] = ()) -> tuple[PreparedJob, dict]
     prompt, generation = prompts(MODEL_DIR)[case], generations(MODEL_DIR)[case]
     text = build_inference_inputs(_tokenizer(), prompt["prompt"], model.config.image_length)
     request = GenerationRequest(text, image_inputs(MODEL_DIR)["pixel_values"])
-    config = GenerationConfig(max_new_tokens=generation["max_new_tokens"])
+    config = GenerationConfig(max_new_tokens=generation["max_new_tokens"], end_token_ids=end_tokens())
     return PreparedJob(request, config, text.seq_len, stop), generation
 
 
