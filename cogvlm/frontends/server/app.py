@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -18,18 +19,33 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cogvlm.api import CogVLM
+from cogvlm.frontends.server.body import parse_json, read_body
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import APIError, invalid
 from cogvlm.frontends.server.generation import prepare_job
 from cogvlm.frontends.server.requests import ChatRequest, parse_chat_request
 from cogvlm.frontends.server.scheduler import Delta, Failed, Finished, Job, Scheduler
 
+logger = logging.getLogger(__name__)
 # While waiting for a non-streaming result, look this often whether the client has gone.
 DISCONNECT_POLL_S = 0.5
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped, as `json.dumps` writes by default: any string can be sent."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    # A 413 leaves the rest of the body unread: the connection cannot carry another request.
+    headers = {"Connection": "close"} if error.status == 413 else None
+    return AsciiJSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _parse(raw: bytes, config: ServerConfig) -> ChatRequest:
+    return parse_chat_request(parse_json(raw), config)
 
 
 def _usage(finished: Finished) -> dict:
@@ -63,18 +79,9 @@ class ChatService:
             self.scheduler.warm_up(prepare_job(self.session, self.config, chat))
 
     async def read_request(self, request: Request) -> ChatRequest:
-        """Size-check, parse and validate the body (image decoding runs off the event loop)."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.config.max_request_bytes:
-            raise APIError(413, f"the request body is larger than {self.config.max_request_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > self.config.max_request_bytes:
-            raise APIError(413, f"the request body is larger than {self.config.max_request_bytes} bytes")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise invalid(f"the request body is not valid JSON ({error})") from None
-        return await run_in_threadpool(parse_chat_request, body, self.config)
+        """Read the body under the size limit, parse and validate it (off the event loop)."""
+        raw = await read_body(request, self.config.max_request_bytes)
+        return await run_in_threadpool(_parse, raw, self.config)
 
     async def submit(self, chat: ChatRequest) -> Job:
         """Prepare the prompt (prompt-length errors are 400s here, before any streaming) and queue it."""
@@ -97,7 +104,7 @@ class ChatService:
             elif isinstance(event, Failed):
                 return _error_response(event.error)
             else:
-                return JSONResponse(self._completion(chat, "".join(pieces), event))
+                return AsciiJSONResponse(self._completion(chat, "".join(pieces), event))
 
     def _completion(self, chat: ChatRequest, text: str, finished: Finished) -> dict:
         return {
@@ -180,9 +187,14 @@ def create_app(session: CogVLM, config: ServerConfig) -> FastAPI:
     async def authenticate(request: Request, call_next):
         try:
             _check_api_key(request, config.api_key)
+            return await call_next(request)
         except APIError as error:
             return _error_response(error)
-        return await call_next(request)
+        except Exception as error:  # noqa: BLE001 - answered here, the connection stays usable
+            logger.exception("internal error on %s", request.url.path)
+            return _error_response(
+                APIError(500, f"internal error: {type(error).__name__}: {error}", type="server_error")
+            )
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
@@ -197,12 +209,6 @@ def create_app(session: CogVLM, config: ServerConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
         return _error_response(invalid(f"invalid request: {error.errors()}"))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        return _error_response(
-            APIError(500, f"internal error: {type(error).__name__}: {error}", type="server_error")
-        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):

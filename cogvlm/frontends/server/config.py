@@ -18,6 +18,7 @@ class ServerConfig:
     request_timeout_s: float = 300.0
     default_max_tokens: int = 512
     max_request_bytes: int = 32 << 20
+    max_messages: int = 2048
     max_image_bytes: int = 20 << 20
     max_image_pixels: int = 4096 * 4096
     allow_remote_images: bool = False
@@ -26,7 +27,16 @@ class ServerConfig:
     compiled_decode: bool = False  # decoding steps through torch.compile
 
     def __post_init__(self) -> None:
-        for name in ("max_active", "max_queue", "default_max_tokens", "max_image_bytes", "max_image_pixels"):
+        positive = (
+            "max_active",
+            "max_queue",
+            "default_max_tokens",
+            "max_request_bytes",
+            "max_messages",
+            "max_image_bytes",
+            "max_image_pixels",
+        )
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:

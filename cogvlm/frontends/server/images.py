@@ -30,7 +30,7 @@ def _decode_data_url(url: str, param: str, config: ServerConfig) -> bytes:
     if "base64" not in options:
         raise invalid(f"{param}: only base64 data URLs are accepted (data:image/<type>;base64,...)", param)
     if media_type and not media_type.startswith("image/"):
-        raise invalid(f"{param}: media type {media_type!r} is not an image type", param)
+        raise invalid(f"{param}: media type {media_type[:40]!r} is not an image type", param)
     if len(payload) * 3 // 4 > config.max_image_bytes + 3:
         raise _too_large(param, config.max_image_bytes)
     try:
@@ -40,13 +40,6 @@ def _decode_data_url(url: str, param: str, config: ServerConfig) -> bytes:
 
 
 def _fetch_remote(url: str, param: str, config: ServerConfig) -> bytes:
-    if not config.allow_remote_images:
-        raise invalid(
-            f"{param}: http(s) image URLs are disabled on this server (start it with --allow-remote-images); "
-            "send the image as a base64 data URL",
-            param,
-            "remote_images_disabled",
-        )
     try:
         with urllib.request.urlopen(url, timeout=config.remote_image_timeout_s) as response:  # noqa: S310
             data = response.read(config.max_image_bytes + 1)
@@ -58,12 +51,6 @@ def _fetch_remote(url: str, param: str, config: ServerConfig) -> bytes:
 
 
 def _read_file(url: str, param: str, config: ServerConfig) -> bytes:
-    if not config.allow_file_images:
-        raise invalid(
-            f"{param}: file:// image URLs are disabled on this server (start it with --allow-file-images)",
-            param,
-            "file_images_disabled",
-        )
     path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
     if not path.is_file():
         raise invalid(f"{param}: {path} is not a file", param, "image_not_found")
@@ -72,19 +59,38 @@ def _read_file(url: str, param: str, config: ServerConfig) -> bytes:
     return path.read_bytes()
 
 
-def image_from_url(url: object, param: str, config: ServerConfig) -> Image.Image:
-    """Decode a data URL (always allowed) or fetch an http(s)/file URL (only when enabled)."""
+def check_url_scheme(url: object, param: str, config: ServerConfig) -> str:
+    """The URL's scheme if this server accepts it (a non-empty string; data, or http(s)/file when enabled)."""
     if not isinstance(url, str) or not url:
         raise invalid(f"{param}: expected a non-empty string", param)
     scheme = url.split(":", 1)[0].lower()
+    if scheme in ("http", "https") and not config.allow_remote_images:
+        raise invalid(
+            f"{param}: http(s) image URLs are disabled on this server (start it with --allow-remote-images); "
+            "send the image as a base64 data URL",
+            param,
+            "remote_images_disabled",
+        )
+    if scheme == "file" and not config.allow_file_images:
+        raise invalid(
+            f"{param}: file:// image URLs are disabled on this server (start it with --allow-file-images)",
+            param,
+            "file_images_disabled",
+        )
+    if scheme not in ("data", "http", "https", "file"):
+        raise invalid(f"{param}: unsupported URL scheme {scheme[:20]!r}; send a base64 data URL", param)
+    return scheme
+
+
+def image_from_url(url: object, param: str, config: ServerConfig) -> Image.Image:
+    """Decode a data URL (always allowed) or fetch an http(s)/file URL (only when enabled)."""
+    scheme = check_url_scheme(url, param, config)
     if scheme == "data":
         data = _decode_data_url(url, param, config)
-    elif scheme in ("http", "https"):
-        data = _fetch_remote(url, param, config)
     elif scheme == "file":
         data = _read_file(url, param, config)
     else:
-        raise invalid(f"{param}: unsupported URL scheme {scheme!r}; send a base64 data URL", param)
+        data = _fetch_remote(url, param, config)
     try:
         return load_image(data, max_pixels=config.max_image_pixels)
     except ImageError as error:

@@ -87,10 +87,12 @@ class Scheduler:
     ) -> None:
         self._batch = DecodeBatch(model, max_rows=max_active, compiled=compiled)
         self._tokenizer = tokenizer
+        self._max_active = max_active
         self._max_queue = max_queue
         self._timeout_s = timeout_s
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: dict[int, Job] = {}  # by row id
+        self._joining = 0  # jobs taken from the queue whose prefill is running
         self._condition = threading.Condition()
         self._stopping = False
         self._largest_step = 0  # most rows one forward pass has advanced
@@ -130,16 +132,27 @@ class Scheduler:
         with self._condition:
             if self._stopping:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
-            if len(self._waiting) >= self._max_queue:
+            if self._queued() >= self._max_queue:
                 raise APIError(
                     429,
-                    f"the server is busy: {len(self._waiting)} requests are already waiting; retry later",
+                    f"the server is busy: {self._max_queue} requests are already waiting; retry later",
                     type="rate_limit_error",
                     code="queue_full",
                 )
             self._waiting.append(job)
             self._condition.notify()
         return job
+
+    def _queued(self) -> int:
+        """Jobs that would wait for a row: those beyond the free rows. Called with the lock held.
+
+        Jobs submitted since the worker last admitted are still in `_waiting` although rows are free for
+        them, so the queue is what exceeds `max_rows`, not `_waiting` itself; jobs whose client left
+        no longer count.
+        """
+        if any(job.cancelled.is_set() for job in self._waiting):
+            self._waiting = collections.deque(job for job in self._waiting if not job.cancelled.is_set())
+        return max(0, len(self._waiting) + self._joining + len(self._active) - self._max_active)
 
     def _run(self) -> None:
         while self._wait_for_work():
@@ -161,6 +174,7 @@ class Scheduler:
                 self._waiting.popleft()
             if not self._waiting or not self._batch.can_join(self._waiting[0].prepared.request):
                 return None
+            self._joining += 1  # neither waiting nor active while its prefill runs
             return self._waiting.popleft()
 
     def _admit(self) -> None:
@@ -169,11 +183,14 @@ class Scheduler:
             try:
                 first = self._batch.join(job.prepared.request, job.prepared.config)
             except Exception as error:  # a bug must fail one request, not the server
+                with self._condition:
+                    self._joining -= 1
                 job.emit(Failed(_generation_error(error)))
                 continue
             job.text = TextStream(self._tokenizer, job.prepared.stop)
-            if first.finish_reason is None:
-                with self._condition:
+            with self._condition:
+                self._joining -= 1
+                if first.finish_reason is None:
                     self._active[first.row_id] = job
             self._deliver(job, first)
 
