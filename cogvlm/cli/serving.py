@@ -31,6 +31,9 @@ def run_serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
         default_max_tokens=args.default_max_tokens,
         max_image_pixels=args.max_image_pixels,
+        max_request_bytes=args.max_request_bytes,
+        max_buffered_bytes=args.max_buffered_bytes,
+        body_timeout_s=args.body_timeout,
         allow_remote_images=args.allow_remote_images,
         allow_file_images=args.allow_file_images,
         compiled_decode=args.compile,
@@ -58,6 +61,18 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
     serve.add_argument("--default-max-tokens", type=int, default=512)
     serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    serve.add_argument(
+        "--max-request-bytes", type=int, default=32 << 20, help="largest request body (HTTP 413)"
+    )
+    serve.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=256 << 20,
+        help="request bytes being read at once, all clients together; beyond this: HTTP 503",
+    )
+    serve.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds a request body may take (HTTP 408)"
+    )
     serve.add_argument(
         "--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs"
     )

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cogvlm.api import CogVLM
-from cogvlm.frontends.server.body import parse_json, read_body
+from cogvlm.frontends.server.body import BodyBudget, parse_json, read_body
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import APIError, invalid
 from cogvlm.frontends.server.generation import prepare_job
@@ -39,8 +39,8 @@ class AsciiJSONResponse(JSONResponse):
 
 
 def _error_response(error: APIError) -> JSONResponse:
-    # A 413 leaves the rest of the body unread: the connection cannot carry another request.
-    headers = {"Connection": "close"} if error.status == 413 else None
+    # A 408 or 413 leaves the rest of the body unread: the connection cannot carry another request.
+    headers = {"Connection": "close"} if error.status in (408, 413) else None
     return AsciiJSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
@@ -62,6 +62,7 @@ class ChatService:
     def __init__(self, session: CogVLM, config: ServerConfig) -> None:
         self.session = session
         self.config = config
+        self.body_budget = BodyBudget(config.max_buffered_bytes)
         self.scheduler = Scheduler(
             session.model,
             session.tokenizer,
@@ -80,8 +81,12 @@ class ChatService:
 
     async def read_request(self, request: Request) -> ChatRequest:
         """Read the body under the size limit, parse and validate it (off the event loop)."""
-        raw = await read_body(request, self.config.max_request_bytes)
-        return await run_in_threadpool(_parse, raw, self.config)
+        config = self.config
+        raw = await read_body(request, config.max_request_bytes, config.body_timeout_s, self.body_budget)
+        try:
+            return await run_in_threadpool(_parse, raw, config)
+        finally:
+            self.body_budget.give(len(raw))
 
     async def submit(self, chat: ChatRequest) -> Job:
         """Prepare the prompt (prompt-length errors are 400s here, before any streaming) and queue it."""

@@ -8,6 +8,7 @@ UTF-8 encoder, tokenizer or JSON response can carry).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -19,6 +20,9 @@ from cogvlm.frontends.server.errors import APIError, invalid
 # parsing, before Python's own 4300-digit guard or a slow conversion sees them.
 MAX_INTEGER_DIGITS = 32
 MAX_DEPTH = 32  # a chat request nests 5 levels (body, messages, message, content, part, image_url)
+# JSON objects and arrays a body may hold; the most messages a server accepts need a few each, and text
+# with that many brackets would not fit any context.
+MAX_CONTAINERS = 100_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -27,19 +31,60 @@ def too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, read chunk by chunk; a 413 as soon as more than `limit` bytes arrived."""
+class BodyBudget:
+    """The bytes of all request bodies being read and parsed at once; beyond `limit` a body gets a 503.
+
+    Only the event loop takes and gives (no lock): bodies are read there.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        """Count `size` more bytes, or refuse them (counting nothing)."""
+        if self.used + size > self.limit:
+            raise APIError(
+                503,
+                f"the server is reading {self.used} bytes of other requests (at most {self.limit}); "
+                "retry later",
+                type="server_error",
+                code="server_busy",
+            )
+        self.used += size
+
+    def give(self, size: int) -> None:
+        """Release `size` bytes taken before."""
+        self.used -= size
+
+
+async def read_body(request: Request, limit: int, timeout_s: float, budget: BodyBudget) -> bytes:
+    """The whole body, read chunk by chunk within `timeout_s`, counted in `budget`.
+
+    A 413 as soon as more than `limit` bytes arrived, a 408 when the body is too slow; on success the
+    caller gives `len(body)` back to the budget when done with it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large(limit)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > limit:
+                    raise too_large(limit)
+                budget.take(len(chunk))
+                body += chunk
+    except TimeoutError:
+        budget.give(len(body))
+        message = f"the request body did not arrive within {timeout_s:g} s"
+        raise APIError(408, message, code="body_timeout") from None
     except ClientDisconnect:
+        budget.give(len(body))
         raise APIError(400, "the client closed the connection before the body ended") from None
+    except APIError:
+        budget.give(len(body))
+        raise
     return bytes(body)
 
 
@@ -58,6 +103,14 @@ def _bounded_int(literal: str) -> int:
 
 def parse_json(raw: bytes) -> object:
     """The decoded body; malformed, too deep or unrepresentable JSON is a 400 naming the problem."""
+    # Each JSON object costs Python ~20 times its bytes: count them (over-counting brackets inside
+    # strings) before building any.
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > MAX_CONTAINERS:
+        raise invalid(
+            f"the request body has {containers} '{{' and '[' characters; at most {MAX_CONTAINERS} are "
+            "accepted (a chat request needs a few per message)"
+        )
     try:
         value = json.loads(raw, parse_constant=_reject_constant, parse_int=_bounded_int)
     except RecursionError:
@@ -71,22 +124,30 @@ def parse_json(raw: bytes) -> object:
 def check_tree(value: object) -> None:
     """Refuse nesting deeper than `MAX_DEPTH` and strings (keys included) holding lone surrogates.
 
-    Iterative, so its cost is linear in the size of the document whatever its shape; a node's path is
-    kept as a (parent, key) chain and spelled out only for an error.
+    Iterative, so its cost is linear in the size of the document whatever its shape; only containers
+    are stacked, and a node's path is kept as a (parent, key) chain, spelled out only for an error.
     """
+    if isinstance(value, str):
+        _check_text(value, None)
     stack: list[tuple[object, tuple | None, int]] = [(value, None, 1)]
     while stack:
         node, where, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise invalid(f"the request body nests JSON deeper than {MAX_DEPTH} levels (at {_path(where)})")
-        if isinstance(node, str):
-            _check_text(node, where)
-        elif isinstance(node, dict):
+        if isinstance(node, dict):
             for key, item in node.items():
                 _check_text(key, where, is_key=True)
-                stack.append((item, (where, key), depth + 1))
+                _check_child(stack, item, (where, key), depth)
         elif isinstance(node, list):
-            stack.extend((item, (where, index), depth + 1) for index, item in enumerate(node))
+            for index, item in enumerate(node):
+                _check_child(stack, item, (where, index), depth)
+
+
+def _check_child(stack: list, item: object, where: tuple, depth: int) -> None:
+    if isinstance(item, str):
+        _check_text(item, where)
+    elif isinstance(item, dict | list):
+        stack.append((item, where, depth + 1))
 
 
 def _path(where: tuple | None) -> str:

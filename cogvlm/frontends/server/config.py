@@ -18,6 +18,8 @@ class ServerConfig:
     request_timeout_s: float = 300.0
     default_max_tokens: int = 512
     max_request_bytes: int = 32 << 20
+    max_buffered_bytes: int = 256 << 20  # bodies of all requests being read and parsed at once
+    body_timeout_s: float = 60.0  # a body must arrive within this
     max_messages: int = 2048
     max_image_bytes: int = 20 << 20
     max_image_pixels: int = 4096 * 4096
@@ -32,6 +34,7 @@ class ServerConfig:
             "max_queue",
             "default_max_tokens",
             "max_request_bytes",
+            "max_buffered_bytes",
             "max_messages",
             "max_image_bytes",
             "max_image_pixels",
@@ -39,7 +42,13 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"ServerConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_buffered_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"ServerConfig.max_buffered_bytes ({self.max_buffered_bytes}) must be >= max_request_bytes "
+                f"({self.max_request_bytes})"
+            )
         if not 0 <= self.port < 65536:
             raise ValueError(f"ServerConfig.port must be in [0, 65535], got {self.port}")

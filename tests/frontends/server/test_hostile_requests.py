@@ -38,7 +38,8 @@ def _user_text(text: str) -> bytes:
 
 
 BAD = {
-    "nested 100,000 deep": (_with('"x": ' + "[" * 100_000 + "]" * 100_000), "deeper than 32 levels"),
+    "nested 100,000 deep": (_with('"x": ' + "[" * 100_000 + "]" * 100_000), "at most 100000 are accepted"),
+    "nested 50,000 deep": (_with('"x": ' + "[" * 50_000 + "]" * 50_000), "deeper than 32 levels"),
     "nested 40 deep": (_with('"x": ' + "[" * 40 + "]" * 40), "deeper than 32 levels"),
     "5,000-digit max_tokens": (_with('"max_tokens": ' + "9" * 5000), "integer of 5000 digits"),
     "max_tokens over 2**31": (_body(max_tokens=2**40), "max_tokens must be <="),
@@ -67,8 +68,13 @@ BAD = {
     "stop string of 10,000 characters": (_body(stop="s" * 10_000), "at most 256 characters"),
     "320,000 messages": (
         json.dumps({"messages": [{"role": "user", "content": "a"}] * 320_000}).encode(),
+        "has 320002 '{' and '[' characters",
+    ),
+    "3,000 messages": (
+        json.dumps({"messages": [{"role": "user", "content": "a"}] * 3000}).encode(),
         "accepts at most 2048",
     ),
+    "10 million empty objects": (_with('"x": [' + "{}," * 10_000_000 + "{}]"), "at most 100000 are accepted"),
 }
 
 
@@ -174,11 +180,44 @@ def test_only_the_last_image_is_decoded(server):
     assert "file:// image URLs are disabled" in response.json()["error"]["message"]
 
 
+SMALL_LIMIT = 1 << 20
+BODY_TIMEOUT_S = 3
+
+
 @pytest.fixture(scope="module")
 def queued_server():
-    running = RunningServer("--max-active", "2", "--max-queue", "2")
+    running = RunningServer(
+        *("--max-active", "2", "--max-queue", "2", "--body-timeout", str(BODY_TIMEOUT_S)),
+        *("--max-request-bytes", str(SMALL_LIMIT), "--max-buffered-bytes", str(2 * SMALL_LIMIT)),
+    )
     yield running
     running.stop()
+
+
+def _start_upload(port: int, size: int) -> socket.socket:
+    """A connection that sent `size` bytes of a chunked body and then stalls."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % size
+        + b"x" * size
+        + b"\r\n"
+    )
+    return sock
+
+
+def test_stalled_uploads_are_bounded_in_time_and_in_memory_together(queued_server):
+    # Any two uploads of 0.9 MiB fit the 2 MiB the server buffers at once; whichever comes third does not.
+    uploads = [_start_upload(queued_server.port, 900 << 10) for _ in range(3)]
+    started = time.monotonic()
+    answers = []
+    for sock in uploads:
+        with sock:
+            answers.append(sock.recv(1 << 16).split(b"\r\n")[0])
+    assert sorted(answers) == [b"HTTP/1.1 408 Request Timeout"] * 2 + [b"HTTP/1.1 503 Service Unavailable"]
+    assert time.monotonic() - started < BODY_TIMEOUT_S + 30
+    response = httpx.post(queued_server.url + "/v1/chat/completions", json={"messages": HI, "max_tokens": 1})
+    assert response.status_code == 200  # the budget was given back
 
 
 def test_a_burst_gets_exactly_the_429s_the_queue_implies(queued_server):
