@@ -36,6 +36,7 @@ def run_serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         allow_remote_images=args.allow_remote_images,
         allow_file_images=args.allow_file_images,
+        remote_image_timeout_s=args.remote_image_timeout,
         compiled_decode=args.compile,
     )
     serve(load_session(args, flag_dtype(args)), config)
@@ -75,6 +76,9 @@ def add_serve_parser(commands) -> None:
     )
     serve.add_argument(
         "--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs"
+    )
+    serve.add_argument(
+        "--remote-image-timeout", type=float, default=10.0, help="seconds an http(s) image fetch may take"
     )
     serve.add_argument(
         "--allow-file-images", action="store_true", help="let the server read file:// image URLs"

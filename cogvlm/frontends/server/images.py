@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -39,11 +42,38 @@ def _decode_data_url(url: str, param: str, config: ServerConfig) -> bytes:
         raise invalid(f"{param}: the base64 payload is not valid base64", param, "invalid_base64") from None
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows at most `max_redirections` redirects, and only to http(s) URLs (urllib also allows ftp)."""
+
+    max_redirections = 5
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlparse(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a {scheme}: URL refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _read_within(response, limit: int, deadline: float) -> bytes:
+    """Up to `limit` bytes of `response`; a TimeoutError once `deadline` passes (a slow drip included)."""
+    data = bytearray()
+    while len(data) < limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the transfer took longer than the server's remote image timeout")
+        piece = response.read1(min(1 << 16, limit - len(data)))
+        if not piece:
+            break
+        data += piece
+    return bytes(data)
+
+
 def _fetch_remote(url: str, param: str, config: ServerConfig) -> bytes:
+    timeout_s = config.remote_image_timeout_s
+    opener = urllib.request.build_opener(_HttpRedirectsOnly)
     try:
-        with urllib.request.urlopen(url, timeout=config.remote_image_timeout_s) as response:  # noqa: S310
-            data = response.read(config.max_image_bytes + 1)
-    except OSError as error:
+        with opener.open(url, timeout=timeout_s) as response:
+            data = _read_within(response, config.max_image_bytes + 1, time.monotonic() + timeout_s)
+    except (OSError, ValueError, http.client.HTTPException) as error:  # ValueError: a malformed URL
         raise invalid(f"{param}: could not fetch the image ({error})", param, "image_fetch_failed") from None
     if len(data) > config.max_image_bytes:
         raise _too_large(param, config.max_image_bytes)

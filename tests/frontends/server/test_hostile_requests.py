@@ -5,6 +5,7 @@ says."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import select
 import socket
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from tests.frontends.server.conftest import RunningServer
-from tests.frontends.server.helpers import IMAGE_URL
+from tests.frontends.server.helpers import IMAGE_BYTES, IMAGE_URL
 
 LIMIT = 32 << 20  # ServerConfig.max_request_bytes
 # What the kernel's socket buffers may hold on both sides before the server's answer can arrive.
@@ -182,6 +183,7 @@ def test_only_the_last_image_is_decoded(server):
 
 SMALL_LIMIT = 1 << 20
 BODY_TIMEOUT_S = 3
+REMOTE_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +191,7 @@ def queued_server():
     running = RunningServer(
         *("--max-active", "2", "--max-queue", "2", "--body-timeout", str(BODY_TIMEOUT_S)),
         *("--max-request-bytes", str(SMALL_LIMIT), "--max-buffered-bytes", str(2 * SMALL_LIMIT)),
+        *("--allow-remote-images", "--remote-image-timeout", str(REMOTE_TIMEOUT_S)),
     )
     yield running
     running.stop()
@@ -241,3 +244,64 @@ def test_a_burst_gets_exactly_the_429s_the_queue_implies(queued_server):
     # 2 rows decode and 2 requests wait: the other 3 are refused.
     assert sorted(statuses) == [200] * 4 + [429] * 3
     assert queued_server.is_alive()
+
+
+class _ImageHost(http.server.BaseHTTPRequestHandler):
+    """Serves the golden image, a slow drip, and redirects the server must not follow."""
+
+    redirects = {"/to-file": "file:///etc/passwd", "/to-ftp": "ftp://127.0.0.1/x.png", "/loop": "/loop"}
+
+    def do_GET(self):  # noqa: N802 - the http.server hook's name
+        if self.path in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[self.path])
+            self.end_headers()
+        elif self.path == "/slow":  # a byte at a time, each well within the per-read timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(IMAGE_BYTES)))
+            self.end_headers()
+            self.wfile.write(IMAGE_BYTES)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
+    host.daemon_threads = True
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{host.server_address[1]}"
+    host.shutdown()
+
+
+def _fetch(server: RunningServer, url: str) -> httpx.Response:
+    content = [{"type": "text", "text": "What is it?"}, _image_part(url)]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 1}
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+
+
+def test_remote_images_are_fetched_within_the_timeout_and_only_over_http(queued_server, image_host):
+    assert _fetch(queued_server, image_host + "/image.png").status_code == 200
+    started = time.monotonic()
+    slow = _fetch(queued_server, image_host + "/slow")
+    assert slow.status_code == 400 and "longer than" in slow.json()["error"]["message"]
+    assert time.monotonic() - started < 2 * REMOTE_TIMEOUT_S + 10  # not the 20 s the drip would take
+    reasons = {"/to-file": "not allowed", "/to-ftp": "redirect to a ftp: URL refused", "/loop": "loop"}
+    for path, reason in reasons.items():
+        refused = _fetch(queued_server, image_host + path)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["error"]["code"] == "image_fetch_failed"
+        assert reason in refused.json()["error"]["message"], (path, refused.text)
