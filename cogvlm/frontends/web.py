@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from cogvlm.api import CogVLM, ImageInputs
 from cogvlm.errors import CogVLMError
+from cogvlm.frontends.text_checks import check_prompt_fits
+from cogvlm.frontends.web_inputs import parse_web_turn
 from cogvlm.image_processors.drawing import draw_response
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.text_processors.agent import parse_agent_reply
@@ -41,13 +43,6 @@ def stream_reply(
     yield reply
 
 
-def _pairs(messages: list[dict]) -> list[tuple[str, str]]:
-    """Chatbot messages (without the greeting) as (query, reply) pairs."""
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    replies = [m["content"] for m in messages if m["role"] == "assistant" and m["content"] != GREETING]
-    return list(zip(users, replies, strict=False))
-
-
 def query_for_mode(mode: str, text: str) -> str:
     """Agent mode puts the task into the first agent template, quoted, with the grounding suffix.
 
@@ -76,21 +71,27 @@ def build_demo(session: CogVLM, config: WebConfig):
     import gradio as gr
 
     def respond(image, text, messages, mode, temperature, top_p, top_k):
-        if not text.strip():
+        messages = messages if isinstance(messages, list) else []
+        if not isinstance(text, str) or not text.strip():
             yield messages, gr.update(), None, ""
             return
-        history = _pairs(messages)
-        generation = session.generation_config(
-            max_length=config.max_length,
-            temperature=max(temperature, 1e-3),
-            top_k=int(top_k),
-            top_p=top_p,
-            semantics="standard",
-        )
         messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         try:
+            turn = parse_web_turn(
+                text, messages[:-2], GREETING, temperature=temperature, top_p=top_p, top_k=top_k
+            )
+            generation = session.generation_config(
+                max_length=config.max_length,
+                temperature=max(turn.temperature, 1e-3),
+                top_k=turn.top_k,
+                top_p=turn.top_p,
+                semantics="standard",
+            )
+            query = query_for_mode(mode, turn.query)
+            texts = [query, *(part for pair in turn.history for part in pair)]
+            check_prompt_fits(session.tokenizer, texts, generation.max_length)
             images = session.process_image(image) if image is not None else None
-            for reply in stream_reply(session, images, query_for_mode(mode, text), history, generation):
+            for reply in stream_reply(session, images, query, list(turn.history), generation):
                 messages[-1] = {"role": "assistant", "content": reply}
                 yield messages, "", None, ""
         except CogVLMError as error:

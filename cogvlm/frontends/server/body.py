@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 from starlette.requests import ClientDisconnect, Request
 
 from cogvlm.frontends.server.errors import APIError, invalid
+from cogvlm.frontends.text_checks import lone_surrogate
 
 # The longest integer any field accepts is a 64-bit seed (20 digits); longer literals are refused while
 # parsing, before Python's own 4300-digit guard or a slow conversion sees them.
@@ -23,7 +23,6 @@ MAX_DEPTH = 32  # a chat request nests 5 levels (body, messages, message, conten
 # JSON objects and arrays a body may hold; the most messages a server accepts need a few each, and text
 # with that many brackets would not fit any context.
 MAX_CONTAINERS = 100_000
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def too_large(limit: int) -> APIError:
@@ -160,7 +159,7 @@ def _path(where: tuple | None) -> str:
 
 
 def _check_text(text: str, where: tuple | None, is_key: bool = False) -> None:
-    found = _SURROGATE.search(text)
+    found = lone_surrogate(text)
     if found is not None:
         path = _path(where) or "the body"
         raise invalid(

@@ -8,6 +8,7 @@ from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import invalid
 from cogvlm.frontends.server.requests import ChatRequest
 from cogvlm.frontends.server.scheduler import PreparedJob
+from cogvlm.frontends.text_checks import check_prompt_fits
 
 
 def sampling_for(request: ChatRequest, vocab_size: int) -> dict:
@@ -24,26 +25,6 @@ def sampling_for(request: ChatRequest, vocab_size: int) -> dict:
     )
 
 
-def check_prompt_bound(session: CogVLM, request: ChatRequest, max_length: int) -> None:
-    """Refuse, before tokenizing, a conversation whose text alone cannot fit the context.
-
-    Encoding costs about a microsecond per character; this check costs nothing for a text short enough
-    to fit and a linear normalization pass for a longer one.
-    """
-    tokenizer = session.tokenizer
-    texts = [request.query, *(text for turn in request.history for text in turn)]
-    if sum(map(len, texts)) < max_length * tokenizer.max_piece_chars:
-        return
-    minimum = sum(tokenizer.min_token_count(text) for text in texts)
-    if minimum >= max_length:
-        raise invalid(
-            f"the conversation's text alone needs at least {minimum} tokens and the context length "
-            f"limit is {max_length}: the prompt exceeds the context length limit",
-            "messages",
-            "context_length_exceeded",
-        )
-
-
 def prepare_job(session: CogVLM, config: ServerConfig, request: ChatRequest) -> PreparedJob:
     """Build the prompt, the image tensors and the generation settings (the scheduler runs them)."""
     try:
@@ -54,10 +35,11 @@ def prepare_job(session: CogVLM, config: ServerConfig, request: ChatRequest) -> 
         )
     except ValueError as error:  # settings the request validation let through but generation refuses
         raise invalid(f"invalid generation settings: {error}") from None
-    check_prompt_bound(session, request, generation.max_length)
-    images = session.process_image(request.image) if request.image is not None else None
-    inputs = session.request(images, request.query, request.history)
     try:
+        texts = [request.query, *(text for turn in request.history for text in turn)]
+        check_prompt_fits(session.tokenizer, texts, generation.max_length)
+        images = session.process_image(request.image) if request.image is not None else None
+        inputs = session.request(images, request.query, request.history)
         generation.new_token_budget(inputs.text.seq_len)
     except PromptTooLongError as error:
         raise invalid(str(error), "messages", "context_length_exceeded") from None

@@ -14,7 +14,7 @@ from PIL import Image
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.frontends.server.errors import invalid
 from cogvlm.frontends.server.images import check_url_scheme, image_from_url
-from cogvlm.text_processors.prompts import IMAGE_MARKER
+from cogvlm.frontends.text_checks import UserTextError, check_user_text
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -37,9 +37,10 @@ class _ImageRef:
 def _text(value: object, param: str) -> str:
     if not isinstance(value, str):
         raise invalid(f"{param} must be a string", param)
-    if IMAGE_MARKER in value:
-        # The prompt builder turns this marker into image slots: text must not forge them.
-        raise invalid(f"{param} contains {IMAGE_MARKER!r}, which is reserved for the image", param)
+    try:
+        check_user_text(value, param)
+    except UserTextError as error:
+        raise invalid(str(error), param) from None
     return value
 
 

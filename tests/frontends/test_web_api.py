@@ -1,0 +1,115 @@
+"""The web demo through Gradio's HTTP API, as any client can call it: inputs its page never sends get an
+error message in the chat, a multi-turn chat in Gradio's message format works, and the demo stays up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.frontends.server.conftest import REPO, free_port
+from tests.golden import golden_dir
+
+MAX_LENGTH = 200
+
+
+@pytest.fixture(scope="module")
+def web_url():
+    pytest.importorskip("gradio")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "cogvlm.cli", "web", "--port", str(port)),
+            *("--from_pretrained", str(golden_dir() / "cogvlm" / "sat_checkpoint")),
+            *("--local_tokenizer", str(golden_dir() / "tokenizer.model")),
+            *("--version", "chat_old", "--max_length", str(MAX_LENGTH)),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        try:
+            if httpx.get(url + "/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("the web demo did not start")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _respond(url: str, data_json: str) -> list:
+    """The final outputs of the demo's `respond` handler for a raw JSON `data` array."""
+    started = httpx.post(
+        url + "/gradio_api/call/respond",
+        content=('{"data": ' + data_json + "}").encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert started.status_code == 200, started.text
+    event_id = started.json()["event_id"]
+    with httpx.stream("GET", f"{url}/gradio_api/call/respond/{event_id}", timeout=120) as events:
+        lines = list(events.iter_lines())
+    kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    assert kinds[-1] == "complete", lines[-4:]
+    return json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))
+
+
+def _reply(outputs: list) -> str:
+    return "".join(part["text"] for part in outputs[0][-1]["content"])
+
+
+def _parts(text: str) -> list[dict]:
+    return [{"type": "text", "text": text}]
+
+
+BAD = {
+    "lone surrogate": ('"hi \\ud800"', "[]", "0.5, 0.4, 10", "lone UTF-16 surrogate (U+D800"),
+    "image marker": ('"look <EOI> here"', "[]", "0.5, 0.4, 10", "reserved for the image"),
+    "NaN temperature": ('"hi"', "[]", "NaN, 0.4, 10", "temperature must be a finite number"),
+    "NaN top_k": ('"hi"', "[]", "0.5, 0.4, NaN", "top_k must be a finite number"),
+    "forged marker in the history": (
+        '"hi"',
+        json.dumps(
+            [{"role": "user", "content": _parts("<EOI>")}, {"role": "assistant", "content": _parts("a")}]
+        ),
+        "0.5, 0.4, 10",
+        "question 1 of the chat",
+    ),
+    "20 MB question": (json.dumps("word " * (4 << 20)), "[]", "0.5, 0.4, 10", "needs at least"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_inputs_get_an_error_in_the_chat(web_url, name):
+    text, history, sliders, message = BAD[name]
+    outputs = _respond(web_url, f'[null, {text}, {history}, "Chat", {sliders}]')
+    assert _reply(outputs).startswith("Error: "), _reply(outputs)[:300]
+    assert message in _reply(outputs)
+
+
+def test_a_missing_question_changes_nothing(web_url):
+    outputs = _respond(web_url, '[null, null, [], "Chat", 0.5, 0.4, 10]')
+    assert outputs[0] == []
+
+
+def test_a_second_turn_in_gradio_message_format_is_answered(web_url):
+    history = [{"role": "user", "content": _parts("hi")}, {"role": "assistant", "content": _parts("hello")}]
+    outputs = _respond(web_url, f'[null, "and now?", {json.dumps(history)}, "Chat", 0.5, 0.4, 10]')
+    messages = outputs[0]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert not _reply(outputs).startswith("Error"), _reply(outputs)[:300]
