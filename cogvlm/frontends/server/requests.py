@@ -16,6 +16,9 @@ MAX_MODEL_CHARS = 256
 # Each decoded token compares the text's tail with every prefix of every stop string.
 MAX_STOP_CHARS = 256
 MAX_TOKENS = 2**31 - 1  # a request's cap; the context length is what bounds an answer
+# Logits are divided by these: smaller values overflow float32 and leave nothing to sample.
+MIN_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 0.01
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
@@ -49,6 +52,15 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
         bound = "(" if low_open else "["
         raise invalid(f"{name} must be in {bound}{low}, {high}], got {value}", name)
     return float(value)
+
+
+def _temperature(body: dict) -> float:
+    temperature = _number(body, "temperature", 0.8, 0.0, 2.0)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise invalid(
+            f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2.0], got {temperature}", "temperature"
+        )
+    return temperature
 
 
 def _integer(body: dict, name: str, minimum: int, maximum: int) -> int | None:
@@ -117,9 +129,9 @@ def parse_chat_request(body: object, config: ServerConfig) -> ChatRequest:
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)
     sampling = dict(
-        temperature=_number(body, "temperature", 0.8, 0.0, 2.0),
+        temperature=_temperature(body),
         top_p=_number(body, "top_p", 0.8, 0.0, 1.0, True),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0, True),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, MIN_REPETITION_PENALTY, 10.0),
         seed=_integer(body, "seed", *SEED_RANGE),
     )
     stop = _stop(body)

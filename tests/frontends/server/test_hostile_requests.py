@@ -49,6 +49,8 @@ BAD = {
     "NaN temperature": (_with('"temperature": NaN'), "NaN is not a JSON number"),
     "Infinity temperature": (_with('"temperature": -Infinity'), "Infinity is not a JSON number"),
     "1e999 temperature": (_with('"temperature": 1e999'), "temperature must be a finite number"),
+    "temperature 1e-300": (_body(temperature=1e-300), "temperature must be 0 (greedy) or in [1e-05, 2.0]"),
+    "repetition_penalty 1e-300": (_body(repetition_penalty=1e-300), "repetition_penalty must be in [0.01"),
     "seed 2**64": (_body(seed=2**64), "seed must be <= 18446744073709551615"),
     "seed below -2**63": (_body(seed=-(2**63) - 1), "seed must be >="),
     "surrogate in content": (_user_text("hi \ud800"), "lone UTF-16 surrogate (U+D800"),
@@ -98,6 +100,25 @@ def test_bad_bodies_are_4xx_and_the_keep_alive_connection_stays_usable(server):
         assert payload["choices"][0]["message"]["content"]
     assert conn.sock is sock  # never reconnected: no request above closed the connection
     conn.close()
+
+
+EDGES = {
+    "smallest temperature": {"temperature": 1e-5},
+    "smallest repetition_penalty": {"temperature": 1.0, "repetition_penalty": 0.01},
+    "largest repetition_penalty": {"temperature": 2.0, "repetition_penalty": 10.0},
+    "smallest top_p": {"temperature": 1.0, "top_p": 5e-324},
+    "largest seed": {"temperature": 1.0, "seed": 2**64 - 1},
+    "smallest seed": {"temperature": 1.0, "seed": -(2**63)},
+    "4 stop strings of 256 characters": {"stop": ["a" * 256, "b" * 256, "c" * 256, "d" * 256]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+def test_settings_at_the_edges_of_their_ranges_generate(server, name):
+    body = {"messages": HI, "max_tokens": 8, **EDGES[name]}
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] >= 1
 
 
 def _send_chunked_until_answered(port: int, total: int) -> tuple[int, bytes]:
