@@ -113,3 +113,12 @@ def test_a_second_turn_in_gradio_message_format_is_answered(web_url):
     messages = outputs[0]
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert not _reply(outputs).startswith("Error"), _reply(outputs)[:300]
+
+
+def test_an_upload_over_the_limit_is_refused(web_url):
+    # Gradio accepts uploads of any size unless told otherwise; the demo allows 20 MiB.
+    files = {"files": ("big.png", b"\0" * (21 << 20), "image/png")}
+    response = httpx.post(web_url + "/gradio_api/upload", files=files, timeout=120)
+    assert response.status_code == 413, response.text[:300]
+    small = {"files": ("small.png", b"\0" * 1024, "image/png")}
+    assert httpx.post(web_url + "/gradio_api/upload", files=small, timeout=60).status_code == 200

@@ -29,10 +29,10 @@ def _decode_data_url(url: str, param: str, config: ServerConfig) -> bytes:
     header, separator, payload = url.partition(",")
     if not separator:
         raise invalid(f"{param}: a data URL needs a ',' before its payload", param)
-    media_type, *options = header.removeprefix("data:").split(";")
-    if "base64" not in options:
+    media_type, *options = header[len("data:") :].split(";")  # the scheme is any case: "DATA:" too
+    if "base64" not in (option.lower() for option in options):
         raise invalid(f"{param}: only base64 data URLs are accepted (data:image/<type>;base64,...)", param)
-    if media_type and not media_type.startswith("image/"):
+    if media_type and not media_type.lower().startswith("image/"):
         raise invalid(f"{param}: media type {media_type[:40]!r} is not an image type", param)
     if len(payload) * 3 // 4 > config.max_image_bytes + 3:
         raise _too_large(param, config.max_image_bytes)

@@ -104,7 +104,8 @@ def _stream_settings(body: dict) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid("stream must be a boolean", "stream")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise invalid("stream_options must be an object", "stream_options")
     include_usage = options.get("include_usage", False)

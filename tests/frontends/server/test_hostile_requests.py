@@ -65,6 +65,7 @@ BAD = {
         b'{"messages": [{"role": "user", "content": "hi \xed\xa0\x80"}]}',
         "lone UTF-16 surrogate",
     ),
+    "stream_options a list": (_body(stream_options=[]), "stream_options must be an object"),
     "include_usage a string": (_body(stream_options={"include_usage": "no"}), "must be a boolean"),
     "image marker in text": (_user_text("look <EOI> here"), "reserved for the image"),
     "model name of 10,000 characters": (_body(model="m" * 10_000), "model may have at most 256"),
@@ -102,6 +103,7 @@ def test_bad_bodies_are_4xx_and_the_keep_alive_connection_stays_usable(server):
     conn.close()
 
 
+UPPER_URL = "DATA:IMAGE/PNG;BASE64," + IMAGE_URL.split(",", 1)[1]
 EDGES = {
     "smallest temperature": {"temperature": 1e-5},
     "smallest repetition_penalty": {"temperature": 1.0, "repetition_penalty": 0.01},
@@ -109,6 +111,9 @@ EDGES = {
     "smallest top_p": {"temperature": 1.0, "top_p": 5e-324},
     "largest seed": {"temperature": 1.0, "seed": 2**64 - 1},
     "smallest seed": {"temperature": 1.0, "seed": -(2**63)},
+    "upper-case data URL": {
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": UPPER_URL}}]}]
+    },
     "4 stop strings of 256 characters": {"stop": ["a" * 256, "b" * 256, "c" * 256, "d" * 256]},
 }
 
