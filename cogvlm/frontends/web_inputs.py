@@ -12,6 +12,9 @@ from cogvlm.frontends.text_checks import UserTextError, check_user_text
 
 # Turns of history the demo keeps; older ones are dropped (the context could not hold them anyway).
 MAX_HISTORY_TURNS = 64
+# Characters of one question or chat message; far beyond any model's context, and it bounds the work
+# done before the context check (Gradio's API accepts text of any length).
+MAX_TEXT_CHARS = 100_000
 SLIDERS = {"temperature": (0.0, 1.0), "top_p": (0.0, 1.0), "top_k": (1, 100)}
 
 
@@ -69,12 +72,18 @@ def _slider(name: str, value: object) -> float:
     return value
 
 
+def _check_text(text: str, where: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise UserTextError(f"{where} has {len(text)} characters; at most {MAX_TEXT_CHARS} are accepted")
+    check_user_text(text, where)
+
+
 def parse_web_turn(text: str, messages: object, greeting: str, **sliders: object) -> WebTurn:
     """Check a non-empty query, the chat so far and the sliders (temperature, top_p, top_k)."""
-    check_user_text(text, "the question")
+    _check_text(text, "the question")
     history = history_pairs(messages, greeting)
     for index, (query, reply) in enumerate(history):
-        check_user_text(query, f"question {index + 1} of the chat")
-        check_user_text(reply, f"answer {index + 1} of the chat")
+        _check_text(query, f"question {index + 1} of the chat")
+        _check_text(reply, f"answer {index + 1} of the chat")
     values = {name: _slider(name, sliders[name]) for name in SLIDERS}
     return WebTurn(text, history, float(values["temperature"]), float(values["top_p"]), int(values["top_k"]))

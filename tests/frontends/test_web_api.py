@@ -90,7 +90,8 @@ BAD = {
         "0.5, 0.4, 10",
         "question 1 of the chat",
     ),
-    "20 MB question": (json.dumps("word " * (4 << 20)), "[]", "0.5, 0.4, 10", "needs at least"),
+    "20 MB question": (json.dumps("word " * (4 << 20)), "[]", "0.5, 0.4, 10", "at most 100000 are accepted"),
+    "question too long for the context": (json.dumps("word " * 5000), "[]", "0.5, 0.4, 10", "needs at least"),
 }
 
 

@@ -85,3 +85,11 @@ def test_bad_text_is_refused_wherever_it_is():
     broken = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\udc00"}]
     with pytest.raises(UserTextError, match="answer 1 of the chat"):
         parse_web_turn("q", broken, GREETING, **SLIDERS)
+
+
+def test_overlong_text_is_refused_before_any_other_work():
+    with pytest.raises(UserTextError, match="the question has 100001 characters"):
+        parse_web_turn("x" * 100_001, [], GREETING, **SLIDERS)
+    long_reply = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "y" * 200_000}]
+    with pytest.raises(UserTextError, match="answer 1 of the chat has 200000 characters"):
+        parse_web_turn("q", long_reply, GREETING, **SLIDERS)
