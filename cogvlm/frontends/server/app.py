@@ -189,7 +189,7 @@ def create_app(session: CogVLM, config: ServerConfig) -> FastAPI:
     app.state.service = service
 
     @app.middleware("http")
-    async def authenticate(request: Request, call_next):
+    async def authenticate_and_catch(request: Request, call_next):
         try:
             _check_api_key(request, config.api_key)
             return await call_next(request)

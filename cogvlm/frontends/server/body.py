@@ -19,7 +19,7 @@ from cogvlm.frontends.text_checks import lone_surrogate
 # The longest integer any field accepts is a 64-bit seed (20 digits); longer literals are refused while
 # parsing, before Python's own 4300-digit guard or a slow conversion sees them.
 MAX_INTEGER_DIGITS = 32
-MAX_DEPTH = 32  # a chat request nests 5 levels (body, messages, message, content, part, image_url)
+MAX_DEPTH = 32  # a chat request nests 6 levels (body, messages, message, content, part, image_url)
 # JSON objects and arrays a body may hold; the most messages a server accepts need a few each, and text
 # with that many brackets would not fit any context.
 MAX_CONTAINERS = 100_000
