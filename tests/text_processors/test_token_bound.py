@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cogvlm.frontends.text_checks import prefix_token_bound
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from tests.golden_models import tokenizer_file
 
@@ -53,3 +54,17 @@ def test_the_bound_grows_with_the_text(tokenizer):
 def test_the_bound_holds_for_any_text(text):
     tokenizer = _golden()
     assert tokenizer.min_token_count(text) <= len(tokenizer.encode(text))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400), st.integers(min_value=0, max_value=400))
+def test_the_bound_from_a_prefix_holds_for_any_text_and_cut(text, prefix_chars):
+    tokenizer = _golden()
+    assert prefix_token_bound(tokenizer, text, prefix_chars) <= len(tokenizer.encode(text))
+
+
+@pytest.mark.parametrize("index", range(len(SAMPLES)))
+def test_the_bound_from_a_prefix_holds_at_every_cut(tokenizer, index):
+    text = SAMPLES[index][:600]
+    count = len(tokenizer.encode(text))
+    assert all(prefix_token_bound(tokenizer, text, cut) <= count for cut in range(0, len(text), 7))

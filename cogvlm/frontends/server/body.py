@@ -159,12 +159,12 @@ def _path(where: tuple | None) -> str:
 
 
 def _check_text(text: str, where: tuple | None, is_key: bool = False) -> None:
-    found = lone_surrogate(text)
-    if found is not None:
+    index = lone_surrogate(text)
+    if index is not None:
         path = _path(where) or "the body"
         raise invalid(
             f"{path}: {'a key' if is_key else 'the string'} holds a lone UTF-16 surrogate "
-            f"(U+{ord(found.group()):04X} at index {found.start()}), which is not a Unicode character",
+            f"(U+{ord(text[index]):04X} at index {index}), which is not a Unicode character",
             _path(where) or None,
             "invalid_unicode",
         )

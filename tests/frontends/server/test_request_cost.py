@@ -74,13 +74,18 @@ def test_only_the_last_image_url_is_decoded(monkeypatch):
 
 
 class CountingTokenizer(LlamaTokenizer):
-    """The golden tokenizer, counting the characters it was asked to encode."""
+    """The golden tokenizer, counting the characters it was asked to encode and to measure."""
 
     encoded_chars = 0
+    measured_chars = 0
 
     def encode(self, text: str) -> list[int]:
         self.encoded_chars += len(text)
         return super().encode(text)
+
+    def min_token_count(self, text: str) -> int:
+        self.measured_chars += len(text)
+        return super().min_token_count(text)
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +95,15 @@ def session() -> CogVLM:
 
 
 def test_a_20_mb_prompt_is_refused_before_it_is_tokenized(session):
+    session.tokenizer.encoded_chars = session.tokenizer.measured_chars = 0
     chat = ChatRequest(model="m", query="word " * (4 << 20), history=(("hi", "hello"),), image=None)
     with pytest.raises(APIError, match="the prompt exceeds the context length limit") as raised:
         prepare_job(session, ServerConfig(), chat)
     assert raised.value.status == 400 and raised.value.code == "context_length_exceeded"
     assert session.tokenizer.encoded_chars == 0
+    # Only a prefix of twice the context's worth of characters was measured, not the 20 MB.
+    context_chars = session.config.llm.max_sequence_length * session.tokenizer.max_piece_chars
+    assert 0 < session.tokenizer.measured_chars <= 2 * context_chars + len("hi") + len("hello")
 
 
 def test_a_prompt_near_the_limit_is_still_tokenized_and_measured_exactly(session):
