@@ -91,7 +91,10 @@ def run_web(args: argparse.Namespace) -> int:
     from cogvlm.frontends import web
 
     session = load_session(args, flag_dtype(args))
-    web.run_web(session, web.WebConfig(host=args.host, port=args.port, max_length=args.max_length))
+    config = web.WebConfig(
+        host=args.host, port=args.port, max_length=args.max_length, max_queue=args.max_queue
+    )
+    web.run_web(session, config)
     return 0
 
 
@@ -103,4 +106,5 @@ def add_web_parser(commands) -> None:
     web.add_argument(
         "--max_length", type=int, default=None, help="total tokens per answer (default: the model's context)"
     )
+    web.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: refused")
     web.set_defaults(handler=run_web)

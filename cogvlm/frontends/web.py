@@ -21,13 +21,14 @@ MODES = ("Chat", "Grounding", "Agent")
 
 @dataclass(frozen=True)
 class WebConfig:
-    """Where the demo listens, how long its answers may be (None: the model's context) and how large an
-    uploaded file may be."""
+    """Where the demo listens, how long its answers may be (None: the model's context), how large an
+    uploaded file may be and how many requests may wait."""
 
     host: str = "127.0.0.1"
     port: int = 7860
     max_length: int | None = None
     max_upload_bytes: int = 20 << 20  # an uploaded image; Gradio's default is no limit at all
+    max_queue: int = 32  # requests waiting for the model; Gradio's default is no limit at all
 
 
 def stream_reply(
@@ -137,6 +138,6 @@ def build_demo(session: CogVLM, config: WebConfig):
 def run_web(session: CogVLM, config: WebConfig) -> None:
     """Serve the demo until interrupted."""
     demo = build_demo(session, config)
-    demo.queue(default_concurrency_limit=1).launch(
+    demo.queue(default_concurrency_limit=1, max_size=config.max_queue).launch(
         server_name=config.host, server_port=config.port, share=False, max_file_size=config.max_upload_bytes
     )

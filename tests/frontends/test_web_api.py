@@ -16,6 +16,7 @@ from tests.frontends.server.conftest import REPO, free_port
 from tests.golden import golden_dir
 
 MAX_LENGTH = 200
+MAX_QUEUE = 2
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def web_url():
             *(sys.executable, "-m", "cogvlm.cli", "web", "--port", str(port)),
             *("--from_pretrained", str(golden_dir() / "cogvlm" / "sat_checkpoint")),
             *("--local_tokenizer", str(golden_dir() / "tokenizer.model")),
-            *("--version", "chat_old", "--max_length", str(MAX_LENGTH)),
+            *("--version", "chat_old", "--max_length", str(MAX_LENGTH), "--max-queue", str(MAX_QUEUE)),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -123,3 +124,19 @@ def test_an_upload_over_the_limit_is_refused(web_url):
     assert response.status_code == 413, response.text[:300]
     small = {"files": ("small.png", b"\0" * 1024, "image/png")}
     assert httpx.post(web_url + "/gradio_api/upload", files=small, timeout=60).status_code == 200
+
+
+def test_requests_beyond_the_queue_are_refused(web_url):
+    # One request runs and MAX_QUEUE wait; a burst of 8 fills both long before the first one ends.
+    body = b'{"data": [null, "hi", [], "Chat", 0.5, 0.4, 10]}'
+    headers = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=web_url, timeout=60) as client:
+        answers = [client.post("/gradio_api/call/respond", content=body, headers=headers) for _ in range(8)]
+        refused = [answer for answer in answers if answer.status_code == 503]
+        accepted = [answer.json()["event_id"] for answer in answers if answer.status_code == 200]
+        assert len(refused) + len(accepted) == len(answers)
+        assert refused and len(accepted) >= 1 + MAX_QUEUE
+        assert all(f"Queue is full. Max size is {MAX_QUEUE}" in answer.text for answer in refused)
+        for event_id in accepted:  # the accepted ones are answered
+            with client.stream("GET", f"/gradio_api/call/respond/{event_id}", timeout=120) as events:
+                assert "event: complete" in list(events.iter_lines())
