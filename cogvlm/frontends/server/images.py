@@ -84,9 +84,17 @@ def _read_file(url: str, param: str, config: ServerConfig) -> bytes:
     path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
     if not path.is_file():
         raise invalid(f"{param}: {path} is not a file", param, "image_not_found")
-    if path.stat().st_size > config.max_image_bytes:
+    try:
+        if path.stat().st_size > config.max_image_bytes:
+            raise _too_large(param, config.max_image_bytes)
+        with path.open("rb") as file:  # read at most the limit: /proc files report a size of 0
+            data = file.read(config.max_image_bytes + 1)
+    except OSError as error:  # unreadable, or gone since the check
+        message = f"{param}: could not read {path} ({error.strerror})"
+        raise invalid(message, param, "image_not_found") from None
+    if len(data) > config.max_image_bytes:
         raise _too_large(param, config.max_image_bytes)
-    return path.read_bytes()
+    return data
 
 
 def check_url_scheme(url: object, param: str, config: ServerConfig) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import threading
 
 import pytest
@@ -71,6 +72,26 @@ def test_only_the_last_image_url_is_decoded(monkeypatch):
     chat = parse_chat_request({"messages": messages}, ServerConfig())
     assert len(decoded) == 1
     assert chat.image.size == (24, 16)
+
+
+def test_a_local_file_is_read_only_up_to_the_image_limit():
+    config = ServerConfig(allow_file_images=True, max_image_bytes=1000)
+    # /proc files report a size of 0 whatever they hold: the size check alone would read them whole.
+    with pytest.raises(APIError, match="larger than 1000 bytes") as raised:
+        images.image_from_url("file:///proc/self/maps", "url", config)
+    assert raised.value.status == 413
+
+
+def test_an_unreadable_local_file_is_a_400(tmp_path):
+    config = ServerConfig(allow_file_images=True)
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(b"x")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads anything
+        pytest.skip("running as root: no unreadable file to try")
+    with pytest.raises(APIError, match="could not read") as raised:
+        images.image_from_url(locked.as_uri(), "url", config)
+    assert raised.value.status == 400
 
 
 class CountingTokenizer(LlamaTokenizer):
