@@ -94,9 +94,13 @@ class LlamaTokenizer:
 
         Every token covers at most `max_piece_chars` characters of the normalized text (byte-fallback
         tokens cover less than one); normalizing first makes the bound hold whatever the model's
-        normalizer folds (NFKC, runs of whitespace).
+        normalizer folds (NFKC, runs of whitespace). sentencepiece before 0.2.0 cannot normalize alone:
+        there the bound is 0 (still a lower bound; callers then tokenize as before).
         """
-        return -(-len(self._sp.normalize(text)) // self.max_piece_chars)
+        normalize = getattr(self._sp, "normalize", None)
+        if normalize is None:
+            return 0
+        return -(-len(normalize(text)) // self.max_piece_chars)
 
     @functools.cached_property
     def max_piece_chars(self) -> int:
