@@ -163,8 +163,9 @@ def test_a_200_mb_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server)
     assert head.startswith(b"http/1.1 413"), answer[:300]
     assert b"connection: close" in head
     assert sent < LIMIT + SLACK  # answered while the upload was still going, not after 200 MB
-    # Buffering the whole upload cost +360 MB; reading chunk by chunk holds at most the limit.
-    assert _rss_bytes(server.process.pid) - rss_before < LIMIT + SLACK
+    # Buffering the whole upload cost +360 MB; reading chunk by chunk holds at most the limit (twice
+    # while the buffer grows, plus the allocator's slack).
+    assert _rss_bytes(server.process.pid) - rss_before < 3 * LIMIT
     assert server.is_alive()
 
 
