@@ -99,6 +99,10 @@ def test_bad_bodies_are_4xx_and_the_keep_alive_connection_stays_usable(server):
         status, payload = _post(conn, GOOD)  # the same connection answers the next request
         assert status == 200, (name, payload)
         assert payload["choices"][0]["message"]["content"]
+    conn.request("POST", "/v1/nothing", body=GOOD)  # a 404 before the body is read: it is drained
+    missing = conn.getresponse()
+    assert missing.status == 404 and "error" in json.loads(missing.read())
+    assert _post(conn, GOOD)[0] == 200
     assert conn.sock is sock  # never reconnected: no request above closed the connection
     conn.close()
 
