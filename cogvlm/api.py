@@ -21,7 +21,7 @@ from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, bu
 from cogvlm.inference.stopping import StopStrings
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
-from cogvlm.nn.quantized import quantize_
+from cogvlm.nn.quantized import QuantConfig
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.text_processors import (
     LlamaTokenizer,
@@ -215,15 +215,16 @@ def load(
     `download` says where and how (default: from the environment, see `DownloadConfig.from_environment`).
     The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
     `dtype` None means float32 on the CPU and the checkpoint's own dtype elsewhere.
-    `quant_bits` (4 or 8) quantizes the parallel linears' weights after loading (see `quantize_`).
+    `quant_bits` (4 or 8) quantizes the parallel linears' weights as they load, so the full-precision model
+    never sits on `device` (see `checkpoints.streaming`); a checkpoint saved quantized loads as it is, and
+    a different `quant_bits` / `quant_group_size` is refused.
     Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
     path = resolve_checkpoint(path, download)
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half precision is slow on CPUs; a half checkpoint is widened once at load
-    model, info = load_model(path, dtype=dtype, device=device, tp=tp)
-    if quant_bits is not None:
-        quantize_(model, quant_bits, quant_group_size)
+    quant = None if quant_bits is None else QuantConfig(quant_bits, quant_group_size)
+    model, info = load_model(path, dtype=dtype, device=device, tp=tp, quant=quant, progress=True)
     chosen = version or info.config.text_processor_version or DEFAULT_VERSION
     if version and info.config.text_processor_version and version != info.config.text_processor_version:
         logger.warning(

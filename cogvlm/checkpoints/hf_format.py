@@ -39,6 +39,7 @@ CONFIG_FILE = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 ROTARY_SAT_KEY = "mixins.rotary.rotary_emb.inv_freq"
+QUANT_SCALE_SUFFIX = ".weight_scale"
 ROTARY_HF_KEY = re.compile(r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq")
 
 # One literal table. {i}/{k}: layer numbers, {p}: weight or bias, {rest}: any sub-key (same on both sides).
@@ -148,12 +149,17 @@ def _translate(key: str, table, direction: str) -> str:
 
 
 def sat_key_to_hf(key: str) -> str:
-    """The HF name of a SAT key (the rotary buffer is handled by `sat_state_dict_to_hf`)."""
+    """The HF name of a SAT key (the rotary buffer is handled by `sat_state_dict_to_hf`); a quantized
+    layer's `<weight>_scale` is named after its weight."""
+    if key.endswith(QUANT_SCALE_SUFFIX):
+        return sat_key_to_hf(key.removesuffix("_scale")) + "_scale"
     return _translate(key, _SAT_TO_HF, "HF")
 
 
 def hf_key_to_sat(key: str) -> str:
     """The SAT name of an HF key."""
+    if key.endswith(QUANT_SCALE_SUFFIX):
+        return hf_key_to_sat(key.removesuffix("_scale")) + "_scale"
     return _translate(key, _HF_TO_SAT, "SAT")
 
 

@@ -31,7 +31,6 @@ from cogvlm.mixins.lora import LoraConfig, add_lora, is_lora_parameter
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
-from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict, unshard_state_dicts
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
@@ -269,10 +268,9 @@ def _load_qlora_run(
     # scales exactly; the requested dtype is applied at the end.
     source = str(path / sat_format.MODEL_CONFIG_FILE)
     base_path = resolve_base(record, base, source)
-    model, base_info = load_model(base_path, dtype=torch.float32, device=device, tp=tp)
+    quant = record.quantization if quantize_base else None
+    model, base_info = load_model(base_path, dtype=torch.float32, device=device, tp=tp, quant=quant)
     if quantize_base:
-        quantization = record.quantization
-        quantize_(model, quantization.bits, quantization.group_size)
         check_same_base(record, model, tp.rank, tp.size, source)
     lora = lora_config_from_sat(checkpoint.raw_config, base_info.config.has_cross_vision)
     add_lora(model, lora)

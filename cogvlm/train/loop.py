@@ -20,7 +20,6 @@ from cogvlm.errors import ConfigError
 from cogvlm.mixins.lora import add_lora
 from cogvlm.models import mixin_names
 from cogvlm.models.cogvlm import VisionLanguageModel
-from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.deepspeed_mpu import (
     ParallelLayout,
     build_parallel_layout,
@@ -92,9 +91,8 @@ def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
 def _quantize_base(
     model: VisionLanguageModel, config: FinetuneConfig, path: Path, layout: ParallelLayout
 ) -> QLoraBase:
-    """Quantize the loaded base in place (QLoRA) and describe it for the run's checkpoints."""
+    """Describe the base, quantized as it loaded (QLoRA), for the run's checkpoints."""
     quantization = config.quantization
-    quantize_(model, quantization.bits, quantization.group_size)
     return QLoraBase(
         base=config.from_pretrained,
         base_path=str(path.resolve()),
@@ -105,8 +103,11 @@ def _quantize_base(
 
 def _load_base_model(config: FinetuneConfig, device: torch.device, layout: ParallelLayout):
     # Weights load in float32: DeepSpeed keeps float32 master copies and casts the module for bf16/fp16.
+    # QLoRA: the frozen base is quantized tensor by tensor as it streams in, never whole in float32.
     path = resolve_checkpoint(config.from_pretrained)
-    model, info = load_model(path, dtype=torch.float32, device=device, tp=layout.tp)
+    model, info = load_model(
+        path, dtype=torch.float32, device=device, tp=layout.tp, quant=config.quantization, progress=True
+    )
     qlora = _quantize_base(model, config, path, layout) if config.quantization is not None else None
     if config.lora is not None:
         add_lora(model, config.lora)
