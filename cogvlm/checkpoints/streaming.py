@@ -141,8 +141,8 @@ def plan_load(
         rule = rules.get(key, REPLICATED)
         shape = tensors.piece_shape(key, rule, tp)
         quantize = key + SCALE_SUFFIX in derived
-        want = torch.empty(float_shapes[key], dtype=target.dtype, device="meta") if quantize else target
         dtype = _owner(model, key)[0].weight_scale.dtype if quantize else target.dtype
+        want = torch.empty(float_shapes[key], dtype=dtype, device="meta") if quantize else target
         _check_piece(key, shape, want, stored[key], tensors.source, tp)
         plan.append(KeyLoad(key, rule, shape, dtype, quantize))
     return plan
