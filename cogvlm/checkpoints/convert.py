@@ -29,6 +29,7 @@ from cogvlm.checkpoints.json_files import read_json
 from cogvlm.checkpoints.loading import detect_format, read_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.nn.quantized import QuantConfig
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
 from cogvlm.utils.atomic import atomic_directory
 
@@ -47,12 +48,15 @@ class ConvertConfig:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     overwrite: bool = False
     dtype: torch.dtype | None = None  # cast floating-point tensors to this; None keeps them
+    quant: QuantConfig | None = None  # write the quantized HF form (`quantized_format`)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and not self.dtype.is_floating_point:
             raise ConfigError(f"ConvertConfig: dtype={self.dtype} is not a floating-point type")
         if self.target_format not in (None, "sat", "hf"):
             raise ConfigError(f"ConvertConfig: target_format={self.target_format!r}, expected 'sat' or 'hf'")
+        if self.quant is not None and self.target_format == "sat":
+            raise ConfigError("ConvertConfig: a quantized checkpoint is written in HF format, not SAT")
         if self.max_shard_bytes <= 0:
             raise ConfigError(f"ConvertConfig: max_shard_bytes={self.max_shard_bytes} must be positive")
 
@@ -245,8 +249,8 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     """Convert `config.source` (SAT or HF directory) into the other format at `config.output`."""
     source, output = Path(config.source), Path(config.output)
     source_format = detect_format(source)
-    target_format = config.target_format or ("hf" if source_format == "sat" else "sat")
-    if target_format == source_format and config.dtype is None:
+    target_format = config.target_format or ("hf" if source_format == "sat" or config.quant else "sat")
+    if target_format == source_format and config.dtype is None and config.quant is None:
         raise CheckpointError(
             f"{source}: already in {source_format.upper()} format "
             "(a same-format copy needs a dtype to cast to)"
@@ -255,6 +259,8 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
         raise CheckpointError(f"{output}: the output must differ from the source")
     if output.exists() and not config.overwrite:
         raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
+    if config.quant is not None:
+        return quantized_to_hf(source, output, source_format, config)
     if (source_format, target_format) == ("sat", "hf"):
         return sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
     if (source_format, target_format) == ("hf", "sat"):
@@ -262,3 +268,23 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     if source_format == "sat":
         return sat_to_sat(source, output, config.dtype)
     return hf_to_hf(source, output, config.max_shard_bytes, config.dtype)
+
+
+def quantized_to_hf(source: Path, output: Path, source_format: CheckpointFormat, config: ConvertConfig):
+    """Write the quantized HF form of a SAT or HF checkpoint (`quantized_convert`), its SAT config kept."""
+    from cogvlm.checkpoints.quantized_convert import write_quantized_checkpoint
+
+    if source_format == "sat":
+        raw = _at_model_parallel_size_1(sat_format.open_sat_checkpoint(source).raw_config)
+    else:
+        raw = read_json(source / hf_format.CONFIG_FILE).get(SAT_CONFIG_FIELD)
+    count, dtypes = write_quantized_checkpoint(
+        source,
+        output,
+        config.quant,
+        dtype=config.dtype,
+        max_shard_bytes=config.max_shard_bytes,
+        extra_fields=None if raw is None else {SAT_CONFIG_FIELD: raw},
+        extra_files=tokenizer_beside(source),
+    )
+    return ConvertResult(output, source_format, "hf", count, dtypes)

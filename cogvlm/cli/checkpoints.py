@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cogvlm.cli.common import DTYPES, add_download_arguments, download_config
+from cogvlm.cli.common import DTYPES, QUANT_BITS, add_download_arguments, download_config
+from cogvlm.errors import CogVLMError
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -66,6 +67,7 @@ def run_convert(args: argparse.Namespace) -> int:
         max_shard_bytes=parse_byte_size(args.max_shard_size),
         overwrite=args.overwrite,
         dtype=None if args.dtype is None else DTYPES[args.dtype],
+        quant=_quant_config(args),
     )
     result = convert_checkpoint(config)
     print(
@@ -73,6 +75,16 @@ def run_convert(args: argparse.Namespace) -> int:
         f"{result.num_tensors} tensors, dtype {', '.join(result.dtypes)}"
     )
     return 0
+
+
+def _quant_config(args: argparse.Namespace):
+    from cogvlm.nn.quantized import QuantConfig
+
+    if args.quant is None:
+        if args.quant_group_size is not None:
+            raise CogVLMError("--quant_group_size needs --quant 4 or --quant 8")
+        return None
+    return QuantConfig(args.quant, args.quant_group_size)
 
 
 def add_convert_parser(commands) -> None:
@@ -92,6 +104,16 @@ def add_convert_parser(commands) -> None:
         choices=sorted(DTYPES),
         default=None,
         help="cast floating-point weights (default: keep); with it, --to may name the source's own format",
+    )
+    convert.add_argument(
+        "--quant",
+        type=int,
+        choices=QUANT_BITS,
+        default=None,
+        help="write int4/int8 weights with their scales (HF layout), loadable directly by chat/serve",
+    )
+    convert.add_argument(
+        "--quant_group_size", type=int, default=None, help="inputs per quantization scale (default: per row)"
     )
     add_download_arguments(convert)
     convert.set_defaults(handler=run_convert)
