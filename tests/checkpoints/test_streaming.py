@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 import weakref
 
@@ -222,3 +223,25 @@ def test_a_checkpoint_whose_scales_do_not_match_fails_naming_the_key(tmp_path):
     save_file(weights, output / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"weight_scale has shape"):
         load_model(output)
+
+
+@pytest.mark.parametrize(
+    "source, quant",
+    [("cogvlm_mp2", QuantConfig(8)), ("cogagent", QuantConfig(4))],
+    ids=["mp2-split-int8-per-row", "cogagent-mp1-int4-per-row"],
+)
+def test_tensor_parallel_ranks_stream_their_quantized_shards(source, quant, tmp_path):
+    # Per-row scales of row-parallel layers need the whole row's absmax: an all-reduce over real ranks.
+    from tests.parallel import torchrun_jobs
+
+    checkpoint = golden_dir() / source
+    checkpoint = checkpoint if (checkpoint / "model_config.json").is_file() else checkpoint / "sat_checkpoint"
+    quantized = tmp_path / "quantized"
+    convert_checkpoint(ConvertConfig(checkpoint, quantized, quant=quant))
+    args = (str(checkpoint), str(quantized), str(quant.bits), str(quant.group_size or 0), str(tmp_path))
+    result = torchrun_jobs.run(2, "quant_load_worker.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["streamed"] == [] and report["saved"] == [], report
+        assert report["quantized_layers"] > 0 and report["tp_size"] == 2
