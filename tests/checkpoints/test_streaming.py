@@ -245,3 +245,23 @@ def test_tensor_parallel_ranks_stream_their_quantized_shards(source, quant, tmp_
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report["streamed"] == [] and report["saved"] == [], report
         assert report["quantized_layers"] > 0 and report["tp_size"] == 2
+
+
+def test_cli_chat_answers_from_a_converted_quantized_checkpoint_as_with_quant(tmp_path, capsys):
+    from cogvlm import cli
+
+    source, quantized = golden_dir() / "cogvlm" / "sat_checkpoint", str(tmp_path / "int8")
+    assert cli.main(["convert", "--from_pretrained", str(source), "--output", quantized, "--quant", "8"]) == 0
+    assert "int8" in capsys.readouterr().out
+    chat = [
+        "chat", "--local_tokenizer", str(golden_dir() / "tokenizer.model"), "--version", "chat_old",
+        "--image", str(golden_dir() / "test_image.png"), "--query", "Describe the image.",
+        "--max_new_tokens", "8",
+    ]  # fmt: skip
+    assert cli.main([*chat, "--from_pretrained", str(source), "--quant", "8"]) == 0
+    on_load = capsys.readouterr().out
+    assert cli.main([*chat, "--from_pretrained", quantized]) == 0
+    assert capsys.readouterr().out == on_load and on_load.strip()
+    assert cli.main([*chat, "--from_pretrained", quantized, "--quant", "4"]) == 2
+    error = capsys.readouterr().err
+    assert "saved quantized (int8, per row)" in error and "int4, per row" in error
