@@ -265,3 +265,25 @@ def test_cli_chat_answers_from_a_converted_quantized_checkpoint_as_with_quant(tm
     assert cli.main([*chat, "--from_pretrained", quantized, "--quant", "4"]) == 2
     error = capsys.readouterr().err
     assert "saved quantized (int8, per row)" in error and "int4, per row" in error
+
+
+def test_loading_shows_a_progress_bar_on_a_terminal_only(monkeypatch, capsys):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    checkpoint = golden_dir() / "cogvlm" / "sat_checkpoint"
+    load_model(checkpoint, progress=True)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest's capture
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    with os.fdopen(follower, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        load_model(checkpoint, progress=True)
+        terminal.flush()
+    shown = os.read(leader, 1 << 16).decode(errors="replace")
+    os.close(leader)
+    assert "loading sat_checkpoint" in shown and "100%" in shown
