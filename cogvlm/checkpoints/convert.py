@@ -9,8 +9,9 @@ SAT -> HF -> SAT gives back the same SAT config, fields HF has no name for inclu
 Memory: an MP=1 SAT file is read memory-mapped (`torch.load(mmap=True)`) and HF safetensors lazily
 (`safetensors.load_file` maps the file); safetensors and `torch.save` write tensor by tensor from those
 mappings. Anonymous memory therefore stays near the process baseline whatever the checkpoint size; the
-page cache holds the bytes being copied and the kernel reclaims it. Only an MP>1 SAT source is merged in
-memory first (peak: the whole model).
+page cache holds the bytes being copied and the kernel reclaims it. An HF target that needs new tensors
+(a `dtype` cast, `quant`, or an MP>1 SAT source merged key by key) is written by `streamed_writer`, one
+shard in memory at a time. Only a cast or merge into SAT format holds the whole model.
 """
 
 from __future__ import annotations
@@ -259,8 +260,8 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
         raise CheckpointError(f"{output}: the output must differ from the source")
     if output.exists() and not config.overwrite:
         raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
-    if config.quant is not None:
-        return quantized_to_hf(source, output, source_format, config)
+    if target_format == "hf" and (config.quant or config.dtype or _is_split_sat(source, source_format)):
+        return streamed_to_hf(source, output, source_format, config)
     if (source_format, target_format) == ("sat", "hf"):
         return sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
     if (source_format, target_format) == ("hf", "sat"):
@@ -270,15 +271,20 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     return hf_to_hf(source, output, config.max_shard_bytes, config.dtype)
 
 
-def quantized_to_hf(source: Path, output: Path, source_format: CheckpointFormat, config: ConvertConfig):
-    """Write the quantized HF form of a SAT or HF checkpoint (`quantized_convert`), its SAT config kept."""
-    from cogvlm.checkpoints.quantized_convert import write_quantized_checkpoint
+def _is_split_sat(source: Path, source_format: CheckpointFormat) -> bool:
+    return source_format == "sat" and sat_format.open_sat_checkpoint(source).model_parallel_size > 1
+
+
+def streamed_to_hf(source: Path, output: Path, source_format: CheckpointFormat, config: ConvertConfig):
+    """Write the HF form of a SAT or HF checkpoint tensor by tensor (`streamed_writer`), cast to
+    `config.dtype` and quantized by `config.quant`, its SAT config kept."""
+    from cogvlm.checkpoints.streamed_writer import write_hf_streamed
 
     if source_format == "sat":
         raw = _at_model_parallel_size_1(sat_format.open_sat_checkpoint(source).raw_config)
     else:
         raw = read_json(source / hf_format.CONFIG_FILE).get(SAT_CONFIG_FIELD)
-    count, dtypes = write_quantized_checkpoint(
+    count, dtypes = write_hf_streamed(
         source,
         output,
         config.quant,

@@ -1,10 +1,10 @@
-"""`cogvlm convert --quant 4|8`: write a checkpoint's quantized form (`quantized_format`), streaming.
+"""Write a checkpoint in HF form tensor by tensor: `cogvlm convert --quant 4|8` and `--dtype` casts.
 
 The source is planned like a load (`loading.plan_model_load`, MP=1, on the meta device) and read one
-tensor at a time from its mapped files; each parallel linear's weight is cast to the model dtype and
-quantized exactly as a quantize-on-load would, so loading the result gives the same integers and scales.
-Tensors are gathered into safetensors shards of at most `max_shard_bytes`, each written and dropped before
-the next: the heap holds one shard.
+tensor at a time from its mapped files; each tensor is cast to the model dtype and, with `quant`, each
+parallel linear's weight is quantized exactly as a quantize-on-load would (`quantized_format`), so loading
+the result gives the same integers and scales. Tensors are gathered into safetensors shards of at most
+`max_shard_bytes`, each written and dropped before the next: the heap holds one shard.
 """
 
 from __future__ import annotations
@@ -64,14 +64,15 @@ def _shard_names(count: int) -> list[str]:
 
 def _write_shards(
     staging: Path, plan: LoadPlan, tensors: CheckpointTensors, shards: Sequence[Sequence[KeyLoad]], bar
-) -> tuple[dict[str, str], int, set[str]]:
-    weight_map, total, dtypes = {}, 0, set()
+) -> tuple[dict[str, str], int, set[str], int]:
+    weight_map, total, dtypes, count = {}, 0, set(), 0
     steps: Iterator[KeyLoad] = iter(bar(plan.keys))
     num_layers = plan.model.config.llm.num_layers
     for name, shard in zip(_shard_names(len(shards)), shards, strict=True):
         sat_tensors: dict[str, torch.Tensor] = {}
         for _ in shard:
             sat_tensors.update(_outputs(plan, next(steps), tensors))
+        count += len(sat_tensors)
         hf_tensors = hf_format.sat_state_dict_to_hf(sat_tensors, num_layers)
         save_file(hf_tensors, staging / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(hf_tensors, name))
@@ -79,13 +80,13 @@ def _write_shards(
         dtypes |= {str(t.dtype).removeprefix("torch.") for t in hf_tensors.values()}
         del sat_tensors, hf_tensors
     next(steps, None)  # let the progress bar close
-    return weight_map, total, dtypes
+    return weight_map, total, dtypes, count
 
 
-def write_quantized_checkpoint(
+def write_hf_streamed(
     source: Path,
     output: Path,
-    quant: QuantConfig,
+    quant: QuantConfig | None = None,
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = 5 << 30,
@@ -93,27 +94,29 @@ def write_quantized_checkpoint(
     extra_files: Mapping[str, Path] | None = None,
     progress: bool = True,
 ) -> tuple[int, tuple[str, ...]]:
-    """Write the quantized HF form of the checkpoint at `source` (weights in `dtype`, None: the
-    checkpoint's) atomically; return the number of tensors written and their dtypes."""
+    """Write the HF form of the checkpoint at `source` atomically, weights in `dtype` (None: the
+    checkpoint's), quantized by `quant` (a quantized source stays so); return the number of (SAT) tensors
+    written and their dtypes."""
     info, tensors = open_checkpoint(source, NO_PARALLEL)
-    if info.quantization is not None:
+    if quant is not None and info.quantization is not None:
         raise CheckpointError(
             f"{source}: already quantized ({info.quantization.describe()}); quantize the full-precision "
             "checkpoint instead"
         )
+    quant = quant or info.quantization
     try:
         plan = plan_model_load(info.config, tensors, dtype=dtype, quant=quant)
     except ValueError as error:  # a layer whose width the group size does not divide
         raise CheckpointError(f"{source}: cannot quantize with {quant.describe()}: {error}") from None
     shards = _shard_steps(plan, max_shard_bytes)
     model_dtype = plan.model.transformer.word_embeddings.weight.dtype
-    bar = progress_bar(f"quantizing {Path(source).name}", enabled=progress)
+    bar = progress_bar(f"converting {Path(source).name}", enabled=progress)
     with atomic_directory(Path(output), extra_files) as staging:
-        weight_map, total, dtypes = _write_shards(staging, plan, tensors, shards, bar)
+        weight_map, total, dtypes, count = _write_shards(staging, plan, tensors, shards, bar)
         raw = {**hf_format.config_to_hf(info.config, model_dtype), **(extra_fields or {})}
-        raw.update(quantization_field(quant))
+        raw.update(quantization_field(quant) if quant is not None else {})
         (staging / hf_format.CONFIG_FILE).write_text(json.dumps(raw, indent=2))
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (staging / hf_format.SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
-    return len(weight_map), tuple(sorted(dtypes))
+    return count, tuple(sorted(dtypes))
