@@ -287,3 +287,24 @@ def test_loading_shows_a_progress_bar_on_a_terminal_only(monkeypatch, capsys):
     shown = os.read(leader, 1 << 16).decode(errors="replace")
     os.close(leader)
     assert "loading sat_checkpoint" in shown and "100%" in shown
+
+
+@pytest.mark.parametrize("quant", QUANTS[1:], ids=lambda q: q.describe())
+def test_vision_experts_derived_from_the_base_are_quantized_like_it(quant):
+    # A checkpoint without visual-expert weights (a LLaMA-only start) derives them from the language
+    # weights after the load: quantized, they copy the integers and scales quantizing the copy would give.
+    from cogvlm.checkpoints.loading import load_model_from_state_dict
+
+    info, state = read_checkpoint(golden_dir() / "cogvlm" / "sat_checkpoint")
+    base_only = {key: value for key, value in state.items() if ".vision_" not in key}
+    assert len(base_only) < len(state)
+    derived = load_model_from_state_dict(info.config, base_only, "base", dtype=torch.float32)
+    streamed = _stream_quantized(info.config, base_only, quant)
+    _assert_same_state(streamed, quantize_(derived, quant.bits, quant.group_size))
+
+
+def _stream_quantized(config, state, quant):
+    from cogvlm.checkpoints.loading import stream_into_model
+    from cogvlm.checkpoints.streaming import CheckpointTensors
+
+    return stream_into_model(config, CheckpointTensors([state], "base"), dtype=torch.float32, quant=quant)
