@@ -101,24 +101,21 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 def open_checkpoint(
     path: str | Path, tp: TensorParallel = NO_PARALLEL
 ) -> tuple[CheckpointInfo, CheckpointTensors]:
-    """A checkpoint's info and its memory-mapped tensors (SAT keys): only this rank's file when the
-    checkpoint was saved with `tp.size` ranks, else every rank's file (merged key by key when read)."""
+    """A checkpoint's info and its memory-mapped tensors (SAT keys), one mapping per saved rank: a load
+    with as many ranks reads only its own file, another number merges the files' pieces key by key."""
     path = Path(path)
     if detect_format(path) == "hf":
         info = read_checkpoint_info(path)
         return info, CheckpointTensors([hf_format.load_hf_weights(path)], str(path))
     checkpoint = sat_format.open_sat_checkpoint(path)
-    files = checkpoint.weight_files
-    if checkpoint.model_parallel_size == tp.size:
-        files = files[tp.rank : tp.rank + 1] * tp.size  # `piece` then takes this rank's file as it is
-    shards = [sat_format.load_sat_weights(file) for file in dict.fromkeys(files)]
+    shards = [sat_format.load_sat_weights(file) for file in checkpoint.weight_files]  # mapped, not read
     config = sat_format.config_from_sat(
         checkpoint.raw_config,
         source=str(path / sat_format.MODEL_CONFIG_FILE),
-        state_shapes=_shapes(shards[0]),
+        state_shapes=_shapes(shards[tp.rank if len(shards) == tp.size else 0]),
     )
     info = CheckpointInfo(path, "sat", config, checkpoint.model_parallel_size)
-    return info, CheckpointTensors(shards * (len(files) // len(shards)), str(path))
+    return info, CheckpointTensors(shards, str(path))
 
 
 def read_checkpoint(
