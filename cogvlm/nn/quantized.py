@@ -29,6 +29,7 @@ from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import REPLICATED
 
 SUPPORTED_BITS = (4, 8)
+QUANTIZE_ROWS = 1024  # rows quantized at once: bounds the float32 temporaries of a large weight
 _VISION_TOWERS = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
 
 
@@ -169,14 +170,32 @@ def quantize_for(
     float `weight` [local out, local in]. A row-parallel per-row scale takes its absmax over the whole row:
     reduced over `layer.tp`'s group, on `reduce_device` (default `weight`'s device; NCCL wants CUDA)."""
     bits, group_size = layer.bits, layer.group_size
+    chunks = weight.detach().split(QUANTIZE_ROWS)
     absmax = None
     if isinstance(layer, RowParallelLinear) and layer.tp.is_parallel and not group_size:
-        absmax = weight.detach().float().abs().amax(dim=1, keepdim=True)  # [out, 1]
+        absmax = torch.cat([chunk.float().abs().amax(dim=1, keepdim=True) for chunk in chunks])  # [out, 1]
         reduced = absmax.to(reduce_device or weight.device)
         dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=layer.tp.group)
         absmax = reduced.to(weight.device)
-    integers, scale = quantize_weight(weight.detach(), bits, group_size, absmax)
-    return (pack_int4(integers) if bits == 4 else integers), scale.to(weight.dtype)
+    out_features, in_features = weight.shape
+    stored = torch.empty(
+        out_features,
+        in_features // 2 if bits == 4 else in_features,
+        dtype=torch.uint8 if bits == 4 else torch.int8,
+        device=weight.device,
+    )
+    scale_shape = (out_features, in_features // group_size) if group_size else (out_features,)
+    scale = torch.empty(scale_shape, dtype=weight.dtype, device=weight.device)
+    start = 0
+    for chunk in chunks:  # every step is row-wise, so chunks of rows give the whole tensor's result
+        rows = slice(start, start + chunk.shape[0])
+        integers, chunk_scale = quantize_weight(
+            chunk, bits, group_size, None if absmax is None else absmax[rows]
+        )
+        stored[rows] = pack_int4(integers) if bits == 4 else integers
+        scale[rows] = chunk_scale
+        start = rows.stop
+    return stored, scale
 
 
 def _quantized_layer(module: nn.Module, bits: int, group_size: int | None, stored, scale) -> nn.Module:

@@ -308,3 +308,21 @@ def _stream_quantized(config, state, quant):
     from cogvlm.checkpoints.streaming import CheckpointTensors
 
     return stream_into_model(config, CheckpointTensors([state], "base"), dtype=torch.float32, quant=quant)
+
+
+@pytest.mark.parametrize("quant", QUANTS[1:] + [QuantConfig(4)], ids=lambda q: q.describe())
+def test_quantizing_in_chunks_of_rows_gives_the_whole_weights_result(quant, monkeypatch):
+    from cogvlm.nn import quantized
+
+    model = _quantized_after_load(golden_dir() / "cogvlm" / "sat_checkpoint", None)
+    layer = model.transformer.layers[0].mlp.dense_h_to_4h  # [inner, hidden]
+    weight = layer.weight.detach() * torch.linspace(0.5, 2, layer.weight.shape[0])[:, None]
+    shell = quantize_(build_model(model.config, device="meta"), quant.bits, quant.group_size)
+    shell = shell.transformer.layers[0].mlp.dense_h_to_4h
+    whole = quantized.quantize_for(shell, weight)
+    monkeypatch.setattr(quantized, "QUANTIZE_ROWS", 7)  # does not divide the rows
+    chunked = quantized.quantize_for(shell, weight)
+    integers, scale = quantized.quantize_weight(weight, quant.bits, quant.group_size)
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+    assert torch.equal(whole[0], quantized.pack_int4(integers) if quant.bits == 4 else integers)
+    assert torch.equal(whole[1], scale)
