@@ -155,12 +155,27 @@ def _to_device(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -
     return placed
 
 
-def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    if name in module._parameters:
-        old = module._parameters[name]
-        module._parameters[name] = nn.Parameter(value, requires_grad=old.requires_grad)
-    else:
-        module._buffers[name] = value
+Aliases = dict[tuple[int, str], list[tuple[nn.Module, str]]]
+
+
+def _aliases(model: nn.Module) -> Aliases:
+    """(id(module), name) -> every (module, name) holding that same tensor, where modules differ."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+            if tensor is not None:
+                holders.setdefault(id(tensor), []).append((module, name))
+    shared = [places for places in holders.values() if len({id(m) for m, _ in places}) > 1]
+    return {(id(module), name): places for places in shared for module, name in places}
+
+
+def _assign(module: nn.Module, name: str, value: torch.Tensor, aliases: Aliases | None = None) -> None:
+    """Put `value` in place of `module.<name>` and of its `aliases` (tied weights stay tied)."""
+    slots = module._parameters if name in module._parameters else module._buffers
+    if isinstance(slots[name], nn.Parameter):
+        value = nn.Parameter(value, requires_grad=slots[name].requires_grad)
+    for owner, attr in (aliases or {}).get((id(module), name), [(module, name)]):
+        (owner._parameters if attr in owner._parameters else owner._buffers)[attr] = value
 
 
 def _reduce_device(device: torch.device, tp: TensorParallel) -> torch.device:
@@ -179,6 +194,14 @@ def stream_weights(
     """Fill `model`'s meta tensors from `tensors` as `plan` says, one key at a time (see the module doc)."""
     device = torch.device(device)
     steps = progress(plan) if progress is not None else plan
+    _stream(model, steps, tensors, tp, device)
+    for module in model.modules():
+        if isinstance(module, QuantizedProjection):
+            module.select_kernel()
+
+
+def _stream(model: nn.Module, steps, tensors: CheckpointTensors, tp: TensorParallel, device) -> None:
+    aliases = _aliases(model)
     with torch.no_grad():
         for step in steps:
             module, name = _owner(model, step.key)
@@ -187,25 +210,21 @@ def stream_weights(
                 weight = piece.to(step.dtype)
                 integers, scale = quantize_for(module, weight, _reduce_device(device, tp))
                 del weight
-                _assign(module, "weight", _to_device(integers, integers.dtype, device))
-                _assign(module, "weight_scale", _to_device(scale, scale.dtype, device))
+                _assign(module, "weight", _to_device(integers, integers.dtype, device), aliases)
+                _assign(module, "weight_scale", _to_device(scale, scale.dtype, device), aliases)
             else:
-                _assign(module, name, _to_device(piece, step.dtype, device))
+                _assign(module, name, _to_device(piece, step.dtype, device), aliases)
             del piece
-    for module in model.modules():
-        if isinstance(module, QuantizedProjection):
-            module.select_kernel()
 
 
 def materialize_rest(model: nn.Module, device: torch.device | str) -> list[str]:
     """Give every tensor still on the meta device empty storage on `device` (for computed buffers and
     weights derived from others); return their names."""
-    device = torch.device(device)
-    names = []
+    device, names, aliases = torch.device(device), [], _aliases(model)
     for prefix, module in model.named_modules():
         for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
             if tensor is not None and tensor.is_meta and device.type != "meta":
-                _assign(module, name, torch.empty_like(tensor, device=device))
+                _assign(module, name, torch.empty_like(tensor, device=device), aliases)
                 names.append(f"{prefix}.{name}" if prefix else name)
     return names
 

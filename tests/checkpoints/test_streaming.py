@@ -326,3 +326,13 @@ def test_quantizing_in_chunks_of_rows_gives_the_whole_weights_result(quant, monk
     assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
     assert torch.equal(whole[0], quantized.pack_int4(integers) if quant.bits == 4 else integers)
     assert torch.equal(whole[1], scale)
+
+
+def test_weights_tied_across_modules_stay_tied():
+    info, tensors = open_checkpoint(golden_dir() / "cogvlm" / "sat_checkpoint")
+    plan = plan_model_load(info.config, tensors, dtype=torch.float32)
+    model = plan.model
+    model.mixins["lm"].lm_head.weight = model.transformer.word_embeddings.weight  # same shape, tied
+    stream_weights(model, plan.keys, tensors, NO_PARALLEL, "cpu")
+    assert model.mixins["lm"].lm_head.weight is model.transformer.word_embeddings.weight
+    assert not model.transformer.word_embeddings.weight.is_meta
