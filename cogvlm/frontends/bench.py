@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -278,12 +279,20 @@ class _Prepared:
     batch: list[GenerationRequest]
 
 
+def _progress(message: str, started: float) -> None:
+    """A line on stderr per long step (full-size configs take minutes); stdout holds only the JSON."""
+    print(f"bench: {message} ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+
+
 def _prepare(config: BenchConfig) -> _Prepared:
     """Build (and quantize) the model, and warm it up on one and on `batch_size` rows."""
+    started = time.perf_counter()
     protocol = _reference_configs()["protocol"]
     model = build_random_model(config.name, config.device, DTYPES[config.dtype])
+    _progress(f"built {config.name} with random weights", started)
     if config.quant_bits is not None:
         quantize_(model, config.quant_bits)
+        _progress(f"quantized to int{config.quant_bits}", started)
     prepared = _Prepared(
         config,
         model,
@@ -294,6 +303,7 @@ def _prepare(config: BenchConfig) -> _Prepared:
     # Warm-ups: allocator, and with decode_step="compiled" the compilation of each batch size's step.
     _time_generation(model, prepared.single, prepared.generation, torch.device(config.device))
     _time_generation(model, prepared.batch, prepared.generation, torch.device(config.device))
+    _progress("warmed up", started)
     return prepared
 
 
@@ -347,7 +357,11 @@ def run_bench(config: BenchConfig) -> dict:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     prepared = _prepare(config)
-    return _result(prepared, [_measure_repeat(prepared) for _ in range(config.repeats)])
+    started, repeats = time.perf_counter(), []
+    for index in range(config.repeats):
+        repeats.append(_measure_repeat(prepared))
+        _progress(f"repeat {index + 1}/{config.repeats}", started)
+    return _result(prepared, repeats)
 
 
 def run_quant_comparison(config: BenchConfig) -> dict:
@@ -361,9 +375,11 @@ def run_quant_comparison(config: BenchConfig) -> dict:
         torch.set_num_threads(config.threads)
     prepared = [_prepare(replace(config, quant_bits=bits)) for bits in COMPARED_QUANT_BITS]
     repeats = [[] for _ in prepared]
-    for _ in range(config.repeats):
+    started = time.perf_counter()
+    for index in range(config.repeats):
         for runs, model in zip(repeats, prepared, strict=True):
             runs.append(_measure_repeat(model))
+        _progress(f"repeat {index + 1}/{config.repeats}", started)
     results = [_result(model, runs) for model, runs in zip(prepared, repeats, strict=True)]
     labels = [config.dtype if bits is None else f"int{bits}" for bits in COMPARED_QUANT_BITS]
     comparison = {
