@@ -89,7 +89,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     add_download_arguments(parser)
 
 
-def load_session(args: argparse.Namespace, dtype: torch.dtype | None):
+def load_session(args: argparse.Namespace, dtype: torch.dtype | None, quant_bits: int | None = None):
     """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`."""
     from cogvlm.api import load
 
@@ -100,4 +100,5 @@ def load_session(args: argparse.Namespace, dtype: torch.dtype | None):
         local_tokenizer=args.local_tokenizer,
         version=args.version,
         download=download_config(args),
+        quant_bits=quant_bits,
     )

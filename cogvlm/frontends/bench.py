@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cogvlm.checkpoints.loading import reset_computed_buffers
 from cogvlm.checkpoints.sat_format import config_from_sat
@@ -31,7 +32,8 @@ from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.models.context import ForwardContext
 from cogvlm.models.presets import preset
-from cogvlm.nn.quantized import decode_linears, quantize_, weight_bytes
+from cogvlm.nn.quantized import VISION_TOWER_PREFIXES, decode_linears, quantize_, weight_bytes
+from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.text_processors import build_inference_inputs, build_prompt, load_tokenizer
 
 BENCH_CONFIGS_FILE = Path(__file__).with_name("bench_configs.json")
@@ -201,6 +203,57 @@ def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> flo
         return _median_ms(lambda: [one_step() for _ in range(steps)], device, 1) / steps
 
 
+_LinearWork = tuple[nn.Module, int]  # a linear and the number of tokens it multiplies
+
+
+def _prefill_linear_tokens(
+    model: VisionLanguageModel, request: GenerationRequest
+) -> list[tuple[nn.Module, int]]:
+    """Each linear of the LLM's prompt pass with the number of tokens it multiplies.
+
+    Text weights take the text tokens, vision experts the image tokens (boi included), cross-attention's
+    query and output every token, its key/value the cross tower's patches (once per image), and the head
+    the last position.
+    """
+    mask = request.text.vision_expert_mask
+    image_tokens = int(mask.sum())
+    counts = {"text": mask.numel() - image_tokens, "vision": image_tokens, "all": mask.numel()}
+    if model.config.has_cross_vision:
+        counts["cross"] = model.mixins[mixin_names.CROSS_VISION].pos_embed.shape[0]
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ColumnParallelLinear | RowParallelLinear) or name.startswith(
+            VISION_TOWER_PREFIXES
+        ):
+            continue
+        if "vision" in name:
+            found.append((module, counts["vision"]))
+        elif name.endswith("cross_attention.key_value"):
+            found.append((module, counts["cross"]))
+        elif name.endswith("lm_head"):
+            found.append((module, 1))  # the prompt's logits: the last position only
+        elif ".cross_attention." in name:
+            found.append((module, counts["all"]))
+        else:
+            found.append((module, counts["text"]))
+    return found
+
+
+def _time_prefill_linears(model: VisionLanguageModel, request: GenerationRequest, device, dtype) -> float:
+    """ms of the prompt pass's linears, each called alone on random rows: the prefill's floor."""
+    work = _prefill_linear_tokens(model, request)
+    shapes = {(tokens, module.in_features) for module, tokens in work}
+    inputs = {shape: torch.randn(1, *shape, device=device, dtype=dtype) for shape in shapes}
+
+    def one_pass():
+        for module, tokens in work:
+            module(inputs[tokens, module.in_features])
+
+    with torch.inference_mode():
+        one_pass()
+        return _median_ms(one_pass, device, 3)
+
+
 def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, rows: int):
     tokenizer = load_tokenizer(str(config.tokenizer))
     prompt = build_prompt(protocol["version"], protocol["query"], protocol["history"])
@@ -319,6 +372,7 @@ def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
         "decode_over_bare_linears": decode_ms / floor_ms,
         "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, 1),
         "prefill_ms": _time_prefill(model, request, device, 1),
+        "prefill_linears_ms": _time_prefill_linears(model, request, device, DTYPES[prepared.config.dtype]),
         "batch_decode_ms": _time_generation(model, prepared.batch, prepared.generation, device)[1],
     }
 
@@ -328,6 +382,8 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
     config, model, device = prepared.config, prepared.model, torch.device(prepared.config.device)
     figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
     batch_ms = figures.pop("batch_decode_ms")
+    # The first token's floor: the towers (measured as they run) plus the prompt's bare linears.
+    first_token_floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
     result = {
         "config": config.name,
         "model_class": model.config.model_class,
@@ -341,6 +397,7 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
         "prefill_tokens": prepared.single[0].text.seq_len,
         "new_tokens": config.new_tokens,
         **figures,
+        "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / first_token_floor,
         "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
         "batch_size": config.batch_size,
         "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,
