@@ -13,6 +13,7 @@ import torch
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.loading import CheckpointInfo, load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
+from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
 from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
 from cogvlm.inference.batching import GenerationRequest
@@ -30,7 +31,6 @@ from cogvlm.text_processors import (
     check_version,
     extract_response,
 )
-from cogvlm.text_processors.tokenizer import find_tokenizer
 
 logger = logging.getLogger(__name__)
 DEFAULT_VERSION = "chat"
@@ -218,6 +218,8 @@ def load(
     `quant_bits` (4 or 8) quantizes the parallel linears' weights after loading (see `quantize_`).
     Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
+    download = download or DownloadConfig.from_environment()
+    tokenizer = checkpoint_tokenizer(path, local_tokenizer, download)  # before any weight is fetched or read
     path = resolve_checkpoint(path, download)
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half precision is slow on CPUs; a half checkpoint is widened once at load
@@ -232,7 +234,6 @@ def load(
             path,
             info.config.text_processor_version,
         )
-    tokenizer = find_tokenizer(path, local_tokenizer)
     defaults = GenerationDefaults.from_hf_generation_config(
         info.generation_config(), info.config.llm.max_sequence_length, (tokenizer.eos_id,)
     )

@@ -53,6 +53,31 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig |
     raise CheckpointError(f"{text!r} is not a directory, a checkpoint name or a Hugging Face repo id")
 
 
+def local_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig | None = None) -> Path | None:
+    """The directory `resolve_checkpoint` would return without fetching or extracting anything, or None.
+
+    Lets a caller look beside a checkpoint (for its tokenizer) before any weight is downloaded or read.
+    """
+    config = config or DownloadConfig.from_environment()
+    text = os.fspath(name_or_path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return local
+    if text == EMBEDDED_NAME:
+        return embedded_checkpoint()
+    if _looks_like_path(text):
+        return None
+    if _REPO_ID.fullmatch(text):
+        return _cached_snapshot(text, None, config)
+    if not _NAME.fullmatch(text):
+        return None
+    entry = find_entry(text)
+    for own in (config.sat_home / text, config.sat_home / (entry.name if entry else text)):
+        if own.is_dir():
+            return own
+    return cached_hf_repo(entry, config) if entry is not None and entry.format == "hf" else None
+
+
 def _looks_like_path(text: str) -> bool:
     windows_separator = os.sep != "/" and os.sep in text
     return text.startswith(("/", ".", "~")) or text.count("/") > 1 or text.endswith("/") or windows_separator
@@ -238,11 +263,13 @@ def fetch_hf_repo(repo_id: str, config: DownloadConfig, revision: str | None = N
 
 def cached_hf_repo(entry: CatalogEntry, config: DownloadConfig) -> Path | None:
     """Where the HF cache holds an HF entry's snapshot, or None (also when huggingface_hub is absent)."""
+    return _cached_snapshot(entry.repo_id, entry.revision, config)
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, config: DownloadConfig) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(
-        entry.repo_id, "config.json", cache_dir=config.hf_cache_dir, revision=entry.revision
-    )
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=config.hf_cache_dir, revision=revision)
     return Path(found).parent if isinstance(found, str) else None

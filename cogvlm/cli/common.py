@@ -71,8 +71,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     )
     parser.add_argument(
         "--local_tokenizer",
+        "--tokenizer",
+        dest="local_tokenizer",
         default=None,
-        help="tokenizer.model file, its directory, or an HF repo id in the local cache",
+        help="tokenizer.model file, its directory, or an HF repo id (fetched into the HF cache if missing); "
+        "default: the checkpoint's own, else lmsys/vicuna-7b-v1.5",
     )
     parser.add_argument("--version", default=None, choices=PROMPT_VERSIONS, help="prompt format")
     parser.add_argument("--bf16", action="store_true", help="run in bfloat16")

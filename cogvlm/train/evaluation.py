@@ -174,16 +174,16 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
     """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
     this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
     from cogvlm.checkpoints.resolve import resolve_checkpoint
+    from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
     from cogvlm.launch.distributed import init_parallel_runtime
-    from cogvlm.text_processors.tokenizer import find_tokenizer
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.data import read_samples
 
     runtime = init_parallel_runtime()
+    tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer, config.download)
     path = resolve_checkpoint(config.from_pretrained, config.download)
     device = config.device or runtime.device
     model, info, _ = load_finetuned_model(path, dtype=config.dtype, device=device, tp=runtime.tp)
-    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     version = config.version or info.config.text_processor_version or "base"
     samples = read_samples(config.data_path, config.prompt)
     dataset = VisionTextDataset(samples, tokenizer, info.config, version, config.max_length)
