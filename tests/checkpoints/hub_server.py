@@ -6,7 +6,7 @@ support. `/api/models/<repo>/revision/<rev>` and `/api/models/<repo>/tree/<rev>`
 huggingface_hub; a missing repository or file is a 404 with the Hub's `X-Error-Code`. Faults can be
 injected: cut a transfer after N bytes, ignore Range, hold a body until a gate opens, advertise a wrong
 checksum or size (or any header value), send no Content-Length, keep sending past the end, or redirect
-anywhere. Every GET, Range header and body byte sent is counted per path.
+anywhere. Every GET (also in arrival order), Range header and body byte sent is counted per path.
 A `tls` context serves HTTPS instead of HTTP.
 """
 
@@ -52,6 +52,7 @@ class HubServer:
         self.redirect, self.ignore_range = redirect, ignore_range
         self.gets: collections.Counter = collections.Counter()
         self.sent: collections.Counter = collections.Counter()  # body bytes written per path
+        self.order: list[str] = []  # the path of every GET that served bytes, in the order they came
         self.ranges: dict[str, list[str | None]] = collections.defaultdict(list)
         self.gate = threading.Event()
         self.gate.set()
@@ -174,6 +175,7 @@ def _handler_for(hub: HubServer):
             if send_body:
                 with hub.lock:
                     hub.gets[path] += 1
+                    hub.order.append(path)
                     hub.ranges[path].append(header)
                     cut = served.cut_after.pop(0) if served.cut_after else None
             headers = {"Accept-Ranges": "bytes"}
