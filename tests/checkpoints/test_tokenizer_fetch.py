@@ -159,3 +159,13 @@ def test_cli_offline_without_tokenizer_says_what_to_do(tmp_path):
     assert with_file.returncode != 0
     assert "mp_rank_00_model_states.pt" in with_file.stderr  # past the tokenizer, stopped at the weights
     assert "tokenizer" not in with_file.stderr
+
+
+def test_a_checkpoint_that_cannot_exist_is_reported_before_the_tokenizer(tmp_path):
+    with HubServer() as hub:
+        hub.add_file(VICUNA, "tokenizer.model", TOKENIZER_BYTES)
+        with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'}: no such checkpoint directory"):
+            api.load(tmp_path / "nope", download=_config(tmp_path, hub))
+        with pytest.raises(CheckpointError, match="'no-such-model': no directory .* no catalog entry"):
+            api.load("no-such-model", download=_config(tmp_path, hub))
+        assert hub.order == []
