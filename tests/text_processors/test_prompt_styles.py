@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cogvlm.api import CogVLM
+from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.models.builders import build_model
 from cogvlm.models.presets import preset
@@ -175,3 +176,38 @@ def test_an_unknown_style_and_an_hf_cogvlm_chat_are_refused():
     assert result.returncode == 2
     assert "the HF CogVLM port has no [INST] template (SAT version 'chat')" in result.stderr
     assert "use --version chat_old, or --prompt_style sat" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["chat", "serve", "web", "evaluate", "eval-synthetic"])
+def test_every_command_that_builds_prompts_takes_the_style(command):
+    from cogvlm.cli import build_parser
+
+    required = {"evaluate": ["--from_pretrained", "x", "--data", "d"], "eval-synthetic": ["--data", "d"]}
+    required = required.get(command, [])
+    parser = build_parser()
+    assert parser.parse_args([command, *required]).prompt_style == "sat"
+    assert parser.parse_args([command, *required, "--prompt_style", "hf"]).prompt_style == "hf"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, *required, "--prompt_style", "transformers"])
+
+
+def test_serve_and_web_sessions_and_evaluate_get_the_style(tmp_path):
+    from cogvlm.cli import build_parser
+    from cogvlm.cli.common import load_session
+    from cogvlm.train.evaluation import EvaluateConfig, run_evaluation
+
+    args = build_parser().parse_args(["serve", "--prompt_style", "hf", "--version", "vqa", "--offline"])
+    session = load_session(args, None)
+    assert (session.prompt_style, session.version) == ("hf", "vqa")
+    history = [("What colour is the circle?", "Red.")]
+    decoded = session.tokenizer.decode(session.request(None, "How many?", history).text.input_ids[0].tolist())
+    assert "Question: What colour is the circle? Short answer: Red.\nQuestion: How many?" in decoded
+    (tmp_path / "data.jsonl").write_text("")
+    config = EvaluateConfig(
+        from_pretrained=EMBEDDED_NAME,
+        data_path=str(tmp_path / "data.jsonl"),
+        version="chat",
+        prompt_style="hf",
+    )
+    with pytest.raises(ValueError, match=r"HF CogVLM port has no \[INST\] template"):
+        run_evaluation(config)
