@@ -89,6 +89,8 @@ HfModelFamily = Literal["cogvlm", "cogagent"]
 PromptStyle = Literal["sat", "hf"]
 PROMPT_STYLES: tuple[PromptStyle, ...] = get_args(PromptStyle)
 _HF_KEEPS_MARKER = ("vqa", "chat_old")  # HF CogAgent templates whose text still starts with `<EOI>`
+# HF CogVLM's template_version -> the SAT version it follows; it has none for SAT's [INST] "chat".
+_HF_COGVLM_TEMPLATES: dict[str, PromptVersion] = {"base": "base", "chat": "chat_old", "vqa": "vqa"}
 
 
 def sat_version_for_hf_template(family: HfModelFamily, template_version: str) -> PromptVersion:
@@ -101,12 +103,10 @@ def sat_version_for_hf_template(family: HfModelFamily, template_version: str) ->
         return check_version(template_version)
     if family != "cogvlm":
         raise ValueError(f"unknown HF model family {family!r}; expected 'cogvlm' or 'cogagent'")
-    mapping: dict[str, PromptVersion] = {"base": "base", "chat": "chat_old", "vqa": "vqa"}
-    if template_version not in mapping:
-        raise ValueError(
-            f"unknown HF CogVLM template_version {template_version!r}; expected one of: {', '.join(mapping)}"
-        )
-    return mapping[template_version]
+    if template_version not in _HF_COGVLM_TEMPLATES:
+        known = ", ".join(_HF_COGVLM_TEMPLATES)
+        raise ValueError(f"unknown HF CogVLM template_version {template_version!r}; expected one of: {known}")
+    return _HF_COGVLM_TEMPLATES[template_version]
 
 
 def hf_template_for_version(family: HfModelFamily, version: str) -> str:
@@ -116,12 +116,13 @@ def hf_template_for_version(family: HfModelFamily, version: str) -> str:
         return name
     if family != "cogvlm":
         raise ValueError(f"unknown HF model family {family!r}; expected 'cogvlm' or 'cogagent'")
-    if name == "chat":
+    found = [template for template, ours in _HF_COGVLM_TEMPLATES.items() if ours == name]
+    if not found:
         raise ValueError(
             "prompt style 'hf': the HF CogVLM port has no [INST] template (SAT version 'chat'); its "
             "templates are base, vqa and chat (= SAT chat_old): use --version chat_old, or --prompt_style sat"
         )
-    return {"base": "base", "vqa": "vqa", "chat_old": "chat"}[name]
+    return found[0]
 
 
 def build_hf_prompt(family: HfModelFamily, template_version: str, query: str, history: History = ()) -> str:
