@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from cogvlm.checkpoints.config_fields import (
     assemble_config,
 )
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE
+from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE, check_tensor_dict
+from cogvlm.checkpoints.validation import verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.builders import ModelFamily, family_of_hf_architecture, model_family
 from cogvlm.models.config import (
@@ -329,6 +331,17 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
     return raw
 
 
+def _shard_name(name: object, key: str, index_path: Path) -> str:
+    # A shard is a plain file name inside the checkpoint folder: nothing absolute, no `..`, no sub-folder.
+    if not isinstance(name, str):
+        raise CheckpointError(f"{index_path}: weight_map[{key!r}] is {name!r}, expected a file name")
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CheckpointError(
+            f"{index_path}: weight_map[{key!r}] is {name!r}; a shard must be a file in the checkpoint folder"
+        )
+    return name
+
+
 def hf_weight_files(directory: Path) -> list[Path]:
     """The weight files of an HF directory, from its index if it has one."""
     for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
@@ -337,7 +350,8 @@ def hf_weight_files(directory: Path) -> list[Path]:
             weight_map = read_json(index_path).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index_path}: has no 'weight_map' object")
-            files = [directory / name for name in sorted(set(weight_map.values()))]
+            names = {_shard_name(value, key, index_path) for key, value in weight_map.items()}
+            files = [directory / name for name in sorted(names)]
             missing = [str(path) for path in files if not path.is_file()]
             if missing:
                 raise CheckpointError(f"{index_path}: lists shards that are missing: {missing}")
@@ -353,16 +367,16 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
+        if path.is_file() and zipfile.is_zipfile(path):
+            verify_zip_crcs(path)
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except CheckpointError:
+        raise
     except (SafetensorError, Exception) as error:
         raise CheckpointError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
-    if not isinstance(payload, dict) or not all(
-        isinstance(value, torch.Tensor) for value in payload.values()
-    ):
-        raise CheckpointError(f"{path}: expected a flat dict of tensors")
-    return payload
+    return check_tensor_dict(payload, str(path))
 
 
 def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

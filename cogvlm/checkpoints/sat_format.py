@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from cogvlm.checkpoints.config_fields import (
     image_size,
 )
 from cogvlm.checkpoints.json_files import read_json
+from cogvlm.checkpoints.validation import check_parallel_layout, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models import mixin_names
 from cogvlm.models.builders import model_family
@@ -207,7 +209,7 @@ def config_from_sat(
         model_family(model_class)
     except ValueError as error:
         raise CheckpointError(f"{source}: {error}") from None
-    fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
+    model_parallel_size = fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
     llm_sizes = _llm_sizes_from_sat(fields)
     vision = _eva_from_sat(fields.section("eva_args"))
     cross_vision, cross_attention = _cross_from_sat(fields, state_shapes, llm_sizes["layers"])
@@ -216,7 +218,7 @@ def config_from_sat(
         raise CheckpointError(
             f"{source}: image_length {image_length} != {vision.num_patches} patches of the eva image size"
         )
-    return assemble_config(
+    config = assemble_config(
         fields,
         model_class=model_class,
         llm_sizes=llm_sizes,
@@ -226,6 +228,8 @@ def config_from_sat(
         text_processor_version=fields.string("text_processor_version", None),
         extra={key: value for key, value in raw.items() if key not in _KNOWN_KEYS},
     )
+    check_parallel_layout(config, model_parallel_size, source, "model_parallel_size")
+    return config
 
 
 def _eva_to_sat(config: CogVLMConfig, model_parallel_size: int) -> dict:
@@ -332,7 +336,8 @@ def open_sat_checkpoint(directory: str | Path) -> SatCheckpoint:
     """Read a SAT checkpoint directory's config and locate every rank's weight file."""
     directory = Path(directory)
     raw = read_json(directory / MODEL_CONFIG_FILE)
-    size = int(raw.get("model_parallel_size", 1))
+    fields = ConfigFields(raw, str(directory / MODEL_CONFIG_FILE))
+    size = fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
     folder = directory / read_latest(directory)
     files = tuple(folder / f"mp_rank_{rank:02d}_model_states.pt" for rank in range(size))
     missing = [str(path) for path in files if not path.is_file()]
@@ -343,8 +348,14 @@ def open_sat_checkpoint(directory: str | Path) -> SatCheckpoint:
     return SatCheckpoint(directory=directory, raw_config=raw, model_parallel_size=size, weight_files=files)
 
 
-def load_sat_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Load one `mp_rank_XX_model_states.pt` (no code is executed) and return its `module` dict."""
+def load_sat_weights(path: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Load one `mp_rank_XX_model_states.pt` (no code is executed) and return its `module` dict.
+
+    With `verify`, every member's CRC-32 is checked first (one streamed read of the file), so damaged
+    tensor bytes are an error rather than weights; skip it only for a file whose CRCs were just checked.
+    """
+    if verify and path.is_file() and zipfile.is_zipfile(path):
+        verify_zip_crcs(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
@@ -355,11 +366,20 @@ def load_sat_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if not isinstance(payload, dict) or "module" not in payload:
         raise CheckpointError(f"{path}: expected a dict with the weights under 'module'")
-    module = payload["module"]
-    bad = [key for key, value in module.items() if not isinstance(value, torch.Tensor)]
+    return check_tensor_dict(payload["module"], f"{path}: 'module'")
+
+
+def check_tensor_dict(tensors: object, where: str) -> dict[str, torch.Tensor]:
+    """`tensors` as a dict, if it maps strings to tensors; otherwise an error naming the bad entries."""
+    if not isinstance(tensors, Mapping):
+        raise CheckpointError(f"{where} is a {type(tensors).__name__}, expected a dict of tensors")
+    bad_keys = [key for key in tensors if not isinstance(key, str)]
+    if bad_keys:
+        raise CheckpointError(f"{where}: keys that are not strings: {[repr(k) for k in bad_keys[:5]]}")
+    bad = [key for key, value in tensors.items() if not isinstance(value, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
-    return dict(module)
+        raise CheckpointError(f"{where}: entries that are not tensors: {bad[:5]}")
+    return dict(tensors)
 
 
 def save_sat_checkpoint(
