@@ -305,7 +305,6 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         "max_position_embeddings": llm.max_sequence_length,
         "initializer_range": 0.02,
         "rms_norm_eps": llm.layernorm_epsilon,
-        "template_version": family.version_to_hf(config.text_processor_version),
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
@@ -328,6 +327,9 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         },
     }
     raw.update(_cross_to_hf(config))
+    template = family.version_to_hf(config.text_processor_version)
+    if template is not None:  # none recorded: omitted, so the HF port takes its own default, "chat"
+        raw["template_version"] = template
     return raw
 
 
