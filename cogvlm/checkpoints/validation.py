@@ -22,6 +22,7 @@ from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.parallel.sharding import collect_shard_rules
+from cogvlm.utils.progress import byte_bar
 
 logger = logging.getLogger(__name__)
 _CHUNK_BYTES = 16 << 20
@@ -209,17 +210,19 @@ def verify_zip_crcs(path: Path) -> None:
     """
     try:
         with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                _check_member(archive, info, path)
+            infos = archive.infolist()
+            with byte_bar(f"checking {path.name}", sum(i.file_size for i in infos)) as bar:
+                for info in infos:
+                    _check_member(archive, info, path, bar)
     except zipfile.BadZipFile as error:
         raise CheckpointError(f"{path}: damaged archive ({error})") from None
 
 
-def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, bar) -> None:
     try:
         with archive.open(info) as member:
-            while member.read(_CHUNK_BYTES):
-                pass
+            while chunk := member.read(_CHUNK_BYTES):
+                bar.update(len(chunk))
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise CheckpointError(
             f"{path}: member {info.filename!r} is damaged ({error}); the file is corrupt, fetch it again"
