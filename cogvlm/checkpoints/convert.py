@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,8 @@ def parse_byte_size(text: str) -> int:
         raise ConfigError(
             f"size {text!r}: expected a number with an optional unit B, KB, MB, GB, KiB, MiB, GiB"
         ) from None
-    if value < 1:
-        raise ConfigError(f"size {text!r} must be at least one byte")
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"size {text!r} must be a finite number of at least one byte")
     return int(value)
 
 

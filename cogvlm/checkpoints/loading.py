@@ -12,7 +12,7 @@ from torch import nn
 
 from cogvlm.checkpoints import hf_format, sat_format
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.validation import check_model_fits, warn_non_finite
+from cogvlm.checkpoints.validation import check_generation_config, check_model_fits, warn_non_finite
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -37,7 +37,7 @@ class CheckpointInfo:
     def generation_config(self) -> dict:
         """The checkpoint's recommended generation settings (HF's `generation_config.json`), or {}."""
         path = self.path / GENERATION_CONFIG_FILE
-        return read_json(path) if path.is_file() else {}
+        return check_generation_config(read_json(path), str(path)) if path.is_file() else {}
 
 
 def detect_format(path: Path) -> CheckpointFormat:

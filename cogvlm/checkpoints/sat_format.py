@@ -50,6 +50,7 @@ _CROSS_SIZE_FIELDS = ("width", "num_blocks", "head_width", "patch_size", "in_cha
 _CROSS_NUMBER_FIELDS = ("mlp_ratio", "pretrain_grid", "layernorm_epsilon")
 _CROSS_VISION_FIELDS = _CROSS_SIZE_FIELDS + _CROSS_NUMBER_FIELDS
 DEFAULT_ROTARY_BASE = 10000.0
+_MAX_LATEST_BYTES = 32
 _KNOWN_KEYS = {
     "model_class",
     "tokenizer_type",
@@ -141,28 +142,33 @@ def _cross_vision_args_from_sat(fields: ConfigFields) -> dict:
 def _cross_vision_from_shapes(
     image_px: int, state_shapes: Mapping[str, tuple[int, ...]]
 ) -> CrossVisionConfig:
-    def shape(name: str) -> tuple[int, ...]:
-        if _CROSS_PREFIX + name not in state_shapes:
+    def shape(name: str, dims: int) -> tuple[int, ...]:
+        key = _CROSS_PREFIX + name
+        found = state_shapes.get(key)
+        if found is None or len(found) != dims or not all(found):
+            problem = (
+                "is missing" if found is None else f"has shape {tuple(found)}, expected {dims} sizes > 0"
+            )
             raise CheckpointError(
-                f"cannot infer CogAgent's cross vision tower: key {_CROSS_PREFIX + name} is missing "
+                f"cannot infer CogAgent's cross vision tower: key {key} {problem} "
                 "(add cross_vision_args to model_config.json)"
             )
-        return state_shapes[_CROSS_PREFIX + name]
+        return found
 
     block_pattern = re.compile(re.escape(_CROSS_PREFIX) + r"blocks\.(\d+)\.")
     blocks = {int(m.group(1)) for key in state_shapes if (m := block_pattern.match(key))}
-    width = shape("cls_token")[-1]
-    mlp_hidden = shape("blocks.0.mlp.w1.weight")[0]
-    _, in_channels, patch_size, _ = shape("patch_embed.proj.weight")
+    width = shape("cls_token", 3)[-1]
+    mlp_hidden = shape("blocks.0.mlp.w1.weight", 2)[0]
+    _, in_channels, patch_size, _ = shape("patch_embed.proj.weight", 4)
     return CrossVisionConfig(
         image_px=image_px,
         width=width,
         num_blocks=len(blocks),
-        head_width=shape("rope.freqs_cos")[-1],
+        head_width=shape("rope.freqs_cos", 2)[-1],
         patch_size=patch_size,
         in_channels=in_channels,
         mlp_ratio=2.6667 if int(width * 2.6667) == mlp_hidden else mlp_hidden / width,
-        head_out_features=shape("head.weight")[0],
+        head_out_features=shape("head.weight", 2)[0],
     )
 
 
@@ -326,8 +332,9 @@ def read_latest(directory: Path) -> str:
     path = directory / LATEST_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a SAT checkpoint directory needs a 'latest' file")
-    text = path.read_text().strip()
-    if not (text.isdigit() or text == "release"):
+    with open(path, "rb") as handle:  # a few bytes: `latest` may be anything, even a link to /dev/zero
+        text = handle.read(_MAX_LATEST_BYTES + 1).decode(errors="replace").strip()
+    if len(text) > _MAX_LATEST_BYTES or not (text.isascii() and text.isdigit() or text == "release"):
         raise CheckpointError(f"{path}: contains {text!r}, expected an iteration number or 'release'")
     return text
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cogvlm.checkpoints.config_fields import MAX_SEQUENCE, MAX_VOCAB, ConfigFields
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.config import CogVLMConfig
@@ -201,6 +202,33 @@ def check_parallel_layout(config: CogVLMConfig, size: int, source: str, field: s
             f"{source}: {field}={size} does not divide the model into equal ranks: {', '.join(bad[:4])} "
             f"{'is' if len(bad) == 1 else 'are'} not divisible by {size}"
         )
+
+
+# generation_config.json fields the engine reads: (kind, minimum, maximum).
+_GENERATION_FIELDS = {
+    "temperature": ("number", 0.0, 1e4),
+    "top_p": ("number", 0.0, 1.0),
+    "repetition_penalty": ("number", 1e-6, 1e4),
+    "top_k": ("integer", 0, MAX_VOCAB),
+    "max_length": ("integer", 1, MAX_SEQUENCE),
+    "max_new_tokens": ("integer", 1, MAX_SEQUENCE),
+}
+
+
+def check_generation_config(raw: dict, source: str) -> dict:
+    """`raw` (a `generation_config.json`) once every field the engine reads has its type and range.
+
+    Other fields pass unchanged; a null counts as absent.
+    """
+    fields = ConfigFields(raw, source)
+    checked = {key: value for key, value in raw.items() if value is not None}
+    if "do_sample" in checked and not isinstance(checked["do_sample"], bool):
+        raise fields.error("do_sample", f"is {checked['do_sample']!r}, expected true or false")
+    for name, (kind, low, high) in _GENERATION_FIELDS.items():
+        if name in checked:
+            read = fields.number if kind == "number" else fields.integer
+            checked[name] = read(name, minimum=low, maximum=high)
+    return checked
 
 
 def verify_zip_crcs(path: Path) -> None:
