@@ -167,3 +167,26 @@ def test_cross_tower_shapes_are_checked_before_use(key, shape, message):
         CheckpointError, match=r"cannot infer CogAgent's cross vision tower: key .*" + message
     ):
         infer_cross_vision(raw, shapes)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", r"model_config.json: expected a JSON object, found list"),
+        ("[" * 100_000 + "]" * 100_000, r"model_config.json: JSON nested too deeply"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"model_config.json: JSON nested too deeply"),
+        ("null", r"model_config.json: expected a JSON object, found NoneType"),
+        ("\ufeff{", r"model_config.json: not valid JSON"),
+    ],
+)
+def test_a_config_that_is_no_object_is_an_error_naming_the_file(sat_copy, text, message):
+    (sat_copy / "model_config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(sat_copy)
+
+
+@pytest.mark.parametrize(("text", "message"), [("[]", r"found list"), ("[" * 100_000, r"nested too deeply")])
+def test_an_hf_config_or_index_that_is_no_object_is_an_error(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=r"config.json: .*" + message):
+        load_model(tmp_path)
