@@ -23,8 +23,8 @@ from cogvlm.checkpoints.config_fields import (
     assemble_config,
 )
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE, check_tensor_dict
-from cogvlm.checkpoints.validation import verify_zip_crcs
+from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE
+from cogvlm.checkpoints.validation import check_shard_name, check_tensor_dict, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.builders import ModelFamily, family_of_hf_architecture, model_family
 from cogvlm.models.config import (
@@ -333,17 +333,6 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
     return raw
 
 
-def _shard_name(name: object, key: str, index_path: Path) -> str:
-    # A shard is a plain file name inside the checkpoint folder: nothing absolute, no `..`, no sub-folder.
-    if not isinstance(name, str):
-        raise CheckpointError(f"{index_path}: weight_map[{key!r}] is {name!r}, expected a file name")
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise CheckpointError(
-            f"{index_path}: weight_map[{key!r}] is {name!r}; a shard must be a file in the checkpoint folder"
-        )
-    return name
-
-
 def hf_weight_files(directory: Path) -> list[Path]:
     """The weight files of an HF directory, from its index if it has one."""
     for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
@@ -352,7 +341,7 @@ def hf_weight_files(directory: Path) -> list[Path]:
             weight_map = read_json(index_path).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index_path}: has no 'weight_map' object")
-            names = {_shard_name(value, key, index_path) for key, value in weight_map.items()}
+            names = {check_shard_name(value, key, index_path) for key, value in weight_map.items()}
             files = [directory / name for name in sorted(names)]
             missing = [str(path) for path in files if not path.is_file()]
             if missing:

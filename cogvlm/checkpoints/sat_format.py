@@ -27,7 +27,7 @@ from cogvlm.checkpoints.config_fields import (
     image_size,
 )
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.validation import check_parallel_layout, verify_zip_crcs
+from cogvlm.checkpoints.validation import check_parallel_layout, check_tensor_dict, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models import mixin_names
 from cogvlm.models.builders import model_family
@@ -374,19 +374,6 @@ def load_sat_weights(path: Path, *, verify: bool = True) -> dict[str, torch.Tens
     if not isinstance(payload, dict) or "module" not in payload:
         raise CheckpointError(f"{path}: expected a dict with the weights under 'module'")
     return check_tensor_dict(payload["module"], f"{path}: 'module'")
-
-
-def check_tensor_dict(tensors: object, where: str) -> dict[str, torch.Tensor]:
-    """`tensors` as a dict, if it maps strings to tensors; otherwise an error naming the bad entries."""
-    if not isinstance(tensors, Mapping):
-        raise CheckpointError(f"{where} is a {type(tensors).__name__}, expected a dict of tensors")
-    bad_keys = [key for key in tensors if not isinstance(key, str)]
-    if bad_keys:
-        raise CheckpointError(f"{where}: keys that are not strings: {[repr(k) for k in bad_keys[:5]]}")
-    bad = [key for key, value in tensors.items() if not isinstance(value, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{where}: entries that are not tensors: {bad[:5]}")
-    return dict(tensors)
 
 
 def save_sat_checkpoint(

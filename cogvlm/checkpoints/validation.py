@@ -231,6 +231,30 @@ def check_generation_config(raw: dict, source: str) -> dict:
     return checked
 
 
+def check_tensor_dict(tensors: object, where: str) -> dict[str, torch.Tensor]:
+    """`tensors` as a dict, if it maps strings to tensors; otherwise an error naming the bad entries."""
+    if not isinstance(tensors, Mapping):
+        raise CheckpointError(f"{where} is a {type(tensors).__name__}, expected a dict of tensors")
+    bad_keys = [key for key in tensors if not isinstance(key, str)]
+    if bad_keys:
+        raise CheckpointError(f"{where}: keys that are not strings: {[repr(k) for k in bad_keys[:5]]}")
+    bad = [key for key, value in tensors.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{where}: entries that are not tensors: {bad[:5]}")
+    return dict(tensors)
+
+
+def check_shard_name(name: object, key: str, index_path: Path) -> str:
+    """`name` if it is a plain file name in the checkpoint folder (nothing absolute, no `..`, no folder)."""
+    if not isinstance(name, str):
+        raise CheckpointError(f"{index_path}: weight_map[{key!r}] is {name!r}, expected a file name")
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise CheckpointError(
+            f"{index_path}: weight_map[{key!r}] is {name!r}; a shard must be a file in the checkpoint folder"
+        )
+    return name
+
+
 def verify_zip_crcs(path: Path) -> None:
     """Read every member of a zip archive (a `torch.save` file) in chunks and check its CRC-32.
 
