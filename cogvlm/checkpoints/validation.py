@@ -78,7 +78,7 @@ def estimate_model_bytes(config: CogVLMConfig, dtype: torch.dtype = torch.bfloat
     flagged = sum(llm.cross_attention.layers) if llm.cross_attention else llm.num_layers
     base = _model_bytes(_at_depth(config, (True,), 1, 2), dtype)
     with_cross = _model_bytes(_at_depth(config, (True, True), 1, 2), dtype) - base
-    plain = _model_bytes(_at_depth(config, (True, False), 1, 2), dtype) - base
+    plain = _model_bytes(_at_depth(config, (True, False), 1, 2), dtype) - base if cross else with_cross
     vision_layer = _model_bytes(_at_depth(config, (True,), 2, 2), dtype) - base
     parts = {
         f"{llm.num_layers} LLM layers (num_layers={llm.num_layers}, hidden_size={llm.hidden_size}, "
