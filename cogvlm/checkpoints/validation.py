@@ -1,9 +1,10 @@
 """Checks of a checkpoint beyond its config fields: the model's size against the memory of the device it
-goes to, the CRCs of a `.pt` archive, and non-finite weights.
+goes to, the model-parallel layout, the tensor dicts and shard names of weight files, the CRCs of a `.pt`
+archive, the generation settings, and non-finite weights.
 
 `estimate_model_bytes` needs only a config: it builds depth-1 and depth-2 copies of the model on the meta
 device (nothing is allocated) and extrapolates each stack of layers linearly, so a config claiming 1000
-layers of width 131072 is sized in milliseconds, before any weight is read or any memory is taken.
+layers of width 131072 is sized in a fraction of a second, before any weight is read or memory is taken.
 """
 
 from __future__ import annotations
