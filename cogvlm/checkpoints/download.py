@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from cogvlm.errors import ConfigError, DownloadError
+from cogvlm.utils.progress import byte_bar
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_SAT_HOME = "~/.sat_models"
@@ -342,7 +343,7 @@ class _PartialFile:
         """What the file must become, as recorded beside it."""
         return {"url": self.url, "size_bytes": self.size_bytes, "sha256": self.sha256}
 
-    def open(self) -> int:
+    def open(self, show_progress: bool = True) -> int:
         """Keep a partial file that belongs to the same remote file, else start afresh; return its length."""
         for path in (self.path, self.meta_path):
             if path.is_symlink():
@@ -359,10 +360,12 @@ class _PartialFile:
             return 0
         if self.hashed != length:
             self.hasher, self.hashed = hashlib.sha256(), 0
-            with open(self.path, "rb") as handle:
+            bar = byte_bar(f"checksumming {self.path.name}", length, show_progress)
+            with bar, open(self.path, "rb") as handle:
                 while chunk := handle.read(CHUNK_BYTES):
                     self.hasher.update(chunk)
                     self.hashed += len(chunk)
+                    bar.update(len(chunk))
         return length
 
     def reset(self) -> None:
@@ -554,7 +557,9 @@ def _receive(url, destination: Path, part: _PartialFile, config: DownloadConfig,
                 _check_verifiable(url, part.sha256, config)
                 if same_file(verified_record(destination), part.expected):
                     return False
-                progress = Progress(destination.name, part.size_bytes, part.open(), config.show_progress)
+                progress = Progress(
+                    destination.name, part.size_bytes, part.open(config.show_progress), config.show_progress
+                )
             _transfer(remote, part, progress, config)
             break
         except _TransientError as error:

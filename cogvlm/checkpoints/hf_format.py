@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cogvlm.checkpoints.config_fields import (
 )
 from cogvlm.checkpoints.json_files import read_json
 from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE
+from cogvlm.checkpoints.validation import check_shard_name, check_tensor_dict, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.builders import ModelFamily, family_of_hf_architecture, model_family
 from cogvlm.models.config import (
@@ -303,7 +305,6 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         "max_position_embeddings": llm.max_sequence_length,
         "initializer_range": 0.02,
         "rms_norm_eps": llm.layernorm_epsilon,
-        "template_version": family.version_to_hf(config.text_processor_version),
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
@@ -326,6 +327,9 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         },
     }
     raw.update(_cross_to_hf(config))
+    template = family.version_to_hf(config.text_processor_version)
+    if template is not None:  # none recorded: omitted, so the HF port takes its own default, "chat"
+        raw["template_version"] = template
     return raw
 
 
@@ -337,7 +341,8 @@ def hf_weight_files(directory: Path) -> list[Path]:
             weight_map = read_json(index_path).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index_path}: has no 'weight_map' object")
-            files = [directory / name for name in sorted(set(weight_map.values()))]
+            names = {check_shard_name(value, key, index_path) for key, value in weight_map.items()}
+            files = [directory / name for name in sorted(names)]
             missing = [str(path) for path in files if not path.is_file()]
             if missing:
                 raise CheckpointError(f"{index_path}: lists shards that are missing: {missing}")
@@ -353,16 +358,16 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
+        if path.is_file() and zipfile.is_zipfile(path):
+            verify_zip_crcs(path)
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except CheckpointError:
+        raise
     except (SafetensorError, Exception) as error:
         raise CheckpointError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
-    if not isinstance(payload, dict) or not all(
-        isinstance(value, torch.Tensor) for value in payload.values()
-    ):
-        raise CheckpointError(f"{path}: expected a flat dict of tensors")
-    return payload
+    return check_tensor_dict(payload, str(path))
 
 
 def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

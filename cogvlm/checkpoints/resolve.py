@@ -166,7 +166,8 @@ def check_sat_directory(directory: Path) -> None:
     """
     checkpoint = sat_format.open_sat_checkpoint(directory)
     for path in checkpoint.weight_files:
-        sat_format.load_sat_weights(path)  # memory-mapped: reads the index, not the 35 GB
+        # Memory-mapped, reading the pickled index only: extraction has just checked every CRC.
+        sat_format.load_sat_weights(path, verify=False)
 
 
 def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
@@ -188,7 +189,9 @@ def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
             return target
         remove_stale_staging(config, entry.name)
         if kept_archive.is_file():
-            extract_checkpoint_archive(kept_archive, target, entry.name, check=check_sat_directory)
+            extract_checkpoint_archive(
+                kept_archive, target, entry.name, check=check_sat_directory, progress=config.show_progress
+            )
             return target
         try:
             if config.is_offline:  # verified by the run that downloaded it, which stopped before extracting
@@ -225,7 +228,9 @@ def _extract_download(archive: Path, entry: CatalogEntry, config: DownloadConfig
     without downloading it again; an archive whose members are refused would be refused again, so it goes.
     """
     try:
-        extract_checkpoint_archive(archive, target, entry.name, check=check_sat_directory)
+        extract_checkpoint_archive(
+            archive, target, entry.name, check=check_sat_directory, progress=config.show_progress
+        )
     except ArchiveWriteError as error:
         raise ArchiveWriteError(
             f"{error}; the verified archive is kept for the next run: {archive}"
