@@ -31,6 +31,13 @@ from cogvlm.launch.distributed import ParallelRuntime, broadcast_object
 from cogvlm.models.cogvlm import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
+# Every failure message starts with this, on every rank.
+FAILURE = "tensor-parallel serving failed"
+
+
+def _describe(error: Exception) -> str:
+    """`error` without gloo's generic advice after its first sentence."""
+    return f"{type(error).__name__}: {str(error).split('. This is typically caused')[0]}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class Channel:
             dist.broadcast_object_list([command], src=0, group=self._group)
         except (RuntimeError, OSError) as error:  # gloo: connection closed / timed out
             raise TensorParallelFailure(
-                f"tensor-parallel serving: rank 0 could not reach the other ranks (one stopped?): {error}"
+                f"{FAILURE}: rank 0 cannot reach the other ranks (did one stop?): {_describe(error)}"
             ) from error
 
     def receive(self) -> Command:
@@ -91,8 +98,8 @@ class Channel:
             dist.broadcast_object_list(box, src=0, group=self._group)
         except (RuntimeError, OSError) as error:
             raise TensorParallelFailure(
-                f"tensor-parallel serving: rank {dist.get_rank()} lost rank 0 (no command or heartbeat for "
-                f"up to {self.config.timeout_s:g} s, or the connection closed): {error}"
+                f"{FAILURE}: rank {dist.get_rank()} lost rank 0 (no command or heartbeat for up to "
+                f"{self.config.timeout_s:g} s, or the connection closed): {_describe(error)}"
             ) from error
         return box[0]
 
@@ -179,9 +186,8 @@ class LeaderBatch:
             failure = error
         else:
             failure = TensorParallelFailure(
-                "tensor-parallel serving: a decoding step failed on rank 0, so the ranks may no longer "
-                f"agree (a rank that stopped makes the model's collectives fail): {type(error).__name__}: "
-                f"{error}"
+                f"{FAILURE}: a decoding step failed on rank 0 (a rank that stopped makes the model's "
+                f"collectives fail), so the ranks may no longer agree: {_describe(error)}"
             )
         if self.failure is None:
             self.failure = failure
@@ -224,8 +230,7 @@ def follow(batch: DecodeBatch, channel: Channel) -> None:
                 batch.warm_up(command.request, command.config)
         except Exception as error:  # noqa: BLE001 (rank 0 fails on the same step and stops the server)
             raise TensorParallelFailure(
-                f"tensor-parallel serving: rank {dist.get_rank()} failed a {command.kind} command: "
-                f"{type(error).__name__}: {error}"
+                f"{FAILURE}: rank {dist.get_rank()} failed a {command.kind} command: {_describe(error)}"
             ) from error
 
 

@@ -1,0 +1,132 @@
+"""`cogvlm serve --nproc 2`: real torchrun/gloo ranks behind one HTTP server answer as MP=1 does, and a
+rank that dies stops the server with a clear error instead of leaving clients hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.frontends.server.conftest import RunningServer
+from tests.frontends.server.helpers import finish_reason, golden_case, messages_for, served_cases
+
+# A rank that dies must end the server (and every request) within this many seconds.
+FAILURE_LIMIT_S = 30
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{RANK: pid} of the processes torchrun (`launcher_pid`) started."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for child in map(int, children):
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = next((entry[5:] for entry in environ if entry.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[int(rank)] = child
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def tp_server():
+    running = RunningServer("--nproc", "2", "--max-active", "4")
+    yield running
+    running.stop()
+
+
+def _client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def _ask(server: RunningServer, case: str, stream: bool) -> tuple[str, str, int]:
+    """(text, finish reason, completion tokens) of one greedy request for a golden case."""
+    prompt, expected = golden_case(case)
+    request = dict(
+        model="tiny-cogvlm",
+        messages=messages_for(prompt),
+        temperature=0,
+        max_tokens=expected["max_new_tokens"],
+    )
+    client = _client(server)
+    if not stream:
+        completion = client.chat.completions.create(**request)
+        choice = completion.choices[0]
+        return choice.message.content, choice.finish_reason, completion.usage.completion_tokens
+    chunks = list(
+        client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    return text, finish[-1], chunks[-1].usage.completion_tokens
+
+
+def test_two_ranks_answer_concurrent_requests_as_mp1(tp_server):
+    # Every served golden case twice, once streamed and once not, all at once: they share decode steps.
+    jobs = [(case, stream) for case in served_cases() for stream in (False, True)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(lambda job: _ask(tp_server, *job), jobs))
+    for (case, stream), (text, finish, tokens) in zip(jobs, answers, strict=True):
+        _, expected = golden_case(case)
+        assert text == expected["response_after_official_postprocess"], (case, stream)
+        assert finish == finish_reason(expected, expected["max_new_tokens"]), (case, stream)
+        assert tokens == len(expected["new_token_ids"]), (case, stream)
+    load = httpx.get(tp_server.url + "/health", timeout=10).json()
+    assert load["largest_step"] >= 2  # rows of one continuous batch advanced together on both ranks
+    assert load["active"] == 0 and load["waiting"] == 0
+
+
+def test_the_server_keeps_serving_after_idling_past_heartbeats(tp_server):
+    time.sleep(5)  # longer than the idle heartbeat interval: the ranks stay together while idle
+    case = served_cases()[0]
+    text, _, _ = _ask(tp_server, case, stream=False)
+    assert text == golden_case(case)[1]["response_after_official_postprocess"]
+
+
+def _stream_until_failure(server: RunningServer, started: threading.Event) -> Exception | None:
+    """Stream a long answer; return the error it ends with (None if it ended normally)."""
+    client = _client(server)
+    try:
+        stream = client.chat.completions.create(
+            model="tiny-cogvlm",
+            messages=[{"role": "user", "content": "Describe it"}],  # greedy: no end token for 900+ tokens
+            temperature=0,
+            max_tokens=900,
+            stream=True,
+        )
+        for _ in stream:
+            started.set()
+    except (openai.APIError, httpx.HTTPError) as error:
+        return error
+    return None
+
+
+def test_killing_rank_1_stops_the_server_with_a_clear_error():
+    server = RunningServer("--nproc", "2")
+    try:
+        pids = rank_pids(server.process.pid)
+        assert sorted(pids) == [0, 1]
+        started = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            streaming = pool.submit(_stream_until_failure, server, started)
+            assert started.wait(60), "the long answer did not start"
+            killed_at = time.monotonic()
+            os.kill(pids[1], signal.SIGKILL)
+            error = streaming.result(timeout=FAILURE_LIMIT_S)
+        output, _ = server.process.communicate(timeout=FAILURE_LIMIT_S)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert error is not None, "the stream ended normally although a rank died"
+    assert elapsed < FAILURE_LIMIT_S
+    assert server.process.returncode != 0
+    # Rank 0 logs the failure when it sees it, and exits with it unless torchrun's SIGTERM comes first.
+    assert "tensor-parallel serving failed: " in output, output[-3000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/health", timeout=5)
