@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +16,15 @@ import httpx
 import openai
 import pytest
 
-from tests.frontends.server.conftest import RunningServer
-from tests.frontends.server.helpers import finish_reason, golden_case, messages_for, served_cases
+from tests.frontends.server.conftest import REPO, RunningServer, free_port
+from tests.frontends.server.helpers import (
+    SERVED_VERSION,
+    finish_reason,
+    golden_case,
+    messages_for,
+    served_cases,
+)
+from tests.golden import golden_dir
 
 # A rank that dies must end the server (and every request) within this many seconds.
 FAILURE_LIMIT_S = 30
@@ -31,6 +40,25 @@ def rank_pids(launcher_pid: int) -> dict[int, int]:
         if rank is not None:
             ranks[int(rank)] = child
     return ranks
+
+
+class PlainTorchrunServer(RunningServer):
+    """`torchrun --nproc-per-node 2 <torchrun_flags> -m cogvlm.cli serve ...`, started by hand."""
+
+    def __init__(self, *torchrun_flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0"]
+        command += [*torchrun_flags, f"--master-port={free_port()}", "-m", "cogvlm.cli", "serve"]
+        command += ["--port", str(self.port), "--version", SERVED_VERSION]
+        command += ["--from_pretrained", str(golden_dir() / "cogvlm" / "sat_checkpoint")]
+        command += ["--local_tokenizer", str(golden_dir() / "tokenizer.model")]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env.pop("LOCAL_RANK", None)
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._wait_until_healthy()
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +158,31 @@ def test_killing_rank_1_stops_the_server_with_a_clear_error():
     assert "tensor-parallel serving failed: " in output, output[-3000:]
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/health", timeout=5)
+
+
+def test_an_idle_server_under_plain_torchrun_stops_by_itself_when_rank_1_dies():
+    # torchrun polls its ranks only every 60 s here: rank 0's heartbeat has to notice the loss itself.
+    server = PlainTorchrunServer("--monitor-interval=60")
+    try:
+        pids = rank_pids(server.process.pid)
+        killed_at = time.monotonic()
+        os.kill(pids[1], signal.SIGKILL)
+        while _alive(pids[0]) and time.monotonic() - killed_at < FAILURE_LIMIT_S:
+            time.sleep(0.2)
+        elapsed = time.monotonic() - killed_at
+        assert not _alive(pids[0]), "rank 0 kept serving after rank 1 died"
+    finally:
+        server.stop()
+    output = server.process.stdout.read()
+    assert elapsed < FAILURE_LIMIT_S
+    expected = "cogvlm serve: error: tensor-parallel serving failed: rank 0 cannot reach"
+    assert expected in output, output[-3000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "State:\tZ" not in status  # a zombie has exited
