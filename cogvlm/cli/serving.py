@@ -22,7 +22,7 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_on_every_rank(args: argparse.Namespace):
+def load_on_every_rank(args: argparse.Namespace):
     """(runtime, session): under torchrun every rank joins the job and loads its shard of the model."""
     from cogvlm.launch.distributed import init_parallel_runtime
 
@@ -53,7 +53,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_file_images=args.allow_file_images,
         compiled_decode=args.compile,
     )
-    runtime, session = _load_on_every_rank(args)
+    runtime, session = load_on_every_rank(args)
     try:
         serve(session, config, runtime)
     finally:
@@ -98,7 +98,7 @@ def run_web(args: argparse.Namespace) -> int:
     config = web.WebConfig(
         host=args.host, port=args.port, max_length=args.max_length, max_active=args.max_active
     )
-    runtime, session = _load_on_every_rank(args)
+    runtime, session = load_on_every_rank(args)
     try:
         web.run_web(session, config, runtime)
     finally:
