@@ -16,8 +16,10 @@ import httpx
 import openai
 import pytest
 
+from cogvlm.api import load
 from tests.frontends.server.conftest import REPO, RunningServer, free_port
 from tests.frontends.server.helpers import (
+    IMAGE_BYTES,
     SERVED_VERSION,
     finish_reason,
     golden_case,
@@ -186,3 +188,23 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status").read_text()
     return "State:\tZ" not in status  # a zombie has exited
+
+
+def test_two_ranks_with_int8_weights_answer_as_one_process_with_int8_weights():
+    case = served_cases()[-1]
+    prompt, expected = golden_case(case)
+    session = load(
+        golden_dir() / "cogvlm" / "sat_checkpoint",
+        local_tokenizer=str(golden_dir() / "tokenizer.model"),
+        version=SERVED_VERSION,
+        quant_bits=8,
+    )
+    generation = session.generation_config(max_new_tokens=expected["max_new_tokens"], top_k=1)
+    history = [tuple(turn) for turn in prompt["history"]]
+    one_process = session.chat(IMAGE_BYTES, prompt["query"], history, generation).response
+    server = RunningServer("--nproc", "2", "--quant", "8")
+    try:
+        text, _, _ = _ask(server, case, stream=False)
+    finally:
+        server.stop()
+    assert text == one_process
