@@ -96,7 +96,9 @@ class Scheduler:
         compiled: bool = False,
         batch=None,
     ) -> None:
-        self._batch = batch or DecodeBatch(model, max_rows=max_active, compiled=compiled)
+        self._batch = (
+            batch if batch is not None else DecodeBatch(model, max_rows=max_active, compiled=compiled)
+        )
         self._tokenizer = tokenizer
         self._max_queue = max_queue
         self._timeout_s = timeout_s
