@@ -26,7 +26,7 @@ from tests.frontends.server.helpers import (
     messages_for,
     served_cases,
 )
-from tests.golden import golden_dir
+from tests.golden import golden_dir, stop_string_in
 
 # A rank that dies must end the server (and every request) within this many seconds.
 FAILURE_LIMIT_S = 30
@@ -109,6 +109,49 @@ def test_two_ranks_answer_concurrent_requests_as_mp1(tp_server):
     load = httpx.get(tp_server.url + "/health", timeout=10).json()
     assert load["largest_step"] >= 2  # rows of one continuous batch advanced together on both ranks
     assert load["active"] == 0 and load["waiting"] == 0
+
+
+def _stopped_early(server: RunningServer, case: str) -> str:
+    """A greedy answer cut by a stop string from the middle of the reference's reply (the row leaves
+    the batch on rank 0 first; the other ranks drop it before their next step)."""
+    prompt, expected = golden_case(case)
+    stop = stop_string_in(expected["response_after_official_postprocess"])
+    completion = _client(server).chat.completions.create(
+        model="m",
+        messages=messages_for(prompt),
+        temperature=0,
+        max_tokens=expected["max_new_tokens"],
+        stop=[stop],
+    )
+    full = expected["response_after_official_postprocess"]
+    assert completion.choices[0].message.content == full[: full.index(stop)]
+    return "stopped"
+
+
+def _leave_after_two_chunks(server: RunningServer, case: str) -> str:
+    """A streamed answer whose client hangs up after two chunks (its row is dropped between steps)."""
+    prompt, expected = golden_case(case)
+    body = {"messages": messages_for(prompt), "temperature": 0, "max_tokens": 1000, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=300) as response:
+        for index, _ in enumerate(response.iter_lines()):
+            if index >= 2:
+                break
+    return "left"
+
+
+def test_rows_leaving_early_on_rank_0_leave_on_every_rank(tp_server):
+    # Rows that end by a stop string or a vanished client move the other rows within the batch: if the
+    # other ranks did not drop them at the same point, the survivors' answers would come out wrong.
+    cases = served_cases()
+    jobs = [(_leave_after_two_chunks, cases[0]), (_stopped_early, cases[-1])]
+    jobs += [(lambda server, case: _ask(server, case, stream=True)[0], case) for case in cases]
+    jobs += [(_leave_after_two_chunks, cases[-1]), (_stopped_early, cases[0])]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: job[0](tp_server, job[1]), jobs))
+    answers = results[2 : 2 + len(cases)]
+    assert answers == [golden_case(case)[1]["response_after_official_postprocess"] for case in cases]
+    # The same server still answers right afterwards: every rank holds the same (now empty) batch.
+    assert _ask(tp_server, cases[0], stream=False)[0] == answers[0]
 
 
 def test_the_server_keeps_serving_after_idling_past_heartbeats(tp_server):
