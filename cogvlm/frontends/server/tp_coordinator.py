@@ -176,6 +176,8 @@ class LeaderBatch:
                 self._channel.send(dataclasses.replace(command, leaves=tuple(self._leaves)))
                 self._leaves.clear()
                 result = operation(*args)
+            except TensorParallelFailure as failure:
+                raise self._fail(failure)  # noqa: B904 (it names its cause)
             except Exception as error:  # noqa: BLE001 (the ranks may now differ: nothing is safe to run)
                 raise self._fail(error) from error
             self._last_sent = time.monotonic()

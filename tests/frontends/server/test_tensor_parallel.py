@@ -251,3 +251,15 @@ def test_two_ranks_with_int8_weights_answer_as_one_process_with_int8_weights():
     finally:
         server.stop()
     assert text == one_process
+
+
+def test_a_rank_that_hears_nothing_from_rank_0_gives_up_after_the_timeout(tmp_path):
+    timeout_s = 3.0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=0"]
+    command += [f"--master-port={free_port()}", str(Path(__file__).parent / "tp_silent_leader.py")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("LOCAL_RANK", None)
+    subprocess.run([*command, str(tmp_path), str(timeout_s)], env=env, timeout=120, capture_output=True)
+    waited, message = (tmp_path / "rank1.txt").read_text().split("\n", 1)
+    assert timeout_s * 0.9 <= float(waited) < timeout_s * 3
+    assert message.startswith("tensor-parallel serving failed: rank 1 lost rank 0")
