@@ -30,6 +30,7 @@ def run_chat(args: argparse.Namespace) -> int:
         checkpoint=args.from_pretrained,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         dtype=flag_dtype(args),
         device=args.device,
         download=download_config(args),

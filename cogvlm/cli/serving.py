@@ -27,7 +27,7 @@ def load_on_every_rank(args: argparse.Namespace):
     from cogvlm.launch.distributed import init_parallel_runtime
 
     runtime = init_parallel_runtime()
-    session = load_session(args, flag_dtype(args), runtime, args.quant, args.quant_group_size)
+    session = load_session(args, flag_dtype(args), args.quant, args.quant_group_size, runtime)
     return runtime, session
 
 

@@ -110,7 +110,7 @@ def run_eval_synthetic(args: argparse.Namespace) -> int:
 
     from cogvlm.train.synthetic_eval import evaluate, session_answerer
 
-    session = load_session(args, dtype=flag_dtype(args))
+    session = load_session(args, dtype=flag_dtype(args), quant_bits=args.quant)
     answer = session_answerer(session, args.max_new_tokens)
     scores = evaluate(answer, args.data, session.config.vision.image_px, per_task=args.per_task)
     report = {
@@ -128,4 +128,5 @@ def add_eval_synthetic_parser(commands) -> None:
     evaluate.add_argument("--data", required=True, help="dataset written by `cogvlm synth-data`")
     evaluate.add_argument("--per_task", type=int, default=None, help="at most this many samples per task")
     evaluate.add_argument("--max_new_tokens", type=int, default=32)
+    evaluate.add_argument("--quant", type=int, choices=(4, 8), default=None, help="int4/int8 weights")
     evaluate.set_defaults(handler=run_eval_synthetic)

@@ -47,6 +47,7 @@ class ChatConfig:
     checkpoint: str
     local_tokenizer: str | None = None
     version: str | None = None
+    prompt_style: str = "sat"  # or "hf": the HF port's prompt texts
     dtype: torch.dtype | None = None
     device: str = "auto"  # cuda:LOCAL_RANK when available, else cpu
     download: DownloadConfig | None = None
@@ -196,6 +197,7 @@ def run_chat(config: ChatConfig, output: TextIO = sys.stdout, read_line: Callabl
         device=runtime.device if config.device == "auto" else config.device,
         local_tokenizer=config.local_tokenizer,
         version=config.version,
+        prompt_style=config.prompt_style,
         download=config.download,
         tp=runtime.tp,
         quant_bits=config.quant_bits,
