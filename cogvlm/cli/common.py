@@ -100,17 +100,29 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     add_download_arguments(parser)
 
 
-def load_session(args: argparse.Namespace, dtype: torch.dtype | None, quant_bits: int | None = None):
-    """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`."""
+def load_session(
+    args: argparse.Namespace,
+    dtype: torch.dtype | None,
+    quant_bits: int | None = None,
+    quant_group_size: int | None = None,
+    runtime=None,
+):
+    """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`, quantized to
+    `quant_bits` if given. Under a tensor-parallel `runtime` (`cogvlm.launch.distributed`) this rank loads
+    its shard on its own device (cuda:LOCAL_RANK for `--device auto`)."""
     from cogvlm.api import load
+    from cogvlm.parallel.groups import NO_PARALLEL
 
+    device = runtime.device if runtime is not None and args.device == "auto" else flag_device(args)
     return load(
         args.from_pretrained,
         dtype=dtype,
-        device=flag_device(args),
+        device=device,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
         prompt_style=args.prompt_style,
         download=download_config(args),
+        tp=NO_PARALLEL if runtime is None else runtime.tp,
         quant_bits=quant_bits,
+        quant_group_size=quant_group_size,
     )

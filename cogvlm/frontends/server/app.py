@@ -43,7 +43,7 @@ def _usage(finished: Finished) -> dict:
 class ChatService:
     """Turns requests into scheduler jobs and jobs into OpenAI responses."""
 
-    def __init__(self, session: CogVLM, config: ServerConfig) -> None:
+    def __init__(self, session: CogVLM, config: ServerConfig, batch=None) -> None:
         self.session = session
         self.config = config
         self.scheduler = Scheduler(
@@ -53,6 +53,7 @@ class ChatService:
             max_queue=config.max_queue,
             timeout_s=config.request_timeout_s,
             compiled=config.compiled_decode,
+            batch=batch,
         )
 
     def warm_up(self) -> None:
@@ -161,9 +162,9 @@ def _check_api_key(request: Request, api_key: str | None) -> None:
         )
 
 
-def create_app(session: CogVLM, config: ServerConfig) -> FastAPI:
-    """The application serving `session` under `config`."""
-    service = ChatService(session, config)
+def create_app(session: CogVLM, config: ServerConfig, batch=None) -> FastAPI:
+    """The application serving `session` under `config` (with `batch` as its decode batch, if given)."""
+    service = ChatService(session, config, batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
