@@ -52,7 +52,7 @@ def add_caption_parser(commands) -> None:
         "caption",
         aliases=["infer"],
         help="answer a query about many images (folder, JSONL or glob) into a resumable JSONL",
-        description="Answer a query about every image of a folder, a JSONL of {\"image\", \"query\"[, \"id\"]} "
+        description='Answer a query about every image of a folder, a JSONL of {"image", "query"[, "id"]} '
         "records or a glob. Records are appended to --output as they come; a rerun skips inputs already "
         "there. Under --nproc N (or torchrun, any number of nodes) each data-parallel rank takes a slice.",
     )

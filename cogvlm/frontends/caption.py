@@ -187,4 +187,11 @@ def _finish(runtime: ParallelRuntime, answered: int) -> int:
     return int(total)
 
 
-__all__ = ["CaptionConfig", "CaptionSummary", "DEFAULT_QUERY", "EMBEDDED_QUERY", "default_query", "run_caption"]
+__all__ = [
+    "CaptionConfig",
+    "CaptionSummary",
+    "DEFAULT_QUERY",
+    "EMBEDDED_QUERY",
+    "default_query",
+    "run_caption",
+]

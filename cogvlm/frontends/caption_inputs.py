@@ -82,16 +82,16 @@ def _record_input(path: Path, number: int, line: str, default_query: str) -> Cap
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}: not valid JSON ({error})") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object with an \"image\" key, got {type(record).__name__}")
+        raise ValueError(f'{where}: expected an object with an "image" key, got {type(record).__name__}')
     image = record.get("image")
     if not isinstance(image, str) or not image:
-        raise ValueError(f"{where}: \"image\" must be a non-empty path string, got {image!r}")
+        raise ValueError(f'{where}: "image" must be a non-empty path string, got {image!r}')
     query = record.get("query", default_query)
     if not isinstance(query, str) or not query.strip():
-        raise ValueError(f"{where}: \"query\" must be a non-empty string, got {query!r}")
+        raise ValueError(f'{where}: "query" must be a non-empty string, got {query!r}')
     record_id = record.get("id", image)
     if not isinstance(record_id, str | int) or isinstance(record_id, bool):
-        raise ValueError(f"{where}: \"id\" must be a string or an integer, got {record_id!r}")
+        raise ValueError(f'{where}: "id" must be a string or an integer, got {record_id!r}')
     return CaptionInput(id=record_id, image=image, query=query, path=path.parent / image)
 
 
@@ -102,5 +102,5 @@ def _check_unique(inputs: list[CaptionInput], source: str) -> None:
         if earlier != index:
             raise ValueError(
                 f"caption input {source}: inputs {earlier + 1} and {index + 1} have the same id {item.id!r} "
-                f"and query {item.query!r}; give the records distinct \"id\"s"
+                f'and query {item.query!r}; give the records distinct "id"s'
             )
