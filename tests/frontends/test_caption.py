@@ -1,6 +1,6 @@
 """`cogvlm caption`: folder, JSONL and glob inputs answered as `cogvlm chat` answers them one by one;
-resuming after a kill or a half-written line; the same output from one rank, two data-parallel ranks and
-a tensor-parallel group under torchrun."""
+resuming after a kill or a half-written line; the same output from one rank, from two data-parallel ranks
+and from two tensor-parallel groups of two under torchrun."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from cogvlm import api
-from cogvlm.frontends.caption import CaptionConfig, run_caption
+from cogvlm.embedded import example_image
+from cogvlm.frontends.caption import EMBEDDED_QUERY, CaptionConfig, run_caption
 from cogvlm.frontends.caption_inputs import list_inputs
 from cogvlm.frontends.caption_records import part_path, read_records
 from cogvlm.frontends.chat import ChatConfig, ChatLoop
@@ -27,6 +28,7 @@ from tests.golden import golden_dir
 from tests.parallel.torchrun_jobs import environment
 
 CHECKPOINT = golden_dir() / "cogvlm" / "sat_checkpoint"
+CHECKPOINTS = {"cogvlm": CHECKPOINT, "cogagent": golden_dir() / "cogagent" / "sat_checkpoint"}
 TOKENIZER = golden_dir() / "tokenizer.model"
 VERSION = "chat_old"
 NEW_TOKENS = 12  # short answers keep the runs quick; the tiny model would otherwise fill its context
@@ -39,28 +41,24 @@ FLAGS = [
 
 
 @functools.cache
-def session() -> api.CogVLM:
-    return api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version=VERSION)
+def session(checkpoint: Path) -> api.CogVLM:
+    return api.load(checkpoint, local_tokenizer=str(TOKENIZER), version=VERSION)
 
 
-def chat_answer(image: Path, query: str) -> str:
+def chat_answer(image: Path, query: str, checkpoint: Path = CHECKPOINT) -> str:
     """What `cogvlm chat --image IMAGE --query QUERY` prints with the same model flags."""
-    config = ChatConfig(
-        str(CHECKPOINT),
-        generation=GenerationSettings(max_new_tokens=NEW_TOKENS),
-        image=str(image),
-        query=query,
-    )
+    generation = GenerationSettings(max_new_tokens=NEW_TOKENS)
+    config = ChatConfig(str(checkpoint), generation=generation, image=str(image), query=query)
     output = io.StringIO()
-    ChatLoop(session(), config, output, input).answer_once(str(image), query)
+    ChatLoop(session(checkpoint), config, output, input).answer_once(str(image), query)
     return output.getvalue().removesuffix("\n")
 
 
-def caption(source, output: Path, **fields):
+def caption(source, output: Path, checkpoint: Path = CHECKPOINT, **fields):
     config = CaptionConfig(
         source=str(source),
         output=output,
-        checkpoint=str(CHECKPOINT),
+        checkpoint=str(checkpoint),
         local_tokenizer=str(TOKENIZER),
         version=VERSION,
         generation=GenerationSettings(max_new_tokens=NEW_TOKENS),
@@ -88,15 +86,17 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def assert_answers_are_chats(records: list[dict]) -> None:
+def assert_answers_are_chats(records: list[dict], checkpoint: Path = CHECKPOINT) -> None:
     for record in records:
         if "error" not in record:
-            assert record["answer"] == chat_answer(Path(record["image"]), record["query"]), record["image"]
+            expected = chat_answer(Path(record["image"]), record["query"], checkpoint)
+            assert record["answer"] == expected, record["image"]
 
 
-def test_a_folder_is_answered_in_path_order_as_chat_answers_each_image(images, tmp_path):
+@pytest.mark.parametrize("model", sorted(CHECKPOINTS))
+def test_a_folder_is_answered_in_path_order_as_chat_answers_each_image(images, tmp_path, model):
     output = tmp_path / "out.jsonl"
-    summary = caption(images, output)
+    summary = caption(images, output, CHECKPOINTS[model])
     records = read_lines(output)
     expected = sorted(str(p) for p in images.rglob("*") if p.suffix in {".png", ".jpg", ".bmp"})
     assert [r["image"] for r in records] == [r["id"] for r in records] == expected
@@ -105,7 +105,7 @@ def test_a_folder_is_answered_in_path_order_as_chat_answers_each_image(images, t
     assert "answer" not in broken and "broken.png" in broken["error"]
     assert all("answer" in r for r in records if r is not broken)
     assert len({r.get("answer") for r in records}) == 6  # the images get different answers
-    assert_answers_are_chats(records)
+    assert_answers_are_chats(records, CHECKPOINTS[model])
     assert (summary.records, summary.errors, summary.done_now) == (6, 1, 6)
 
 
@@ -222,16 +222,32 @@ def test_a_killed_run_resumes_with_every_input_exactly_once(images, tmp_path):
         assert record["answer"] == chat_answer(images / "golden.png", record["query"])
 
 
-@pytest.mark.parametrize("tp_size", [1, 2], ids=["data-parallel", "tensor-parallel"])
-def test_two_ranks_under_torchrun_write_what_one_rank_writes(images, tmp_path, tp_size):
+@pytest.mark.parametrize(
+    ("nproc", "tp_size"), [(2, 1), (4, 2)], ids=["2-data-parallel", "2-data-parallel-x-2-tensor-parallel"]
+)
+def test_ranks_under_torchrun_write_what_one_rank_writes(images, tmp_path, nproc, tp_size):
     single = tmp_path / "single.jsonl"
     caption(images, single, batch_size=2)
     output = tmp_path / "two.jsonl"
     args = [str(images), "--output", str(output), "--batch_size", "2", "--tp_size", str(tp_size)]
     env = environment()
     env.pop("LOCAL_RANK", None)
-    result = subprocess.run(_cli(*args, nproc=2), env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    result = subprocess.run(
+        _cli(*args, nproc=nproc), env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert output.read_bytes() == single.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["single.jsonl", "two.jsonl"]
     assert result.stderr.count("6 records (1 with an error)") == 1  # rank 0 alone reports
+
+
+def test_infer_defaults_to_the_embedded_model_and_its_caption_query(tmp_path):
+    image = example_image()
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "cogvlm.cli", "infer", str(image), "--output", str(output)]
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [record] = read_lines(output)
+    assert record["query"] == EMBEDDED_QUERY
+    embedded = api.load()
+    assert record["answer"] == embedded.chat(image, EMBEDDED_QUERY, (), embedded.generation_config()).response
