@@ -21,7 +21,7 @@ from typing import TextIO
 import torch
 import torch.distributed as dist
 
-from cogvlm.api import load
+from cogvlm.api import CogVLM, load
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.embedded import EMBEDDED_NAME, embedded_checkpoint
 from cogvlm.frontends.caption_batch import Captioner
@@ -71,12 +71,14 @@ class CaptionConfig:
 
 @dataclass(frozen=True)
 class CaptionSummary:
-    """What a run did: records in the output, how many hold an error, and how many inputs this run did."""
+    """What a run did: records in the output, how many hold an error, how many inputs this run did, and
+    the seconds from every rank's model being loaded to the merged output (`caption_s`) and before."""
 
     records: int
     errors: int
     done_now: int
-    seconds: float
+    caption_s: float
+    load_s: float
 
 
 def default_query(checkpoint: str) -> str:
@@ -92,34 +94,47 @@ def run_caption(config: CaptionConfig, log: TextIO = sys.stderr) -> CaptionSumma
     try:
         start = time.monotonic()
         inputs, my_slice = _plan(config, runtime)
-        session = load(
-            config.checkpoint,
-            dtype=config.dtype,
-            device=runtime.device if config.device == "auto" else config.device,
-            local_tokenizer=config.local_tokenizer,
-            version=config.version,
-            download=config.download,
-            tp=runtime.tp,
-            quant_bits=config.quant_bits,
-            quant_group_size=config.quant_group_size,
-        )
+        session = _load_session(config, runtime)
         generation = session.generation_config(config.generation)
         captioner = Captioner(session, generation, batch_size=config.batch_size, compiled=config.compiled)
-        _caption_slice(captioner, my_slice, _writer_path(config.output, runtime))
+        _finish(runtime, 0)  # every rank loaded: the captioning time starts together
+        loaded = time.monotonic()
+        progress = _Progress(len(my_slice), log if runtime.is_first_rank and log.isatty() else None)
+        _caption_slice(captioner, my_slice, _writer_path(config.output, runtime), progress)
         pending = _finish(runtime, len(my_slice))
         if not runtime.is_first_rank:
             return None
         records = merge_records(config.output, {item.key: i for i, item in enumerate(inputs)})
         summary = CaptionSummary(
-            len(records), sum("error" in r for r in records), pending, time.monotonic() - start
+            len(records),
+            sum("error" in r for r in records),
+            pending,
+            time.monotonic() - loaded,
+            loaded - start,
         )
         log.write(
             f"{config.output}: {summary.records} records ({summary.errors} with an error); "
-            f"{summary.done_now} done by this run in {summary.seconds:.1f} s\n"
+            f"{summary.done_now} done by this run in {summary.caption_s:.1f} s "
+            f"(after {summary.load_s:.1f} s reading inputs and loading)\n"
         )
         return summary
     finally:
         shutdown(runtime)
+
+
+def _load_session(config: CaptionConfig, runtime: ParallelRuntime) -> CogVLM:
+    """This rank's model (its tensor-parallel shard), tokenizer and prompt format, as chat loads them."""
+    return load(
+        config.checkpoint,
+        dtype=config.dtype,
+        device=runtime.device if config.device == "auto" else config.device,
+        local_tokenizer=config.local_tokenizer,
+        version=config.version,
+        download=config.download,
+        tp=runtime.tp,
+        quant_bits=config.quant_bits,
+        quant_group_size=config.quant_group_size,
+    )
 
 
 def _writer_path(output: Path, runtime: ParallelRuntime) -> Path | None:
@@ -131,17 +146,43 @@ def _writer_path(output: Path, runtime: ParallelRuntime) -> Path | None:
     return part_path(output, runtime.data_parallel_rank)
 
 
-def _caption_slice(captioner: Captioner, inputs: list[CaptionInput], path: Path | None) -> None:
+def _caption_slice(
+    captioner: Captioner, inputs: list[CaptionInput], path: Path | None, progress: _Progress
+) -> None:
+    # Tensor-parallel ranks after a group's first answer the same inputs and write nothing.
     writer = RecordWriter(path) if path is not None else None
     try:
-        captioner.run(inputs, writer.write if writer is not None else _discard)
+        write = writer.write if writer is not None else None
+        captioner.run(inputs, lambda record: progress.count(write, record))
     finally:
+        progress.close()
         if writer is not None:
             writer.close()
 
 
-def _discard(record: dict) -> None:
-    """Tensor-parallel ranks after a group's first answer the same inputs and write nothing."""
+class _Progress:
+    """On a terminal, one status line of the first rank's inputs, rewritten at most once a second."""
+
+    def __init__(self, total: int, log: TextIO | None) -> None:
+        self.total, self.log, self.done = total, log, 0
+        self.start = self.shown = time.monotonic()
+
+    def count(self, write, record: dict) -> None:
+        """Pass `record` to `write` (if any) and count it."""
+        if write is not None:
+            write(record)
+        self.done += 1
+        now = time.monotonic()
+        if self.log is not None and (now - self.shown >= 1 or self.done == self.total):
+            rate = self.done / max(now - self.start, 1e-9)
+            self.log.write(f"\rcaption: {self.done}/{self.total} inputs of this rank, {rate:.2f}/s")
+            self.log.flush()
+            self.shown = now
+
+    def close(self) -> None:
+        """End the status line."""
+        if self.log is not None and self.done:
+            self.log.write("\n")
 
 
 def _plan(config: CaptionConfig, runtime: ParallelRuntime) -> tuple[list[CaptionInput], list[CaptionInput]]:
@@ -179,7 +220,7 @@ def _scatter(slices: list, runtime: ParallelRuntime):
 
 
 def _finish(runtime: ParallelRuntime, answered: int) -> int:
-    """Wait for every rank's writes; returns how many inputs the data-parallel groups answered in all."""
+    """Wait for every rank; returns the sum of the data-parallel groups' `answered` (each counted once)."""
     if runtime.control_group is None:
         return answered
     total = torch.tensor([answered if runtime.tp.rank == 0 else 0])

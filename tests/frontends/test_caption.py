@@ -54,7 +54,12 @@ def chat_answer(image: Path, query: str, checkpoint: Path = CHECKPOINT) -> str:
     return output.getvalue().removesuffix("\n")
 
 
-def caption(source, output: Path, checkpoint: Path = CHECKPOINT, **fields):
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def caption(source, output: Path, checkpoint: Path = CHECKPOINT, log=None, **fields):
     config = CaptionConfig(
         source=str(source),
         output=output,
@@ -64,7 +69,7 @@ def caption(source, output: Path, checkpoint: Path = CHECKPOINT, **fields):
         generation=GenerationSettings(max_new_tokens=NEW_TOKENS),
         **{"query": QUERY, "batch_size": 3, **fields},
     )
-    return run_caption(config, log=io.StringIO())
+    return run_caption(config, log=log or io.StringIO())
 
 
 @pytest.fixture
@@ -131,12 +136,14 @@ def test_jsonl_records_keep_their_order_ids_queries_and_relative_paths(images, t
         assert record["answer"] == chat_answer(image, record["query"])
 
 
-def test_a_glob_takes_only_the_matching_files(images, tmp_path):
+def test_a_glob_takes_only_the_matching_files_and_a_terminal_sees_progress(images, tmp_path):
     output = tmp_path / "out.jsonl"
-    caption(str(images / "**" / "*.png"), output, batch_size=4)
+    terminal = Terminal()
+    caption(str(images / "**" / "*.png"), output, batch_size=4, log=terminal)
     records = read_lines(output)
     expected = sorted(str(p) for p in images.rglob("*.png"))
     assert [r["image"] for r in records] == expected
+    assert "\rcaption: 4/4 inputs of this rank" in terminal.getvalue()
     assert_answers_are_chats(records)
 
 
