@@ -191,6 +191,10 @@ def test_bad_inputs_and_foreign_outputs_are_errors_that_name_the_problem(images,
     with pytest.raises(ValueError, match="foreign.jsonl line 1: not a caption record"):
         read_records(foreign)
     assert foreign.read_text().startswith('{"text"')  # left as it was
+    with pytest.raises(ValueError, match="is the input file"):
+        CaptionConfig(source=str(images / "dup.jsonl"), output=images / "dup.jsonl")
+    with pytest.raises(ValueError, match="the output is JSONL"):
+        CaptionConfig(source=str(images), output=tmp_path / "captions.txt")
 
 
 def _cli(*args: str, nproc: int = 1) -> list[str]:
