@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from cogvlm.cli.caption import add_caption_parser
 from cogvlm.cli.chat import add_bench_parser, add_chat_parser, run_bench, run_chat
 from cogvlm.cli.checkpoints import (
     add_convert_parser,
@@ -50,6 +51,7 @@ from cogvlm.errors import CogVLMError
 # One entry per subcommand; each adds its parser and sets `handler`.
 SUBCOMMANDS = (
     add_chat_parser,
+    add_caption_parser,
     add_download_parser,
     add_list_parser,
     add_convert_parser,
