@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -125,6 +126,8 @@ _PLACEHOLDERS = {
     "{p}": r"(?P<p>weight|bias)",
     "{rest}": r"(?P<rest>.+)",
 }
+
+logger = logging.getLogger(__name__)
 
 
 def _compile(pattern: str) -> re.Pattern:
@@ -330,6 +333,16 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
     template = family.version_to_hf(config.text_processor_version)
     if template is not None:  # none recorded: omitted, so the HF port takes its own default, "chat"
         raw["template_version"] = template
+        if family.version_from_hf(template) != config.text_processor_version:
+            logger.warning(
+                "the HF %s port has no template for prompt version %r: its template_version %r means %r "
+                "there (our loader keeps %r, recorded in sat_model_config)",
+                config.model_class,
+                config.text_processor_version,
+                template,
+                family.version_from_hf(template),
+                config.text_processor_version,
+            )
     return raw
 
 

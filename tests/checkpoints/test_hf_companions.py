@@ -125,3 +125,16 @@ def test_the_cli_passes_local_tokenizer(tmp_path):
     args = ["convert", "--from_pretrained", str(source), "--output", str(tmp_path / "hf")]
     assert cli.main([*args, "--local_tokenizer", str(tokenizer)]) == 0
     assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tokenizer.read_bytes()
+
+
+def test_a_cogvlm_inst_chat_prompt_that_the_hf_port_lacks_is_warned_about(caplog):
+    """HF CogVLM's "chat" is the Question/Answer format: an [INST] model written there would change prompts."""
+    config = dataclasses.replace(preset("tiny-cogvlm"), text_processor_version="chat")
+    with caplog.at_level("WARNING", logger="cogvlm.checkpoints.hf_format"):
+        raw = config_to_hf(config)
+    assert raw["template_version"] == "chat"
+    assert "no template for prompt version 'chat'" in caplog.text and "'chat_old'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cogvlm.checkpoints.hf_format"):
+        config_to_hf(dataclasses.replace(config, text_processor_version="chat_old"))
+    assert caplog.text == ""
