@@ -128,7 +128,7 @@ def test_the_cli_passes_local_tokenizer(tmp_path):
 
 
 def test_a_cogvlm_inst_chat_prompt_that_the_hf_port_lacks_is_warned_about(caplog):
-    """HF CogVLM's "chat" is the Question/Answer format: an [INST] model written there would change prompts."""
+    """HF CogVLM's "chat" is the Question/Answer format: an [INST] model written there changes prompts."""
     config = dataclasses.replace(preset("tiny-cogvlm"), text_processor_version="chat")
     with caplog.at_level("WARNING", logger="cogvlm.checkpoints.hf_format"):
         raw = config_to_hf(config)
