@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cogvlm.checkpoints.config_fields import (
+    DEFAULT_ROTARY_BASE,
     MAX_HEADS,
     MAX_IMAGE_PX,
     MAX_LAYERS,
@@ -22,9 +23,10 @@ from cogvlm.checkpoints.config_fields import (
     MAX_WIDTH,
     ConfigFields,
     assemble_config,
+    non_default_llm_options,
 )
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE
+from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION
 from cogvlm.checkpoints.validation import check_shard_name, check_tensor_dict, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.builders import ModelFamily, family_of_hf_architecture, model_family
@@ -32,7 +34,6 @@ from cogvlm.models.config import (
     CogVLMConfig,
     CrossAttentionConfig,
     CrossVisionConfig,
-    TransformerConfig,
     VisionConfig,
 )
 from cogvlm.models.presets import eva_config
@@ -281,16 +282,6 @@ def _cross_to_hf(config: CogVLMConfig) -> dict:
     return raw
 
 
-def _llm_options_to_hf(llm: TransformerConfig) -> dict:
-    # Written only where they differ from LLaMA 2's, as the published CogVLM and CogAgent configs omit them.
-    raw = {}
-    if llm.num_key_value_heads != llm.num_attention_heads:
-        raw["num_multi_query_heads"] = llm.num_key_value_heads
-    if llm.rotary_base != DEFAULT_ROTARY_BASE:
-        raw["rope_theta"] = llm.rotary_base
-    return raw
-
-
 def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16) -> dict:
     """Translate a `CogVLMConfig` into an HF `config.json` dict with the published field names."""
     llm, vision = config.llm, config.vision
@@ -303,7 +294,7 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         "intermediate_size": llm.inner_hidden_size,
         "num_hidden_layers": llm.num_layers,
         "num_attention_heads": llm.num_attention_heads,
-        **_llm_options_to_hf(llm),
+        **non_default_llm_options(llm, "rope_theta"),
         "hidden_act": "silu",
         "max_position_embeddings": llm.max_sequence_length,
         "initializer_range": 0.02,

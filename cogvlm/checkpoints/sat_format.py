@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cogvlm.checkpoints.config_fields import (
+    DEFAULT_ROTARY_BASE,
     MAX_HEADS,
     MAX_IMAGE_PX,
     MAX_LAYERS,
@@ -25,6 +26,7 @@ from cogvlm.checkpoints.config_fields import (
     ConfigFields,
     assemble_config,
     image_size,
+    non_default_llm_options,
 )
 from cogvlm.checkpoints.json_files import read_json
 from cogvlm.checkpoints.validation import check_parallel_layout, check_tensor_dict, verify_zip_crcs
@@ -35,7 +37,6 @@ from cogvlm.models.config import (
     CogVLMConfig,
     CrossAttentionConfig,
     CrossVisionConfig,
-    TransformerConfig,
     VisionConfig,
 )
 from cogvlm.models.presets import eva_config
@@ -49,7 +50,6 @@ _CROSS_PREFIX = mixin_names.prefix(mixin_names.CROSS_VISION) + "vit.model."
 _CROSS_SIZE_FIELDS = ("width", "num_blocks", "head_width", "patch_size", "in_channels", "head_out_features")
 _CROSS_NUMBER_FIELDS = ("mlp_ratio", "pretrain_grid", "layernorm_epsilon")
 _CROSS_VISION_FIELDS = _CROSS_SIZE_FIELDS + _CROSS_NUMBER_FIELDS
-DEFAULT_ROTARY_BASE = 10000.0
 _MAX_LATEST_BYTES = 32
 _KNOWN_KEYS = {
     "model_class",
@@ -289,16 +289,6 @@ def _cross_vision_to_sat(config: CogVLMConfig) -> dict:
     return raw
 
 
-def _llm_options_to_sat(llm: TransformerConfig) -> dict:
-    # Written only where they differ from LLaMA 2's, so CogVLM and CogAgent configs stay as SAT writes them.
-    raw = {}
-    if llm.num_key_value_heads != llm.num_attention_heads:
-        raw["num_multi_query_heads"] = llm.num_key_value_heads
-    if llm.rotary_base != DEFAULT_ROTARY_BASE:
-        raw["rotary_base"] = llm.rotary_base
-    return raw
-
-
 def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
     """Translate a `CogVLMConfig` into SAT's `model_config.json` dict (inverse of `config_from_sat`)."""
     llm = config.llm
@@ -316,7 +306,7 @@ def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
     )
     raw.update(_cross_attention_to_sat(config))
     raw.update(use_bias=False, inner_hidden_size=llm.inner_hidden_size)
-    raw.update(_llm_options_to_sat(llm))
+    raw.update(non_default_llm_options(llm, "rotary_base"))
     raw["image_length"] = config.image_length
     raw.update(_cross_vision_to_sat(config))
     raw["eva_args"] = _eva_to_sat(config, model_parallel_size)
