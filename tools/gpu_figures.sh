@@ -11,6 +11,7 @@ OUT=${OUT:-/tmp/cogvlm-gpu-figures}
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
 BENCH_CONFIGS=${BENCH_CONFIGS:-cogvlm-17b-490 cogagent-18b}
+BENCH_FLAGS=${BENCH_FLAGS---compare_quant}
 MEMORY_MODELS=${MEMORY_MODELS:-cogvlm-17b-490:6:8 cogagent-18b:6:8}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 REPEATS=${REPEATS:-3}
@@ -36,9 +37,10 @@ step() {  # step NAME COMMAND...: stdout to NAME.json, stderr to NAME.log
 if [[ $DEVICE == cuda* ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 fi
+# shellcheck disable=SC2086 # BENCH_FLAGS: words
 for config in $BENCH_CONFIGS; do
     step "bench-$config" python3 -m cogvlm.cli bench "$config" --device "$DEVICE" --dtype "$DTYPE" \
-        --compare_quant --repeats "$REPEATS" "${assets[@]}"
+        $BENCH_FLAGS --repeats "$REPEATS" "${assets[@]}"
 done
 # shellcheck disable=SC2086 # one word per model
 step memory python3 benchmarks/memory.py --device "$DEVICE" --dtypes "$DTYPE" --quants none 8 4 \
