@@ -24,7 +24,7 @@ from cogvlm.frontends.caption_inputs import list_inputs
 from cogvlm.frontends.caption_records import part_path, read_records
 from cogvlm.frontends.chat import ChatConfig, ChatLoop
 from cogvlm.inference.settings import GenerationSettings
-from tests.golden import golden_dir
+from tests.golden import golden_dir, stop_string_in
 from tests.parallel.torchrun_jobs import environment
 
 CHECKPOINT = golden_dir() / "cogvlm" / "sat_checkpoint"
@@ -45,9 +45,9 @@ def session(checkpoint: Path) -> api.CogVLM:
     return api.load(checkpoint, local_tokenizer=str(TOKENIZER), version=VERSION)
 
 
-def chat_answer(image: Path, query: str, checkpoint: Path = CHECKPOINT) -> str:
+def chat_answer(image: Path, query: str, checkpoint: Path = CHECKPOINT, stop: tuple[str, ...] = ()) -> str:
     """What `cogvlm chat --image IMAGE --query QUERY` prints with the same model flags."""
-    generation = GenerationSettings(max_new_tokens=NEW_TOKENS)
+    generation = GenerationSettings(max_new_tokens=NEW_TOKENS, stop_strings=stop)
     config = ChatConfig(str(checkpoint), generation=generation, image=str(image), query=query)
     output = io.StringIO()
     ChatLoop(session(checkpoint), config, output, input).answer_once(str(image), query)
@@ -59,14 +59,14 @@ class Terminal(io.StringIO):
         return True
 
 
-def caption(source, output: Path, checkpoint: Path = CHECKPOINT, log=None, **fields):
+def caption(source, output: Path, checkpoint: Path = CHECKPOINT, log=None, stop=(), **fields):
     config = CaptionConfig(
         source=str(source),
         output=output,
         checkpoint=str(checkpoint),
         local_tokenizer=str(TOKENIZER),
         version=VERSION,
-        generation=GenerationSettings(max_new_tokens=NEW_TOKENS),
+        generation=GenerationSettings(max_new_tokens=NEW_TOKENS, stop_strings=stop),
         **{"query": QUERY, "batch_size": 3, **fields},
     )
     return run_caption(config, log=log or io.StringIO())
@@ -145,6 +145,16 @@ def test_a_glob_takes_only_the_matching_files_and_a_terminal_sees_progress(image
     assert [r["image"] for r in records] == expected
     assert "\rcaption: 4/4 inputs of this rank" in terminal.getvalue()
     assert_answers_are_chats(records)
+
+
+def test_a_stop_string_cuts_the_answer_as_chat_cuts_it(images, tmp_path):
+    full = chat_answer(images / "golden.png", QUERY)
+    stop = stop_string_in(full)
+    output = tmp_path / "out.jsonl"
+    caption(images / "golden.png", output, stop=(stop,))
+    [record] = read_lines(output)
+    assert record["answer"] == chat_answer(images / "golden.png", QUERY, stop=(stop,))
+    assert stop not in record["answer"] and len(record["answer"]) < len(full)
 
 
 def test_a_half_written_last_line_is_cut_and_finished_inputs_are_skipped(images, tmp_path):
