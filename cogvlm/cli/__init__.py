@@ -27,6 +27,7 @@ from cogvlm.cli.common import DTYPES, add_download_arguments, add_model_argument
 from cogvlm.cli.finetune import add_finetune_parser, finetune_config_from_args, run_finetune_command
 from cogvlm.cli.serving import add_serve_parser, add_web_parser, run_serve, run_web
 from cogvlm.cli.synthetic import (
+    add_dialogue_data_parser,
     add_eval_synthetic_parser,
     add_init_model_parser,
     add_mix_data_parser,
@@ -65,6 +66,7 @@ SUBCOMMANDS = (
     add_split_data_parser,
     add_synth_data_parser,
     add_mix_data_parser,
+    add_dialogue_data_parser,
     add_init_model_parser,
     add_eval_synthetic_parser,
 )
