@@ -11,6 +11,7 @@ from cogvlm.checkpoints import sat_format
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry
 from cogvlm.checkpoints.download import DownloadConfig, human_bytes, verified_record
 from cogvlm.checkpoints.resolve import DOWNLOAD_DIR, STAGING_INFIX, cached_hf_repo, staging_folders
+from cogvlm.embedded import EMBEDDED_NAME, EMBEDDED_SUMMARY, embedded_checkpoint
 
 REPLACED_INFIX = ".old-"  # `atomic_directory` moves a folder it replaces to `.<name>.old-<pid>` until done
 
@@ -115,7 +116,15 @@ def catalog_status(config: DownloadConfig) -> list[CatalogStatus]:
 
 def listing_as_dict(config: DownloadConfig) -> dict:
     """The listing as plain JSON-ready data."""
+    embedded = embedded_checkpoint()
     return {
+        "embedded": {
+            "name": EMBEDDED_NAME,
+            "path": str(embedded),
+            "format": "sat",
+            "size_bytes": _tree_size(embedded),
+            "description": f"the default when no model is named: {EMBEDDED_SUMMARY}",
+        },
         "sat_home": str(config.sat_home),
         "local": [
             {"name": c.name, "path": str(c.path), "format": c.format, "size_bytes": c.size_bytes}
@@ -146,7 +155,10 @@ def render_listing(config: DownloadConfig, as_json: bool = False) -> str:
     data = listing_as_dict(config)
     if as_json:
         return json.dumps(data, indent=2)
-    lines = [f"Local checkpoints in {data['sat_home']}:"]
+    embedded = data["embedded"]
+    lines = ["Shipped inside the package:"]
+    lines.append(f"  {embedded['name']:<40} {'sat':<7} {human_bytes(embedded['size_bytes']):>10}")
+    lines += [f"  {embedded['description']}", "", f"Local checkpoints in {data['sat_home']}:"]
     lines += [f"  {c['name']:<40} {c['format']:<7} {human_bytes(c['size_bytes']):>10}" for c in data["local"]]
     if not data["local"]:
         lines.append("  (none)")
