@@ -102,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cogvlm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback, with the shell's exit status for SIGINT
+        if args.debug:
+            raise
+        print(file=sys.stderr)
+        return 130
 
 
 __all__ = [
