@@ -44,7 +44,8 @@ _ENDINGS = ("doing", "made of", "for", "like", "called", "worth", "in the pictur
 _CJK_WORDS = ("图片", "颜色", "形状", "文字", "什么", "哪里", "多少", "为什么", "天气", "汽车", "房子", "猫")
 
 
-def _pool(split: str) -> tuple[str, ...]:
+def fixed_off_topic(split: str) -> tuple[str, ...]:
+    """The fixed off-topic questions of `split` (`train` or `test`): every other one of one list."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return _OFF_TOPIC[split == "test" :: 2]  # every other fixed question belongs to the test pool
@@ -52,9 +53,10 @@ def _pool(split: str) -> tuple[str, ...]:
 
 def off_topic_question(rng: random.Random, split: str) -> str:
     """A question the model cannot answer: a fixed one of `split`'s pool, a made-up one, or noise."""
+    pool = fixed_off_topic(split)
     kind = rng.random()
     if kind < 0.4:
-        return rng.choice(_pool(split))
+        return rng.choice(pool)
     if kind < 0.75:
         noun, ending = rng.choice(_NOUNS), rng.choice(_ENDINGS)
         return f"{rng.choice(_WH)} {rng.choice(_VERBS)} the {noun} {ending}?"

@@ -11,14 +11,19 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pexpect
 import pytest
+from PIL import Image
 
 from cogvlm.errors import ImageError
 from cogvlm.frontends.chat import NOT_UTF8_MESSAGE, STOPPED_MESSAGE, read_image
+from cogvlm.frontends.grounding_output import GroundingOutput
+from cogvlm.image_processors.drawing import draw_response
 from tests.frontends.test_chat import FLAGS, IMAGE, TIMEOUT_S, _ask, _first_turn, _reply, _spawn
 
 IMAGE_PROMPT = "Please enter the image path or URL"
@@ -149,3 +154,19 @@ def test_ctrl_c_in_one_shot_mode_exits_without_a_traceback():
     child.close()
     assert "Traceback" not in child.before
     assert child.exitstatus == 130
+
+
+def test_a_session_without_a_folder_writes_one_grounding_file_and_a_folder_keeps_each(tmp_path):
+    replies = ["a box [[100,100,400,400]]", "no box", "another [[500,500,900,900]]"]
+    session = GroundingOutput()
+    paths = [session.write(IMAGE, reply) for reply in replies]
+    try:
+        assert paths[1] is None and paths[0] == paths[2] and paths[0].parent == Path(tempfile.gettempdir())
+        last = Image.open(paths[2]).convert("RGB")  # the file holds the latest answer's boxes
+        assert last.tobytes() == draw_response(IMAGE, replies[2]).convert("RGB").tobytes()
+    finally:
+        paths[0].unlink()
+    kept = GroundingOutput(tmp_path / "boxes")
+    written = [kept.write(IMAGE, reply) for reply in replies]
+    assert written[1] is None and written[0] != written[2]
+    assert sorted((tmp_path / "boxes").iterdir()) == sorted([written[0], written[2]])
