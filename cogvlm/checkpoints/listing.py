@@ -155,10 +155,7 @@ def render_listing(config: DownloadConfig, as_json: bool = False) -> str:
     data = listing_as_dict(config)
     if as_json:
         return json.dumps(data, indent=2)
-    embedded = data["embedded"]
-    lines = ["Shipped inside the package:"]
-    lines.append(f"  {embedded['name']:<40} {'sat':<7} {human_bytes(embedded['size_bytes']):>10}")
-    lines += [f"  {embedded['description']}", "", f"Local checkpoints in {data['sat_home']}:"]
+    lines = [f"Local checkpoints in {data['sat_home']}:"]
     lines += [f"  {c['name']:<40} {c['format']:<7} {human_bytes(c['size_bytes']):>10}" for c in data["local"]]
     if not data["local"]:
         lines.append("  (none)")
@@ -168,7 +165,10 @@ def render_listing(config: DownloadConfig, as_json: bool = False) -> str:
             where = os.path.relpath(item["path"], data["sat_home"])
             size = human_bytes(item["size_bytes"])
             lines.append(f"  {where:<48} {item['kind']:<18} {size:>10}  {item['fate']}")
-    lines += ["", "Catalog (downloadable):"]
+    embedded = data["embedded"]
+    lines += ["", "Shipped inside the package:"]
+    lines.append(f"  {embedded['name']:<40} {'sat':<7} {human_bytes(embedded['size_bytes']):>10}")
+    lines += [f"  {embedded['description']}", "", "Catalog (downloadable):"]
     for item in data["catalog"]:
         where = "not downloaded" if item["local_path"] is None else f"downloaded: {item['local_path']}"
         lines.append(f"  {item['name']:<34} {item['format']:<3} {item['source']:<56} {where}")

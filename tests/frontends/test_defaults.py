@@ -102,4 +102,6 @@ def test_list_shows_the_embedded_model(tmp_path: Path):
     files = [p for p in embedded_checkpoint().rglob("*") if p.is_file()]
     assert embedded["size_bytes"] == sum(p.stat().st_size for p in files)
     text = subprocess.run(command[:-1], capture_output=True, text=True, timeout=120, env=env, check=True)
-    assert text.stdout.splitlines()[1].split()[0] == "embedded"
+    lines = text.stdout.splitlines()
+    shipped = lines.index("Shipped inside the package:")
+    assert lines[shipped + 1].split()[:2] == ["embedded", "sat"] and "7.5M" in lines[shipped + 2]
