@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the embedded model (cogvlm/embedded/model) from nothing: data, tokenizer, training, packaging,
-# held-out scores. About two and a half hours on a 2-core CPU. Usage: tools/train_embedded.sh WORK_DIR
+# held-out scores. About two hours on a 2-core CPU. Usage: tools/train_embedded.sh WORK_DIR
 set -euo pipefail
 work=${1:?usage: $0 WORK_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,17 +32,6 @@ cogvlm finetune "${common[@]}" --from_pretrained start3 --save run3 --train_data
 # Phase 4: a second, shorter cosine on the same mix (stopped early, like phases 1 and 2).
 cogvlm finetune "${common[@]}" --from_pretrained run3 --save run --train_data train/phase2.jsonl \
     --train_iters 2000 --lr 2e-4 --warmup 0.02 --seed 2026
-cogvlm convert --from_pretrained run --output fp16 --to sat --dtype fp16 --overwrite
-# Phase 5: an honest reply to questions it cannot answer, and multi-turn use. It started from the fp16
-# weights then shipped (`fp16`), on the first 8,000 lines of this mix plus off-topic and multi-turn samples.
-# The glibc setting keeps the per-sample tokenizing from fragmenting the heap (9 GB per rank otherwise).
-cogvlm mix-data train --output train/phase5_all.jsonl --seed 5 --weight grounding=2 --weight text=2 \
-    --weight color=0.5 --weight count=0.5 --weight caption=0.5 --unanswerable 10000 --multi_turn 20000
-head -8000 train/phase5_all.jsonl > train/phase5.jsonl
-MALLOC_MMAP_THRESHOLD_=65536 cogvlm finetune "${common[@]}" --max_length 224 --from_pretrained fp16 --save run5 \
-    --train_data train/phase5.jsonl --train_iters 400 --lr 1e-4 --warmup 0.05 --seed 2027
-cogvlm convert --from_pretrained run5 --output "$repo/cogvlm/embedded/model" --to sat --dtype fp16 --overwrite
+cogvlm convert --from_pretrained run --output "$repo/cogvlm/embedded/model" --to sat --dtype fp16 --overwrite
 printf '{\n  "do_sample": false,\n  "max_new_tokens": 32\n}\n' > "$repo/cogvlm/embedded/model/generation_config.json"
 cogvlm eval-synthetic --from_pretrained "$repo/cogvlm/embedded/model" --data heldout
-cogvlm dialogue-data heldout --output heldout-dialogue --unanswerable 200 --multi_turn 300 --seed 6
-cogvlm eval-synthetic --from_pretrained "$repo/cogvlm/embedded/model" --data heldout-dialogue
