@@ -5,9 +5,11 @@
 # and its scores, and ships nothing: copy it into cogvlm/embedded/model only when every score of
 # MODEL_CARD.md holds and tests/embedded passes. Usage: tools/train_embedded_dialogue.sh WORK_DIR
 #
-# Tried once as below (400 steps, 25 min on a busy 2-core machine): not shipped. The reply was learnt only
-# in part ('I cannot answery "Desry ...') and the example image's answers got worse (count "three"); it
-# needs a longer run, and the reply more often (see the helper's report of 2026-12-04).
+# Tried once as below (400 steps, 31 min on a busy 2-core machine): not shipped. The reply was learnt in
+# part (exact on 35/200 held-out off-topic questions; others garbled, 'I cannot answery "Desry ...'), and
+# held-out scores fell for colour 0.690->0.667, count 0.900->0.840, position 0.512->0.473, grounding
+# 0.120->0.090 (caption, shape, box_caption rose); the example image's count became "three". It needs a
+# longer run at a lower rate, with the reply more often.
 set -euo pipefail
 work=${1:?usage: $0 WORK_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
