@@ -28,6 +28,7 @@ from cogvlm.cli.common import DTYPES, add_download_arguments, add_model_argument
 from cogvlm.cli.finetune import add_finetune_parser, finetune_config_from_args, run_finetune_command
 from cogvlm.cli.serving import add_serve_parser, add_web_parser, run_serve, run_web
 from cogvlm.cli.synthetic import (
+    add_dialogue_data_parser,
     add_eval_synthetic_parser,
     add_init_model_parser,
     add_mix_data_parser,
@@ -67,6 +68,7 @@ SUBCOMMANDS = (
     add_split_data_parser,
     add_synth_data_parser,
     add_mix_data_parser,
+    add_dialogue_data_parser,
     add_init_model_parser,
     add_eval_synthetic_parser,
 )
@@ -102,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cogvlm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback, with the shell's exit status for SIGINT
+        if args.debug:
+            raise
+        print(file=sys.stderr)
+        return 130
 
 
 __all__ = [

@@ -126,3 +126,13 @@ def load_session(
         quant_bits=quant_bits,
         quant_group_size=quant_group_size,
     )
+
+
+def announce_embedded(args: argparse.Namespace) -> None:
+    """One line on stderr when an interactive front-end starts with the embedded toy model."""
+    import sys
+
+    from cogvlm.embedded import EMBEDDED_NOTICE, is_embedded
+
+    if is_embedded(args.from_pretrained):
+        print(EMBEDDED_NOTICE, file=sys.stderr, flush=True)

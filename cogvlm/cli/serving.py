@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cogvlm.cli.common import QUANT_BITS, add_model_arguments, flag_dtype, load_session
+from cogvlm.cli.common import QUANT_BITS, add_model_arguments, announce_embedded, flag_dtype, load_session
 from cogvlm.embedded import EMBEDDED_NAME
 
 
@@ -53,6 +53,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allow_file_images=args.allow_file_images,
         compiled_decode=args.compile,
     )
+    announce_embedded(args)
     runtime, session = load_on_every_rank(args)
     try:
         serve(session, config, runtime)
@@ -79,7 +80,9 @@ def add_serve_parser(commands) -> None:
     )
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: HTTP 429")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
-    serve.add_argument("--default-max-tokens", type=int, default=512)
+    serve.add_argument(
+        "--default-max-tokens", type=int, default=None, help="default: the model's (as chat and web)"
+    )
     serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     serve.add_argument(
         "--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs"
@@ -98,6 +101,7 @@ def run_web(args: argparse.Namespace) -> int:
     config = web.WebConfig(
         host=args.host, port=args.port, max_length=args.max_length, max_active=args.max_active
     )
+    announce_embedded(args)
     runtime, session = load_on_every_rank(args)
     try:
         web.run_web(session, config, runtime)

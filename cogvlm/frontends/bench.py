@@ -22,6 +22,7 @@ from torch import nn
 
 from cogvlm.checkpoints.loading import reset_computed_buffers
 from cogvlm.checkpoints.sat_format import config_from_sat
+from cogvlm.embedded import embedded_checkpoint, example_image
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, iterate_batch, new_kv_cache
@@ -83,14 +84,22 @@ class BenchConfig:
             raise ValueError(f"new_tokens must be >= 2 to time decoding, got {self.new_tokens}")
 
 
+def _embedded_assets() -> dict[str, Path]:
+    return {"tokenizer.model": embedded_checkpoint() / "tokenizer.model", "test_image.png": example_image()}
+
+
 def default_asset(name: str) -> Path:
-    """A golden-set file (the protocol's image, tokenizer): from `$COGVLM_GOLDEN`, else ../shared/golden."""
-    candidates = [Path(os.environ[GOLDEN_ENV])] if os.environ.get(GOLDEN_ENV) else []
-    candidates += [Path("../shared/golden"), Path(__file__).resolve().parents[3] / "shared" / "golden"]
+    """A golden-set file (the protocol's image, tokenizer): from `$COGVLM_GOLDEN` when set, else from
+    ../shared/golden; without a golden set, the embedded model's tokenizer or example image instead
+    (the figures then differ a little from the reference's: other prompt tokens, another picture)."""
+    if os.environ.get(GOLDEN_ENV):
+        candidates = [Path(os.environ[GOLDEN_ENV])]
+    else:
+        candidates = [Path("../shared/golden"), Path(__file__).resolve().parents[3] / "shared" / "golden"]
     for directory in candidates:
         if (directory / name).is_file():
             return directory / name
-    return candidates[0] / name
+    return _embedded_assets().get(name, candidates[0] / name)
 
 
 def _reference_configs() -> dict:
@@ -394,6 +403,8 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
         "decode_step": config.decode_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weight_bytes": weight_bytes(model),
+        "image": str(config.image),
+        "tokenizer": str(config.tokenizer),
         "prefill_tokens": prepared.single[0].text.seq_len,
         "new_tokens": config.new_tokens,
         **figures,

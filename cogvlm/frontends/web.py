@@ -101,22 +101,33 @@ def grounding_outputs(image, reply: str, mode: str) -> tuple:
     return drawn, "\n".join(part for part in (parsed.next_action or "", operation) if part)
 
 
+def slider_defaults(session: CogVLM) -> dict[str, float]:
+    """The sliders' start values: the model's own sampling defaults, the ones `chat` and `serve` use."""
+    sampling = session.generation_defaults.sampling
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+
+
+def web_generation(
+    session: CogVLM, config: WebConfig, temperature: float, top_p: float, top_k: float
+) -> GenerationConfig:
+    """Generation settings for the sliders' values, over the model's defaults (greedy while top k is 1)."""
+    return session.generation_config(
+        max_length=config.max_length, temperature=max(temperature, 1e-3), top_k=int(top_k), top_p=top_p
+    )
+
+
 def build_demo(session: CogVLM, config: WebConfig, scheduler: Scheduler):
     """The Gradio Blocks app for `session`, whose answers `scheduler` decodes."""
     import gradio as gr
+
+    start = slider_defaults(session)
 
     def respond(image, text, messages, mode, temperature, top_p, top_k):
         if not text.strip():
             yield messages, gr.update(), None, ""
             return
         history = _pairs(messages)
-        generation = session.generation_config(
-            max_length=config.max_length,
-            temperature=max(temperature, 1e-3),
-            top_k=int(top_k),
-            top_p=top_p,
-            semantics="standard",
-        )
+        generation = web_generation(session, config, temperature, top_p, top_k)
         messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         try:
             images = session.process_image(image) if image is not None else None
@@ -140,9 +151,18 @@ def build_demo(session: CogVLM, config: WebConfig, scheduler: Scheduler):
             with gr.Column(scale=1):
                 image = gr.Image(type="pil", label="Image", elem_id="image-input")
                 mode = gr.Radio(list(MODES), value="Chat", label="Mode", elem_id="mode")
-                temperature = gr.Slider(0.0, 1.0, value=0.8, step=0.01, label="Temperature")
-                top_p = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Top p")
-                top_k = gr.Slider(1, 100, value=10, step=1, label="Top k", elem_id="top-k")
+                temperature = gr.Slider(
+                    0.0,
+                    max(1.0, start["temperature"]),
+                    value=start["temperature"],
+                    step=0.01,
+                    label="Temperature",
+                )
+                top_p = gr.Slider(0.0, 1.0, value=start["top_p"], step=0.01, label="Top p")
+                top_k = gr.Slider(
+                    min(1, start["top_k"]), max(100, start["top_k"]), value=start["top_k"], step=1,
+                    label="Top k (1: greedy)", elem_id="top-k",
+                )  # fmt: skip
                 boxed = gr.Image(type="pil", label="Grounding", interactive=False, elem_id="grounding-output")
                 action = gr.Textbox(label="Parsed action", interactive=False, elem_id="agent-action")
             with gr.Column(scale=2):

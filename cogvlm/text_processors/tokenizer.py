@@ -24,6 +24,15 @@ TOKENIZER_FILE = "tokenizer.model"
 DEFAULT_TOKENIZER = "lmsys/vicuna-7b-v1.5"
 
 
+def without_surrogates(text: str) -> str:
+    """`text` with every lone surrogate code point replaced by U+FFFD (unchanged if it has none)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class LlamaTokenizer:
     """LLaMA/vicuna sentencepiece tokenizer with the official (transformers 4.x slow) semantics."""
 
@@ -85,8 +94,12 @@ class LlamaTokenizer:
         return self._sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (sentencepiece with its dummy prefix; no BOS/EOS)."""
-        return self._sp.encode(text)
+        """Token ids of `text` (sentencepiece with its dummy prefix; no BOS/EOS).
+
+        Lone surrogates (undecodable bytes smuggled in by `surrogateescape`, or `\\ud800` from JSON) cannot
+        reach sentencepiece, which raises on them: each becomes U+FFFD, the replacement character.
+        """
+        return self._sp.encode(without_surrogates(text))
 
     def piece(self, token_id: int) -> str:
         """The piece string of one id; special ids give `<unk>`, `<s>`, `</s>`."""

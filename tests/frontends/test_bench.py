@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,19 @@ def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
     for hook in hooks:
         hook.remove()
     assert seen == expected
+
+
+def test_bench_without_a_golden_set_uses_the_embedded_tokenizer_and_image(tmp_path):
+    from cogvlm.embedded import embedded_checkpoint, example_image
+
+    env = {**os.environ, "COGVLM_GOLDEN": str(tmp_path / "empty"), "PYTHONPATH": str(Path.cwd())}
+    command = [sys.executable, "-m", "cogvlm.cli", "bench", "tiny", "--repeats", "1", "--new_tokens", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    tokenizer = embedded_checkpoint() / "tokenizer.model"
+    assert (figures["tokenizer"], figures["image"]) == (str(tokenizer), str(example_image()))
+    tiny, _ = model_config("tiny")
+    prompt = build_prompt("chat_old", "What colors are in the image?")
+    expected = build_inference_inputs(LlamaTokenizer.from_file(tokenizer), prompt, tiny.image_length).seq_len
+    assert figures["prefill_tokens"] == expected and figures["decode_ms_per_token_batch_1"] > 0

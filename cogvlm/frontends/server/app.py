@@ -60,7 +60,9 @@ class ChatService:
         """Decode a short greedy answer about a blank image, then one without an image, before serving."""
         blank = Image.new("RGB", (32, 32), "white")
         for image in (blank, None):
-            chat = ChatRequest(model=self.config.model_id, query="Hi", history=(), image=image, temperature=0)
+            chat = ChatRequest(
+                model=self.config.model_id, query="Hi", history=(), image=image, temperature=0, max_tokens=8
+            )
             self.scheduler.warm_up(prepare_job(self.session, self.config, chat))
 
     async def read_request(self, request: Request) -> ChatRequest:
