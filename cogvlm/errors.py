@@ -27,3 +27,7 @@ class PromptTooLongError(CogVLMError, ValueError):
 
 class DownloadError(CogVLMError):
     """A checkpoint cannot be fetched, or what was fetched fails verification."""
+
+
+class TensorParallelFailure(CogVLMError):
+    """A tensor-parallel rank stopped or diverged: the job cannot go on."""

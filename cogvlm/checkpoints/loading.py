@@ -27,6 +27,7 @@ from cogvlm.checkpoints.streaming import (
     progress_bar,
     stream_weights,
 )
+from cogvlm.checkpoints.validation import check_generation_config, check_model_fits, warn_non_finite
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -53,7 +54,7 @@ class CheckpointInfo:
     def generation_config(self) -> dict:
         """The checkpoint's recommended generation settings (HF's `generation_config.json`), or {}."""
         path = self.path / GENERATION_CONFIG_FILE
-        return read_json(path) if path.is_file() else {}
+        return check_generation_config(read_json(path), str(path)) if path.is_file() else {}
 
 
 def detect_format(path: Path) -> CheckpointFormat:
@@ -266,7 +267,13 @@ def stream_into_model(
     quant: QuantConfig | None = None,
     progress: bool = False,
 ) -> VisionLanguageModel:
-    """`config`'s model filled from `tensors` one tensor at a time (see `streaming`), on `device`."""
+    """`config`'s model filled from `tensors` one tensor at a time (see `streaming`), on `device`.
+
+    Its size on the device (quantized layers at their quantized size) is checked against the free memory
+    before anything is allocated; NaN or inf in the loaded weights is warned about afterwards.
+    """
+    dtype = dtype or checkpoint_dtype(tensors.shards[0])
+    check_model_fits(config, dtype, device, tp_size=tp.size, source=tensors.source, quant=quant)
     plan = plan_model_load(config, tensors, dtype=dtype, tp=tp, quant=quant)
     model = plan.model
     bar = progress_bar(f"loading {Path(tensors.source).name}", enabled=progress and tp.rank == 0)
@@ -276,6 +283,7 @@ def stream_into_model(
     with torch.no_grad():
         for name in plan.init_names:
             model.mixins[name].init_from_base(model)
+    warn_non_finite(model.state_dict(), tensors.source)  # references to the loaded tensors, no copy
     return model.eval()
 
 

@@ -68,6 +68,7 @@ def run_convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         dtype=None if args.dtype is None else DTYPES[args.dtype],
         quant=_quant_config(args),
+        local_tokenizer=args.local_tokenizer,
     )
     result = convert_checkpoint(config)
     print(
@@ -114,6 +115,11 @@ def add_convert_parser(commands) -> None:
     )
     convert.add_argument(
         "--quant_group_size", type=int, default=None, help="inputs per quantization scale (default: per row)"
+    )
+    convert.add_argument(
+        "--local_tokenizer",
+        default=None,
+        help="HF output: the tokenizer to ship (default: the source's, else lmsys/vicuna-7b-v1.5 if cached)",
     )
     add_download_arguments(convert)
     convert.set_defaults(handler=run_convert)

@@ -19,6 +19,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         data_path=args.data,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         prompt=args.prompt,
         max_length=args.max_length,
         max_new_tokens=args.max_new_tokens,

@@ -11,11 +11,13 @@ import torch.distributed as dist
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.inference.generate import generate
 from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
+from cogvlm.models.builders import model_family
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import ForwardContext
-from cogvlm.text_processors.inference import build_inference_inputs
+from cogvlm.text_processors.inference import build_turn_inputs
+from cogvlm.text_processors.prompts import PromptFormat
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
-from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate, sample_prompt
+from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate
 from cogvlm.train.loss import answer_token_losses
 
 
@@ -56,12 +58,15 @@ def greedy_answer(
     tokenizer: LlamaTokenizer,
     item: TokenizedSample,
     example: dict,
-    version: str,
+    prompt_format: PromptFormat,
     max_new_tokens: int,
 ) -> str:
     """The model's greedy answer to a sample's prompt, decoded without special tokens."""
     device, dtype = model_device_dtype(model)
-    text = build_inference_inputs(tokenizer, sample_prompt(item.sample, version), model.config.image_length)
+    sample = item.sample
+    text = build_turn_inputs(
+        tokenizer, prompt_format, sample.question, sample.history, model.config.image_length
+    )
     defaults = GenerationDefaults(model.config.llm.max_sequence_length, (tokenizer.eos_id,))
     config = build_generation_config(defaults, GenerationSettings(max_new_tokens=max_new_tokens, top_k=1))
     cross = example.get("cross_pixel_values")
@@ -88,7 +93,7 @@ class _Totals:
         return torch.tensor(values, dtype=torch.float64)
 
 
-def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, totals: _Totals) -> None:
+def _score_batch(model, tokenizer, dataset, indices, prompt_format, max_new_tokens, totals: _Totals) -> None:
     device, dtype = model_device_dtype(model)
     examples = [dataset[index] for index in indices]
     batch = collate(examples, tokenizer.pad_id).to(device, dtype)
@@ -98,7 +103,7 @@ def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, to
     totals.target_tokens += int(counts.sum())
     for example in examples:
         item = example["item"]
-        predicted = greedy_answer(model, tokenizer, item, example, version, max_new_tokens)
+        predicted = greedy_answer(model, tokenizer, item, example, prompt_format, max_new_tokens)
         expected = item.sample.answer.strip()
         totals.samples += 1
         totals.exact += predicted == expected
@@ -116,10 +121,15 @@ def evaluate(
     max_new_tokens: int = 32,
     indices: Sequence[int] | None = None,
     group=None,
+    prompt_format: PromptFormat | None = None,
 ) -> EvaluationResult:
     """Score `indices` (default: the whole dataset); with `group`, each rank scores its share and the
     totals are summed over the group (every member must pass the same indices).
+
+    The loss is over the dataset's SAT-format training inputs; the greedy answers are asked in
+    `prompt_format` (default: `version` in the SAT style).
     """
+    prompt_format = prompt_format or PromptFormat(version)
     was_training = model.training
     model.eval()
     chosen = list(range(len(dataset)) if indices is None else indices)
@@ -128,7 +138,7 @@ def evaluate(
     totals = _Totals()
     for start in range(0, len(mine), batch_size):
         _score_batch(
-            model, tokenizer, dataset, mine[start : start + batch_size], version, max_new_tokens, totals
+            model, tokenizer, dataset, mine[start : start + batch_size], prompt_format, max_new_tokens, totals
         )
     summed = totals.as_tensor()
     if group is not None:
@@ -152,6 +162,7 @@ class EvaluateConfig:
     data_path: str
     local_tokenizer: str | None = None
     version: str | None = None
+    prompt_style: str = "sat"  # greedy answers asked as the SAT code ("sat") or the HF port ("hf") writes it
     prompt: str = "CAPTCHA:"
     max_length: int = 1288
     max_new_tokens: int = 32
@@ -174,17 +185,19 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
     """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
     this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
     from cogvlm.checkpoints.resolve import resolve_checkpoint
+    from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
     from cogvlm.launch.distributed import init_parallel_runtime
-    from cogvlm.text_processors.tokenizer import find_tokenizer
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.data import read_samples
 
     runtime = init_parallel_runtime()
+    tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer, config.download)
     path = resolve_checkpoint(config.from_pretrained, config.download)
     device = config.device or runtime.device
     model, info, _ = load_finetuned_model(path, dtype=config.dtype, device=device, tp=runtime.tp)
-    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     version = config.version or info.config.text_processor_version or "base"
+    family = model_family(info.config.model_class).hf_prompts
+    prompt_format = PromptFormat(version, config.prompt_style, family)  # before the data is tokenized
     samples = read_samples(config.data_path, config.prompt)
     dataset = VisionTextDataset(samples, tokenizer, info.config, version, config.max_length)
     count = len(dataset) if config.limit is None else min(config.limit, len(dataset))
@@ -196,5 +209,6 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         indices=range(count),
+        prompt_format=prompt_format,
     )
     return result, dataset.skipped, runtime.is_first_rank
