@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from cogvlm import cli
 from cogvlm.checkpoints.convert import ConvertConfig, convert_checkpoint
@@ -15,6 +16,7 @@ from cogvlm.checkpoints.hf_format import config_from_hf, config_to_hf
 from cogvlm.checkpoints.loading import read_checkpoint_info
 from cogvlm.inference.settings import REFERENCE_SAMPLING, GenerationDefaults
 from cogvlm.models.presets import preset
+from cogvlm.nn.quantized import QuantConfig
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from tests.golden import golden_dir
 
@@ -45,19 +47,25 @@ def test_a_config_without_a_prompt_version_writes_no_null_template():
     assert config_from_hf(raw).text_processor_version is None
 
 
-def _convert(tmp_path, *, tokenizer_beside=False, local_tokenizer=None):
+def _convert(tmp_path, *, tokenizer_beside=False, local_tokenizer=None, **options):
     source = tmp_path / "sat"
     shutil.copytree(golden_dir() / "cogvlm" / "sat_checkpoint", source)
     if tokenizer_beside:
         shutil.copyfile(golden_dir() / "tokenizer.model", source / "tokenizer.model")
-    config = ConvertConfig(source, tmp_path / "hf", local_tokenizer=local_tokenizer)
+    config = ConvertConfig(source, tmp_path / "hf", local_tokenizer=local_tokenizer, **options)
     convert_checkpoint(config)
     return tmp_path / "hf"
 
 
-def test_the_converted_folder_has_generation_config_and_tokenizer_files(tmp_path):
+# Plain conversion, and the streamed writer's outputs (quantized, cast) alike.
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"quant": QuantConfig(4, 16)}, {"quant": QuantConfig(8)}, {"dtype": torch.bfloat16}],
+    ids=["plain", "int4", "int8", "bfloat16"],
+)
+def test_the_converted_folder_has_generation_config_and_tokenizer_files(tmp_path, options):
     tokenizer_path = golden_dir() / "tokenizer.model"
-    hf = _convert(tmp_path, local_tokenizer=str(tokenizer_path))
+    hf = _convert(tmp_path, local_tokenizer=str(tokenizer_path), **options)
     names = sorted(path.name for path in hf.iterdir())
     assert names == [
         "config.json",

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cogvlm.checkpoints import validation
 from cogvlm.checkpoints.hf_format import load_tensor_file, save_hf_checkpoint
 from cogvlm.checkpoints.loading import load_model, read_checkpoint
 from cogvlm.checkpoints.sat_format import config_from_sat, config_to_sat, load_sat_weights
@@ -25,6 +26,7 @@ from cogvlm.checkpoints.validation import (
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.presets import preset
+from cogvlm.nn.quantized import QuantConfig, is_quantized
 
 WEIGHTS = "1/mp_rank_00_model_states.pt"
 
@@ -86,6 +88,31 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(sat_copy):
         CheckpointError, match=r"needs about 2\.1 TB in float32, more than the .* free on cpu"
     ):
         load_model(sat_copy)
+
+
+def _device_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+@pytest.mark.parametrize("quant", [QuantConfig(4, 16), QuantConfig(8)], ids=lambda q: q.describe())
+def test_the_quantized_estimate_equals_the_quantized_model_loaded(sat_copy, quant):
+    model, info = load_model(sat_copy, dtype=torch.float32, quant=quant)
+    assert any(is_quantized(module) for module in model.modules())
+    quantized = estimate_model_bytes(info.config, torch.float32, quant).total
+    assert quantized == _device_bytes(model)
+    assert quantized < estimate_model_bytes(info.config, torch.float32).total
+
+
+def test_a_load_checks_the_size_the_model_takes_quantized(sat_copy, monkeypatch):
+    # Free memory between the int4 and the float32 size: the quantized load fits, the float one does not.
+    _, info = load_model(sat_copy, dtype=torch.float32)
+    quant = QuantConfig(4, 16)
+    free = estimate_model_bytes(info.config, torch.float32, quant).total + 1
+    assert free < estimate_model_bytes(info.config, torch.float32).total
+    monkeypatch.setattr(validation, "available_memory", lambda device: free)
+    assert _device_bytes(load_model(sat_copy, dtype=torch.float32, quant=quant)[0]) < free
+    with pytest.raises(CheckpointError, match=r"needs about .* in float32, more than the .* free on cpu"):
+        load_model(sat_copy, dtype=torch.float32)
 
 
 def test_tensor_parallel_share_is_what_must_fit():
