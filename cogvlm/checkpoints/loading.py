@@ -2,7 +2,9 @@
 
 `load_model` streams (`streaming`): the model is built on the meta device and each tensor goes from the
 memory-mapped file through this rank's shard, the cast and the quantization to the device, so a quantized
-model never exists in full precision on the device.
+model never exists in full precision on the device. Before anything is allocated the model's size on the
+device (quantized layers at their quantized size) is checked against the free memory; once loaded, NaN or
+inf weights are reported (`validation`). SAT `.pt` files have their zip CRCs checked when opened.
 """
 
 from __future__ import annotations
