@@ -27,3 +27,7 @@ class PromptTooLongError(CogVLMError, ValueError):
 
 class DownloadError(CogVLMError):
     """A checkpoint cannot be fetched, or what was fetched fails verification."""
+
+
+class DatasetError(CogVLMError, ValueError):
+    """A training or evaluation data set has malformed records or unusable images."""

@@ -27,6 +27,7 @@ from cogvlm.checkpoints.loading import (
     reset_computed_buffers,
 )
 from cogvlm.checkpoints.lora_format import lora_config_from_sat, lora_config_to_sat
+from cogvlm.errors import CheckpointError
 from cogvlm.mixins.lora import LoraConfig, add_lora, is_lora_parameter
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -75,6 +76,34 @@ def latest_iteration(save_dir: str | Path) -> int | None:
     if not text.isdigit():
         raise ValueError(f"{save_dir}/latest names {text!r}, not a training iteration to resume from")
     return int(text)
+
+
+def saved_layout(folder: Path) -> tuple[int, int]:
+    """(tensor-parallel size, world size) an iteration folder was saved with, from its files."""
+    tp_size = len(list(folder.glob("mp_rank_*_model_states.pt")))
+    world_size = len(list(folder.glob("rng_state_rank_*.pt")))
+    return tp_size, world_size
+
+
+def check_resume_layout(save_dir: str | Path, iteration: int, tp_size: int, world_size: int) -> None:
+    """Refuse, before anything is loaded, to resume `<save_dir>/<iteration>` in another parallel layout
+    (DeepSpeed would fail on an assertion in every rank): name both layouts and the ways forward."""
+    folder = Path(save_dir) / str(iteration)
+    saved_tp, saved_world = saved_layout(folder)
+    if saved_tp == 0:
+        raise CheckpointError(f"{folder}: no mp_rank_XX_model_states.pt files; the checkpoint is incomplete")
+    if (saved_tp, saved_world) == (tp_size, world_size):
+        return
+    saved = f"tensor-parallel size {saved_tp} x data-parallel {max(1, saved_world // saved_tp)}"
+    now = f"--tp_size {tp_size} x data-parallel {world_size // tp_size}"
+    raise CheckpointError(
+        f"{folder} was saved with {saved} ({saved_world} processes); this run has {now} ({world_size} "
+        f"processes), and DeepSpeed's optimizer state cannot be re-sharded. Resume with --tp_size "
+        f"{saved_tp} on {saved_world} processes, or start a new run (--no_resume, or a new --save) from its "
+        f"weights converted to the new layout: `cogvlm merge-lora --from_pretrained {save_dir} --save "
+        f"MERGED` for a LoRA run (one rank), `cogvlm merge {save_dir} MERGED` or `cogvlm split {save_dir} "
+        f"SPLIT --mp {tp_size}` for full fine-tuning, then --from_pretrained MERGED/SPLIT"
+    )
 
 
 def rng_state() -> dict:
