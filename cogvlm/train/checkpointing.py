@@ -239,6 +239,14 @@ def _reshard(model: VisionLanguageModel, shards: list[dict], tp: TensorParallel)
     return shard_state_dict(whole, rules, tp.rank, tp.size) if tp.is_parallel else whole
 
 
+def _no_iterations(path: Path, iteration: int | None) -> None:
+    if iteration is not None:
+        raise ValueError(
+            f"{path}: choosing an iteration ({iteration}) needs a LoRA fine-tuning run; "
+            "other checkpoints load from the iteration `latest` names"
+        )
+
+
 def load_finetuned_model(
     path: str | Path,
     *,
@@ -247,22 +255,26 @@ def load_finetuned_model(
     tp: TensorParallel = NO_PARALLEL,
     base: str | None = None,
     quantize_base: bool = True,
+    iteration: int | None = None,
 ) -> tuple[VisionLanguageModel, CheckpointInfo, LoraConfig | None]:
     """Load a SAT checkpoint; one whose config records a LoRA adapter is built with that adapter first.
 
     Also reads checkpoints written by the reference's fine-tuning (`use_lora` / `lora_rank` fields), and
     QLoRA runs: their base (recorded, or `base`) is loaded and quantized again (`quantize_base=False`:
-    left in floating point), then the adapter is added and loaded.
+    left in floating point), then the adapter is added and loaded. `iteration` picks a saved iteration of
+    a fine-tuning run (default: `latest`).
     """
     path = Path(path)
     if not (path / sat_format.MODEL_CONFIG_FILE).is_file():
+        _no_iterations(path, iteration)
         model, info = load_model(path, dtype=dtype, device=device, tp=tp)
         return model, info, None
-    checkpoint = sat_format.open_sat_checkpoint(path)
+    checkpoint = sat_format.open_sat_checkpoint(path, iteration)
     record = QLoraBase.from_model_config(checkpoint.raw_config, str(path / sat_format.MODEL_CONFIG_FILE))
     if record is not None:
         return _load_qlora_run(path, checkpoint, record, dtype, device, tp, base, quantize_base)
     if lora_config_from_sat(checkpoint.raw_config) is None:
+        _no_iterations(path, iteration)
         model, info = load_model(path, dtype=dtype, device=device, tp=tp)
         return model, info, None
     shards = _read_shards(checkpoint, tp)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -17,6 +19,25 @@ from cogvlm.text_processors.inference import build_inference_inputs
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate, sample_prompt
 from cogvlm.train.loss import answer_token_losses
+from cogvlm.utils.atomic import atomic_file
+from cogvlm.utils.progress import SilentProgress, progress
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scored sample: its position in the split, image, question, the model's answer, the expected
+    one, and whether they match exactly."""
+
+    id: int
+    image: str
+    query: str
+    prediction: str
+    reference: str
+    correct: bool
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict (one line of the predictions file)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,9 @@ class _Totals:
         return torch.tensor(values, dtype=torch.float64)
 
 
-def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, totals: _Totals) -> None:
+def _score_batch(
+    model, tokenizer, dataset, indices, version, max_new_tokens, totals: _Totals, on_prediction
+) -> None:
     device, dtype = model_device_dtype(model)
     examples = [dataset[index] for index in indices]
     batch = collate(examples, tokenizer.pad_id).to(device, dtype)
@@ -96,13 +119,20 @@ def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, to
     sums, counts = answer_token_losses(logits, batch.labels)
     totals.loss_sum += float(sums.sum())
     totals.target_tokens += int(counts.sum())
-    for example in examples:
+    for index, example in zip(indices, examples, strict=True):
         item = example["item"]
         predicted = greedy_answer(model, tokenizer, item, example, version, max_new_tokens)
         expected = item.sample.answer.strip()
         totals.samples += 1
         totals.exact += predicted == expected
         totals.exact_ignore_case += predicted.lower() == expected.lower()
+        if on_prediction is not None:
+            sample = item.sample
+            on_prediction(
+                Prediction(
+                    index, str(sample.image), sample.question, predicted, expected, predicted == expected
+                )
+            )
 
 
 @torch.no_grad()
@@ -116,9 +146,13 @@ def evaluate(
     max_new_tokens: int = 32,
     indices: Sequence[int] | None = None,
     group=None,
+    on_prediction: Callable[[Prediction], None] | None = None,
+    show_progress: bool = False,
 ) -> EvaluationResult:
     """Score `indices` (default: the whole dataset); with `group`, each rank scores its share and the
     totals are summed over the group (every member must pass the same indices).
+
+    `on_prediction` sees every sample this rank scores; `show_progress` draws a bar on a terminal.
     """
     was_training = model.training
     model.eval()
@@ -126,10 +160,13 @@ def evaluate(
     rank, size = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
     mine = chosen[rank::size]
     totals = _Totals()
-    for start in range(0, len(mine), batch_size):
-        _score_batch(
-            model, tokenizer, dataset, mine[start : start + batch_size], version, max_new_tokens, totals
-        )
+    with progress(
+        total=len(mine), desc="evaluate", unit="sample", enabled=None if show_progress else False
+    ) as bar:
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            _score_batch(model, tokenizer, dataset, chunk, version, max_new_tokens, totals, on_prediction)
+            bar.update(len(chunk))
     summed = totals.as_tensor()
     if group is not None:
         dist.all_reduce(summed, group=group)
@@ -160,6 +197,10 @@ class EvaluateConfig:
     dtype: torch.dtype | None = None
     device: str | None = None  # None: this rank's GPU if there is one, else the CPU
     download: DownloadConfig | None = None  # how a catalog name or HF repo id is fetched
+    iteration: int | None = None  # a fine-tuning run's saved iteration (None: `latest`)
+    predictions_path: str | None = None  # JSONL of every scored sample (see `Prediction`)
+    show_predictions: bool = False  # print each sample's answer as it is scored
+    allow_outside_data: bool = False  # images may lie outside the data folder
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -170,24 +211,58 @@ class EvaluateConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
+def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
+    """The predictions as JSONL, one object per sample in split order (written atomically)."""
+    path = Path(path)
+    with atomic_file(path, "w") as handle:
+        for prediction in sorted(predictions, key=lambda p: p.id):
+            handle.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
+    return path
+
+
+def _prediction_sink(config: EvaluateConfig, is_first_rank: bool, total: int):
+    """Collects the predictions (first rank) and prints each one when `show_predictions`."""
+    collected: list[Prediction] = []
+
+    def sink(prediction: Prediction) -> None:
+        collected.append(prediction)
+        if config.show_predictions:
+            verdict = "ok" if prediction.correct else "WRONG"
+            SilentProgress.write(
+                f"[{len(collected)}/{total}] {verdict} {prediction.image}: "
+                f"{prediction.prediction!r} (reference {prediction.reference!r})"
+            )
+
+    return collected, (sink if is_first_rank else None)
+
+
 def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
-    """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
+    """Load the checkpoint, check the split (every record and image), and score it; write the
+    predictions when `predictions_path` is set. Also return the samples skipped as too long, and whether
     this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
     from cogvlm.checkpoints.resolve import resolve_checkpoint
     from cogvlm.launch.distributed import init_parallel_runtime
     from cogvlm.text_processors.tokenizer import find_tokenizer
     from cogvlm.train.checkpointing import load_finetuned_model
-    from cogvlm.train.data import read_samples
+    from cogvlm.train.validation import load_checked_samples
 
     runtime = init_parallel_runtime()
     path = resolve_checkpoint(config.from_pretrained, config.download)
     device = config.device or runtime.device
-    model, info, _ = load_finetuned_model(path, dtype=config.dtype, device=device, tp=runtime.tp)
+    model, info, _ = load_finetuned_model(
+        path, dtype=config.dtype, device=device, tp=runtime.tp, iteration=config.iteration
+    )
     tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     version = config.version or info.config.text_processor_version or "base"
-    samples = read_samples(config.data_path, config.prompt)
+    samples = load_checked_samples(
+        config.data_path,
+        config.prompt,
+        allow_outside=config.allow_outside_data,
+        show_progress=runtime.is_first_rank,
+    )
     dataset = VisionTextDataset(samples, tokenizer, info.config, version, config.max_length)
     count = len(dataset) if config.limit is None else min(config.limit, len(dataset))
+    predictions, sink = _prediction_sink(config, runtime.is_first_rank, count)
     result = evaluate(
         model,
         tokenizer,
@@ -196,5 +271,9 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         indices=range(count),
+        on_prediction=sink,
+        show_progress=runtime.is_first_rank,
     )
+    if config.predictions_path and runtime.is_first_rank:
+        write_predictions(predictions, config.predictions_path)
     return result, dataset.skipped, runtime.is_first_rank

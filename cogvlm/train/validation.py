@@ -47,10 +47,12 @@ def check_samples(
     allow_outside: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "checking data",
+    show_progress: bool = True,
 ) -> list[SkippedSample]:
     """Every sample that cannot be trained on, with its reason (a progress bar on a terminal)."""
     problems = []
-    for sample in progress(samples, total=len(samples), desc=desc, unit="image"):
+    enabled = None if show_progress else False
+    for sample in progress(samples, total=len(samples), desc=desc, unit="image", enabled=enabled):
         reason = sample_problem(sample, root, allow_outside, max_pixels)
         if reason is not None:
             problems.append(SkippedSample(sample.source or str(sample.image), reason))
@@ -64,12 +66,17 @@ def load_checked_samples(
     allow_outside: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     what: str = "data",
+    show_progress: bool = True,
 ) -> list[Sample]:
     """The samples at `path`, all checked; any problem raises `DatasetError` listing the offenders."""
     samples, malformed = read_records(path, prompt)
-    root = data_root(path)
     problems = malformed + check_samples(
-        samples, root, allow_outside=allow_outside, max_pixels=max_pixels, desc=f"checking {what} data"
+        samples,
+        data_root(path),
+        allow_outside=allow_outside,
+        max_pixels=max_pixels,
+        desc=f"checking {what} data",
+        show_progress=show_progress,
     )
     if problems:
         total = len(samples) + len(malformed)

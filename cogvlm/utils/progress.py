@@ -41,6 +41,11 @@ class SilentProgress:
     def set_postfix_str(self, text: str) -> None:
         """Ignored."""
 
+    @staticmethod
+    def write(text: str, file: TextIO | None = None) -> None:
+        """Print `text` (tqdm's `write` prints it above the bar)."""
+        print(text, file=sys.stdout if file is None else file, flush=True)
+
     def close(self) -> None:
         """Nothing to close."""
 
