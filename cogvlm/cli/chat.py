@@ -7,13 +7,13 @@ import sys
 
 from cogvlm.cli.common import DECODE_STEPS, QUANT_BITS, add_model_arguments, download_config, flag_dtype
 from cogvlm.embedded import EMBEDDED_NAME
-from cogvlm.errors import CogVLMError
+from cogvlm.errors import CogVLMError, ConfigError
 
 
 def _query(args: argparse.Namespace) -> str | None:
     """--query, or the empty one the reference's --no_prompt asks an --image with; --english is checked."""
     if args.english and args.chinese:
-        raise CogVLMError("--english and --chinese are mutually exclusive")
+        raise ConfigError("--english and --chinese are mutually exclusive")
     if not args.no_prompt or args.query is not None:
         return args.query
     if args.image is None:

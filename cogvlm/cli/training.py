@@ -6,7 +6,7 @@ import argparse
 
 from cogvlm.cli.common import DTYPES, add_model_arguments, download_config, flag_dtype
 from cogvlm.cli.reference_flags import EVALUATE_INERT, MODES, add_inert_flags, inert_notes, print_notes
-from cogvlm.errors import CogVLMError
+from cogvlm.errors import CogVLMError, ConfigError
 
 
 def _evaluation_dtype(args: argparse.Namespace):
@@ -24,19 +24,17 @@ def _evaluation_dtype(args: argparse.Namespace):
 def _evaluation_limit(args: argparse.Namespace) -> int | None:
     """--limit; else SAT's --eval-iters batches of --eval-batch-size unless --strict-eval (whole set)."""
     if args.train_iters:
-        raise CogVLMError(f"--train-iters {args.train_iters}: evaluate trains nothing; use cogvlm finetune")
+        raise ConfigError(f"--train-iters {args.train_iters}: evaluate trains nothing; use cogvlm finetune")
     if args.limit is not None or args.strict_eval or args.eval_iters is None:
         return args.limit
     return args.eval_iters * args.batch_size
 
 
-def run_evaluate_command(args: argparse.Namespace) -> int:
-    """Score a checkpoint on a split; writes the predictions and prints one JSON object."""
-    import json
+def evaluate_config_from_args(args: argparse.Namespace):
+    """The `EvaluateConfig` of `cogvlm evaluate` (the reference's flags translated)."""
+    from cogvlm.train.evaluation import EvaluateConfig
 
-    from cogvlm.train.evaluation import EvaluateConfig, run_evaluation
-
-    config = EvaluateConfig(
+    return EvaluateConfig(
         from_pretrained=args.from_pretrained,
         download=download_config(args),
         data_path=args.data,
@@ -54,15 +52,24 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         show_predictions=args.show_predictions,
         allow_outside_data=args.allow_outside_data,
     )
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a split; writes the predictions and prints one JSON object."""
+    import json
+
+    import torch
+
+    from cogvlm.train.evaluation import run_evaluation
+
+    config = evaluate_config_from_args(args)
     print_notes(inert_notes(args, "evaluate"))
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     result, skipped, is_first_rank = run_evaluation(config)
     if is_first_rank:
-        report = {
-            **result.to_json(),
-            "skipped_too_long": len(skipped),
-            "predictions": config.predictions_path,
-        }
-        print(json.dumps(report))
+        report = {**result.to_json(), "skipped_too_long": len(skipped)}
+        print(json.dumps({**report, "predictions": config.predictions_path}))
     return 0
 
 
