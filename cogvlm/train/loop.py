@@ -146,14 +146,23 @@ def _checked_samples(path: str, data: DataConfig, what: str) -> list[Sample]:
     return samples if samples is not None else read_samples(path, data.prompt)
 
 
-def _dataset(path: str | None, config: FinetuneConfig, tokenizer, model_config, what: str):
-    if path is None:
+def _split_paths(data: DataConfig) -> dict[str, str | None]:
+    return {"training": data.train_path, "validation": data.valid_path, "test": data.test_path}
+
+
+def _checked_splits(data: DataConfig) -> dict[str, list[Sample]]:
+    """Every split's samples, each checked whole before the model loads (a bad record costs no load)."""
+    paths = _split_paths(data)
+    return {what: _checked_samples(path, data, what) for what, path in paths.items() if path is not None}
+
+
+def _dataset(samples: list[Sample] | None, config: FinetuneConfig, tokenizer, model_config, what: str):
+    if samples is None:
         return None
     data = config.data
-    samples = _checked_samples(path, data, what)
     dataset = VisionTextDataset(samples, tokenizer, model_config, data.version, data.max_length)
     if is_rank_zero():
-        log_skipped(dataset.skipped, f"{what} data {path}")
+        log_skipped(dataset.skipped, f"{what} data {_split_paths(data)[what]}")
     return dataset
 
 
@@ -306,6 +315,7 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
     resume_from = latest_iteration(config.save_dir) if config.resume else None
     if resume_from is not None:
         check_resume_layout(config.save_dir, resume_from, layout.tp.size, dist.get_world_size())
+    splits = _checked_splits(config.data)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model, info, report, qlora = _load_base_model(config, device, layout)
@@ -320,9 +330,10 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
                 qlora.quantization.describe(),
             )
         remove_stale_staging(config.save_dir)
-    train_set = _dataset(config.data.train_path, config, tokenizer, info.config, "training")
-    valid_set = _dataset(config.data.valid_path, config, tokenizer, info.config, "validation")
-    test_set = _dataset(config.data.test_path, config, tokenizer, info.config, "test")
+    train_set, valid_set, test_set = (
+        _dataset(splits.get(what), config, tokenizer, info.config, what)
+        for what in ("training", "validation", "test")
+    )
     order = DataOrder(
         len(train_set), config.micro_batch_size, layout.data_rank, layout.data_size, config.seed
     )

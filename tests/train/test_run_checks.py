@@ -148,3 +148,4 @@ def test_a_bad_data_set_is_refused_before_the_first_step(tmp_path):
     assert f"train.jsonl:4: image {data / 'img' / 'missing.png'} not found" in result.stderr
     assert "train.jsonl:5: image" in result.stderr and "lies outside the data folder" in result.stderr
     assert not (save / "latest").exists() and not (save / "metrics.jsonl").exists()
+    assert "trainable parameters" not in result.stderr  # refused before the model was even loaded
