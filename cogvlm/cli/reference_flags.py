@@ -97,7 +97,7 @@ def inert_notes(args: argparse.Namespace, command: str) -> list[str]:
     """One line per inert flag that was given."""
     return [
         f"cogvlm {command}: note: {flag.names[0]} has no effect here: {flag.why}"
-        for flag in getattr(args, "inert_flags", ())
+        for flag in args.inert_flags
         if getattr(args, flag.dest) not in (None, False)
     ]
 
