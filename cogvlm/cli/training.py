@@ -48,6 +48,7 @@ def evaluate_config_from_args(args: argparse.Namespace):
         dtype=_evaluation_dtype(args),
         device=None if args.device == "auto" else args.device,
         iteration=args.iteration,
+        tp_size=args.model_parallel_size,
         predictions_path=args.predictions or None,
         show_predictions=args.show_predictions,
         allow_outside_data=args.allow_outside_data,
@@ -73,16 +74,25 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ModelParallelSize(argparse.Action):
+    """SAT's --model-parallel-size: the tensor-parallel size, and the process count when not launched."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.model_parallel_size = values
+        namespace.nproc = values
+
+
 def _add_reference_evaluate_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of the reference's evaluate_*.sh that keep their meaning here."""
     group = parser.add_argument_group("the reference's (SAT's) flags")
     group.add_argument(
         "--model-parallel-size",
         "--model_parallel_size",
-        dest="nproc",
+        action=_ModelParallelSize,
         type=int,
-        default=argparse.SUPPRESS,
-        help="tensor-parallel ranks (as --nproc)",
+        default=None,
+        help="tensor-parallel ranks per model; under a launcher with more processes, the other factor "
+        "shares out the samples (data parallel); alone, as --nproc",
     )
     group.add_argument("--mode", choices=MODES, default="finetune", help="SAT's mode: finetune only")
     group.add_argument("--train-iters", "--train_iters", type=int, default=0, help="0: evaluate only")

@@ -198,6 +198,9 @@ class EvaluateConfig:
     device: str | None = None  # None: this rank's GPU if there is one, else the CPU
     download: DownloadConfig | None = None  # how a catalog name or HF repo id is fetched
     iteration: int | None = None  # a fine-tuning run's saved iteration (None: `latest`)
+    tp_size: int | None = (
+        None  # under a launcher: tensor-parallel size (None: all ranks), the rest data parallel
+    )
     predictions_path: str | None = None  # JSONL of every scored sample (see `Prediction`)
     show_predictions: bool = False  # print each sample's answer as it is scored
     allow_outside_data: bool = False  # images may lie outside the data folder
@@ -239,14 +242,16 @@ def _prediction_sink(config: EvaluateConfig, is_first_rank: bool, total: int):
 def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
     """Load the checkpoint, check the split (every record and image), and score it; write the
     predictions when `predictions_path` is set. Also return the samples skipped as too long, and whether
-    this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
+    this is the rank that reports. Under a launcher, consecutive groups of `tp_size` ranks (default: all)
+    hold the model's tensor-parallel shards, and the replicas share out the samples."""
     from cogvlm.checkpoints.resolve import resolve_checkpoint
     from cogvlm.launch.distributed import init_parallel_runtime
     from cogvlm.text_processors.tokenizer import find_tokenizer
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.validation import load_checked_samples
 
-    runtime = init_parallel_runtime()
+    runtime = init_parallel_runtime(config.tp_size)
+    data_group = data_parallel_group(runtime.tp.rank, runtime.tp.size, runtime.data_parallel_size)
     path = resolve_checkpoint(config.from_pretrained, config.download)
     device = config.device or runtime.device
     model, info, _ = load_finetuned_model(
@@ -262,7 +267,8 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
     )
     dataset = VisionTextDataset(samples, tokenizer, info.config, version, config.max_length)
     count = len(dataset) if config.limit is None else min(config.limit, len(dataset))
-    predictions, sink = _prediction_sink(config, runtime.is_first_rank, count)
+    share = len(range(count)[runtime.data_parallel_rank :: runtime.data_parallel_size])
+    predictions, sink = _prediction_sink(config, runtime.tp.rank == 0, share)
     result = evaluate(
         model,
         tokenizer,
@@ -271,9 +277,24 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         indices=range(count),
+        group=data_group,
         on_prediction=sink,
         show_progress=runtime.is_first_rank,
     )
+    if data_group is not None:
+        shares = [None] * runtime.data_parallel_size
+        dist.all_gather_object(shares, predictions, group=data_group)
+        predictions = [prediction for share in shares for prediction in share]
     if config.predictions_path and runtime.is_first_rank:
         write_predictions(predictions, config.predictions_path)
     return result, dataset.skipped, runtime.is_first_rank
+
+
+def data_parallel_group(tp_rank: int, tp_size: int, data_parallel_size: int):
+    """The (gloo) group of the ranks holding the same tensor-parallel slice in each data-parallel replica
+    (consecutive ranks form a tensor-parallel group), or None without data parallelism. Every rank calls."""
+    if data_parallel_size == 1:
+        return None
+    world = tp_size * data_parallel_size
+    groups = [dist.new_group(list(range(r, world, tp_size)), backend="gloo") for r in range(tp_size)]
+    return groups[tp_rank]

@@ -93,7 +93,7 @@ def test_the_reference_evaluate_scripts_parse_to_their_settings(
     assert config.batch_size == 1  # --eval-batch-size
     assert config.limit is None  # --strict-eval: the whole split
     assert config.dtype == torch.bfloat16  # the DeepSpeed JSON's precision, as the reference evaluates
-    assert args.nproc == 1  # --model-parallel-size
+    assert args.nproc == 1 and config.tp_size == 1  # --model-parallel-size: 1 rank per model
     notes = inert_notes(args, "evaluate")
     noted = {note.split(": note: ")[1].split(" ")[0] for note in notes}
     expected = {

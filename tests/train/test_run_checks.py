@@ -149,3 +149,25 @@ def test_a_bad_data_set_is_refused_before_the_first_step(tmp_path):
     assert "train.jsonl:5: image" in result.stderr and "lies outside the data folder" in result.stderr
     assert not (save / "latest").exists() and not (save / "metrics.jsonl").exists()
     assert "trainable parameters" not in result.stderr  # refused before the model was even loaded
+
+
+def test_evaluate_with_model_parallel_size_one_shares_the_samples_out_over_two_processes(
+    short_run, small_captcha_data, tmp_path
+):
+    args = ["evaluate", "--from_pretrained", str(short_run.save_dir)]
+    args += ["--test-data", str(small_captcha_data.root / "valid"), "--max_new_tokens", "4", "--limit", "5"]
+    alone = run_cli([*args, "--predictions", str(tmp_path / "alone.jsonl")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "cogvlm.cli", *args, "--model-parallel-size", "1"]
+    command += ["--predictions", str(tmp_path / "shared.jsonl")]
+    shared = subprocess.run(
+        command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    reports = [json.loads(result.stdout.strip().splitlines()[-1]) for result in (alone, shared)]
+    assert len([line for line in shared.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
+    assert reports[0]["samples"] == reports[1]["samples"] == 5
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]
+    assert reports[0]["loss"] == pytest.approx(reports[1]["loss"], abs=1e-5)
+    rows = [(tmp_path / name).read_text().splitlines() for name in ("alone.jsonl", "shared.jsonl")]
+    assert rows[0] == rows[1] and len(rows[0]) == 5
