@@ -31,3 +31,7 @@ class DownloadError(CogVLMError):
 
 class DatasetError(CogVLMError, ValueError):
     """A training or evaluation data set has malformed records or unusable images."""
+
+
+class TensorParallelFailure(CogVLMError):
+    """A tensor-parallel rank stopped or diverged: the job cannot go on."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from cogvlm.checkpoints import hf_format, sat_format
 from cogvlm.checkpoints.catalog import CheckpointFormat
+from cogvlm.checkpoints.hf_companions import hf_companions
 from cogvlm.checkpoints.json_files import read_json
 from cogvlm.checkpoints.loading import detect_format, read_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
@@ -47,6 +49,7 @@ class ConvertConfig:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     overwrite: bool = False
     dtype: torch.dtype | None = None  # cast floating-point tensors to this; None keeps them
+    local_tokenizer: str | None = None  # HF output: the tokenizer to ship (None: beside source, else vicuna)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and not self.dtype.is_floating_point:
@@ -91,8 +94,8 @@ def parse_byte_size(text: str) -> int:
         raise ConfigError(
             f"size {text!r}: expected a number with an optional unit B, KB, MB, GB, KiB, MiB, GiB"
         ) from None
-    if value < 1:
-        raise ConfigError(f"size {text!r} must be at least one byte")
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"size {text!r} must be a finite number of at least one byte")
     return int(value)
 
 
@@ -137,18 +140,21 @@ def sat_to_hf(
     output: Path,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     dtype: torch.dtype | None = None,
+    local_tokenizer: str | None = None,
 ) -> ConvertResult:
-    """Write the HF form of a SAT checkpoint (published key names and config fields)."""
+    """Write the HF form of a SAT checkpoint (published key names and config fields), with its generation
+    config and tokenizer files (`hf_companions`)."""
     raw, config, state = read_sat_for_conversion(source)
     state = cast_floating(state, dtype)
-    hf_format.save_hf_checkpoint(
-        output,
-        config,
-        state,
-        max_shard_bytes=max_shard_bytes,
-        extra_fields={SAT_CONFIG_FIELD: raw},
-        extra_files=tokenizer_beside(source),
-    )
+    with hf_companions(source, config, local_tokenizer) as extra_files:
+        hf_format.save_hf_checkpoint(
+            output,
+            config,
+            state,
+            max_shard_bytes=max_shard_bytes,
+            extra_fields={SAT_CONFIG_FIELD: raw},
+            extra_files=extra_files,
+        )
     return _result(output, "sat", "hf", state)
 
 
@@ -220,18 +226,21 @@ def hf_to_sat(source: Path, output: Path, dtype: torch.dtype | None = None) -> C
     return _result(output, "hf", "sat", state)
 
 
-def hf_to_hf(source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtype) -> ConvertResult:
-    """An HF copy of an HF checkpoint, cast to `dtype`."""
+def hf_to_hf(
+    source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtype, local_tokenizer: str | None = None
+) -> ConvertResult:
+    """An HF copy of an HF checkpoint, cast to `dtype`, with its generation and tokenizer files."""
     hf_raw, config, state = read_hf_for_conversion(source, dtype)
     extra = {SAT_CONFIG_FIELD: hf_raw[SAT_CONFIG_FIELD]} if SAT_CONFIG_FIELD in hf_raw else None
-    hf_format.save_hf_checkpoint(
-        output,
-        config,
-        state,
-        max_shard_bytes=max_shard_bytes,
-        extra_fields=extra,
-        extra_files=tokenizer_beside(source),
-    )
+    with hf_companions(source, config, local_tokenizer) as extra_files:
+        hf_format.save_hf_checkpoint(
+            output,
+            config,
+            state,
+            max_shard_bytes=max_shard_bytes,
+            extra_fields=extra,
+            extra_files=extra_files,
+        )
     return _result(output, "hf", "hf", state)
 
 
@@ -256,9 +265,9 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     if output.exists() and not config.overwrite:
         raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
     if (source_format, target_format) == ("sat", "hf"):
-        return sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
+        return sat_to_hf(source, output, config.max_shard_bytes, config.dtype, config.local_tokenizer)
     if (source_format, target_format) == ("hf", "sat"):
         return hf_to_sat(source, output, config.dtype)
     if source_format == "sat":
         return sat_to_sat(source, output, config.dtype)
-    return hf_to_hf(source, output, config.max_shard_bytes, config.dtype)
+    return hf_to_hf(source, output, config.max_shard_bytes, config.dtype, config.local_tokenizer)

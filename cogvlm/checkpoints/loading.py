@@ -12,6 +12,7 @@ from torch import nn
 
 from cogvlm.checkpoints import hf_format, sat_format
 from cogvlm.checkpoints.json_files import read_json
+from cogvlm.checkpoints.validation import check_generation_config, check_model_fits, warn_non_finite
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
@@ -36,7 +37,7 @@ class CheckpointInfo:
     def generation_config(self) -> dict:
         """The checkpoint's recommended generation settings (HF's `generation_config.json`), or {}."""
         path = self.path / GENERATION_CONFIG_FILE
-        return read_json(path) if path.is_file() else {}
+        return check_generation_config(read_json(path), str(path)) if path.is_file() else {}
 
 
 def detect_format(path: Path) -> CheckpointFormat:
@@ -191,11 +192,14 @@ def load_model(
 ) -> tuple[VisionLanguageModel, CheckpointInfo]:
     """Build the model a checkpoint describes and load its weights (dtype None keeps the checkpoint's)."""
     info, state_dict = read_checkpoint(path, tp)
+    dtype = dtype or checkpoint_dtype(state_dict)
+    check_model_fits(info.config, dtype, device, tp_size=tp.size, source=str(info.path))
     model = build_model(info.config, tp, device="meta")
-    model.to(dtype or checkpoint_dtype(state_dict))
+    model.to(dtype)
     model.to_empty(device=device)
     reset_computed_buffers(model)
     load_weights(model, state_dict, str(info.path), tp.size)
+    warn_non_finite(model.state_dict(), str(info.path))
     return model.eval(), info
 
 
@@ -209,9 +213,12 @@ def load_model_from_state_dict(
     tp: TensorParallel = NO_PARALLEL,
 ) -> VisionLanguageModel:
     """Build a model for `config` and load a flat state dict with SAT keys (e.g. a .safetensors file)."""
+    dtype = dtype or checkpoint_dtype(state_dict)
+    check_model_fits(config, dtype, device, tp_size=tp.size, source=source)
     model = build_model(config, tp, device="meta")
-    model.to(dtype or checkpoint_dtype(state_dict))
+    model.to(dtype)
     model.to_empty(device=device)
     reset_computed_buffers(model)
     load_weights(model, state_dict, source, tp.size)
+    warn_non_finite(model.state_dict(), source)
     return model.eval()

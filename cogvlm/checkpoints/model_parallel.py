@@ -10,12 +10,14 @@ from pathlib import Path
 
 import torch
 
+from cogvlm.checkpoints.config_fields import MAX_MODEL_PARALLEL
 from cogvlm.checkpoints.sat_format import (
     config_from_sat,
     load_sat_weights,
     open_sat_checkpoint,
     save_sat_checkpoint,
 )
+from cogvlm.checkpoints.validation import check_parallel_layout
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.config import CogVLMConfig
@@ -124,9 +126,10 @@ def merge_checkpoint(source: str | Path, target: str | Path, dtype: torch.dtype 
 def split_checkpoint(source: str | Path, target: str | Path, model_parallel_size: int) -> Path:
     """Write `source` (any MP size) split into `model_parallel_size` ranks at `target` (atomically)."""
     source, target = Path(source), Path(target)
-    if model_parallel_size < 1:
-        raise ValueError(f"--mp must be >= 1, got {model_parallel_size}")
+    if isinstance(model_parallel_size, bool) or not 1 <= model_parallel_size <= MAX_MODEL_PARALLEL:
+        raise ValueError(f"--mp must be 1 to {MAX_MODEL_PARALLEL}, got {model_parallel_size}")
     checkpoint, config, shards = _read_all(source)
+    check_parallel_layout(config, model_parallel_size, str(source), "--mp")
     rules = shard_rules_for(config)
     check_shards(shards, rules, checkpoint.weight_files)
     whole = unshard_state_dicts(shards, rules) if len(shards) > 1 else shards[0]

@@ -43,6 +43,7 @@ def run_chat(args: argparse.Namespace) -> int:
         checkpoint=args.from_pretrained,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         dtype=flag_dtype(args),
         device=args.device,
         download=download_config(args),
@@ -62,7 +63,11 @@ def add_chat_parser(commands) -> None:
     """`cogvlm chat`: the reference CLI's flags and defaults."""
     chat = commands.add_parser("chat", help="chat about images (interactive), or answer one --query")
     add_model_arguments(chat, default_checkpoint=EMBEDDED_NAME)
-    chat.add_argument("--image", default=None, help="one-shot mode: image path or URL ('' for text only)")
+    chat.add_argument(
+        "--image",
+        default=None,
+        help="image path or URL: with --query one-shot ('' for text only), else chat about it",
+    )
     chat.add_argument("--query", default=None, help="one-shot mode: the question (prints the answer)")
     # Sampling and length flags default to the checkpoint's generation defaults (`cogvlm.inference.settings`):
     # the reference CLI's greedy settings unless the checkpoint ships a generation_config.json.
@@ -104,7 +109,11 @@ def add_chat_parser(commands) -> None:
         action="store_true",
         help="with --image and no --query: answer the image alone (an empty query), as the reference's demo",
     )
-    chat.add_argument("--grounding_dir", default=None, help="where images with drawn boxes go (default: tmp)")
+    chat.add_argument(
+        "--grounding_dir",
+        default=None,
+        help="keep each image with drawn boxes in this folder (default: one file per session in tmp)",
+    )
     chat.set_defaults(handler=run_chat)
 
 

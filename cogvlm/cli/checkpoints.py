@@ -68,6 +68,7 @@ def run_convert(args: argparse.Namespace) -> int:
         max_shard_bytes=parse_byte_size(args.max_shard_size),
         overwrite=args.overwrite,
         dtype=None if args.dtype is None else DTYPES[args.dtype],
+        local_tokenizer=args.local_tokenizer,
     )
     result = convert_checkpoint(config)
     print(
@@ -94,6 +95,11 @@ def add_convert_parser(commands) -> None:
         choices=sorted(DTYPES),
         default=None,
         help="cast floating-point weights (default: keep); with it, --to may name the source's own format",
+    )
+    convert.add_argument(
+        "--local_tokenizer",
+        default=None,
+        help="HF output: the tokenizer to ship (default: the source's, else lmsys/vicuna-7b-v1.5 if cached)",
     )
     add_download_arguments(convert)
     convert.set_defaults(handler=run_convert)

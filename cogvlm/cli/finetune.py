@@ -248,7 +248,11 @@ def add_finetune_parser(commands) -> None:
     parser = commands.add_parser("finetune", help="fine-tune on DeepSpeed (LoRA or full)")
     parser.add_argument("--from_pretrained", required=True, help="base checkpoint directory (SAT or HF)")
     parser.add_argument(
-        "--local_tokenizer", default=None, help="tokenizer.model, its folder, or an HF repo id"
+        "--local_tokenizer",
+        "--tokenizer",
+        dest="local_tokenizer",
+        default=None,
+        help="tokenizer.model, its folder, or an HF repo id (fetched into the HF cache if missing)",
     )
     parser.add_argument("--save", required=True, help="run directory: checkpoints, logs; resumed if present")
     _add_data_flags(parser)

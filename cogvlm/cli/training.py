@@ -40,6 +40,7 @@ def evaluate_config_from_args(args: argparse.Namespace):
         data_path=args.data,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         prompt=args.prompt,
         max_length=args.max_length,
         max_new_tokens=args.max_new_tokens,

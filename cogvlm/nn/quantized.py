@@ -29,7 +29,7 @@ from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import REPLICATED
 
 SUPPORTED_BITS = (4, 8)
-_VISION_TOWERS = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
+VISION_TOWER_PREFIXES = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def decode_linears(model: nn.Module) -> list[nn.Module]:
     for name, module in model.named_modules():
         if not isinstance(module, ColumnParallelLinear | RowParallelLinear):
             continue
-        if name.startswith(_VISION_TOWERS) or "vision" in name:
+        if name.startswith(VISION_TOWER_PREFIXES) or "vision" in name:
             continue
         if name.endswith("cross_attention.key_value"):
             continue
@@ -290,6 +290,7 @@ def decode_linears(model: nn.Module) -> list[nn.Module]:
 
 
 __all__ = [
+    "VISION_TOWER_PREFIXES",
     "QuantConfig",
     "QuantizedColumnParallelLinear",
     "QuantizedRowParallelLinear",

@@ -13,11 +13,13 @@ import torch.distributed as dist
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.inference.generate import generate
 from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
+from cogvlm.models.builders import model_family
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import ForwardContext
-from cogvlm.text_processors.inference import build_inference_inputs
+from cogvlm.text_processors.inference import build_turn_inputs
+from cogvlm.text_processors.prompts import PromptFormat
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
-from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate, sample_prompt
+from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate
 from cogvlm.train.loss import answer_token_losses
 from cogvlm.utils.atomic import atomic_file
 from cogvlm.utils.progress import SilentProgress, progress
@@ -77,12 +79,15 @@ def greedy_answer(
     tokenizer: LlamaTokenizer,
     item: TokenizedSample,
     example: dict,
-    version: str,
+    prompt_format: PromptFormat,
     max_new_tokens: int,
 ) -> str:
     """The model's greedy answer to a sample's prompt, decoded without special tokens."""
     device, dtype = model_device_dtype(model)
-    text = build_inference_inputs(tokenizer, sample_prompt(item.sample, version), model.config.image_length)
+    sample = item.sample
+    text = build_turn_inputs(
+        tokenizer, prompt_format, sample.question, sample.history, model.config.image_length
+    )
     defaults = GenerationDefaults(model.config.llm.max_sequence_length, (tokenizer.eos_id,))
     config = build_generation_config(defaults, GenerationSettings(max_new_tokens=max_new_tokens, top_k=1))
     cross = example.get("cross_pixel_values")
@@ -110,7 +115,7 @@ class _Totals:
 
 
 def _score_batch(
-    model, tokenizer, dataset, indices, version, max_new_tokens, totals: _Totals, on_prediction
+    model, tokenizer, dataset, indices, prompt_format, max_new_tokens, totals: _Totals, on_prediction
 ) -> None:
     device, dtype = model_device_dtype(model)
     examples = [dataset[index] for index in indices]
@@ -121,7 +126,7 @@ def _score_batch(
     totals.target_tokens += int(counts.sum())
     for index, example in zip(indices, examples, strict=True):
         item = example["item"]
-        predicted = greedy_answer(model, tokenizer, item, example, version, max_new_tokens)
+        predicted = greedy_answer(model, tokenizer, item, example, prompt_format, max_new_tokens)
         expected = item.sample.answer.strip()
         totals.samples += 1
         totals.exact += predicted == expected
@@ -146,14 +151,18 @@ def evaluate(
     max_new_tokens: int = 32,
     indices: Sequence[int] | None = None,
     group=None,
+    prompt_format: PromptFormat | None = None,
     on_prediction: Callable[[Prediction], None] | None = None,
     show_progress: bool = False,
 ) -> EvaluationResult:
     """Score `indices` (default: the whole dataset); with `group`, each rank scores its share and the
     totals are summed over the group (every member must pass the same indices).
 
-    `on_prediction` sees every sample this rank scores; `show_progress` draws a bar on a terminal.
+    The loss is over the dataset's SAT-format training inputs; the greedy answers are asked in
+    `prompt_format` (default: `version` in the SAT style). `on_prediction` sees every sample this rank
+    scores; `show_progress` draws a bar on a terminal.
     """
+    prompt_format = prompt_format or PromptFormat(version)
     was_training = model.training
     model.eval()
     chosen = list(range(len(dataset)) if indices is None else indices)
@@ -165,7 +174,9 @@ def evaluate(
     ) as bar:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
-            _score_batch(model, tokenizer, dataset, chunk, version, max_new_tokens, totals, on_prediction)
+            _score_batch(
+                model, tokenizer, dataset, chunk, prompt_format, max_new_tokens, totals, on_prediction
+            )
             bar.update(len(chunk))
     summed = totals.as_tensor()
     if group is not None:
@@ -189,6 +200,7 @@ class EvaluateConfig:
     data_path: str
     local_tokenizer: str | None = None
     version: str | None = None
+    prompt_style: str = "sat"  # greedy answers asked as the SAT code ("sat") or the HF port ("hf") writes it
     prompt: str = "CAPTCHA:"
     max_length: int = 1288
     max_new_tokens: int = 32
@@ -245,20 +257,22 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
     this is the rank that reports. Under a launcher, consecutive groups of `tp_size` ranks (default: all)
     hold the model's tensor-parallel shards, and the replicas share out the samples."""
     from cogvlm.checkpoints.resolve import resolve_checkpoint
+    from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
     from cogvlm.launch.distributed import init_parallel_runtime
-    from cogvlm.text_processors.tokenizer import find_tokenizer
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.validation import load_checked_samples
 
     runtime = init_parallel_runtime(config.tp_size)
     data_group = data_parallel_group(runtime.tp.rank, runtime.tp.size, runtime.data_parallel_size)
+    tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer, config.download)
     path = resolve_checkpoint(config.from_pretrained, config.download)
     device = config.device or runtime.device
     model, info, _ = load_finetuned_model(
         path, dtype=config.dtype, device=device, tp=runtime.tp, iteration=config.iteration
     )
-    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     version = config.version or info.config.text_processor_version or "base"
+    family = model_family(info.config.model_class).hf_prompts
+    prompt_format = PromptFormat(version, config.prompt_style, family)  # before the data is tokenized
     samples = load_checked_samples(
         config.data_path,
         config.prompt,
@@ -278,6 +292,7 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
         max_new_tokens=config.max_new_tokens,
         indices=range(count),
         group=data_group,
+        prompt_format=prompt_format,
         on_prediction=sink,
         show_progress=runtime.is_first_rank,
     )

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE
+from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
 from cogvlm.errors import ConfigError, DatasetError
 from cogvlm.mixins.lora import add_lora
 from cogvlm.models import mixin_names
@@ -27,7 +28,7 @@ from cogvlm.parallel.deepspeed_mpu import (
     deepspeed_mpu,
     mark_tensor_parallel_parameters,
 )
-from cogvlm.text_processors.tokenizer import LlamaTokenizer, find_tokenizer
+from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.train.checkpointing import (
     check_resume_layout,
     config_with_lora,
@@ -318,8 +319,8 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
     splits = _checked_splits(config.data)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer)  # before the weights
     model, info, report, qlora = _load_base_model(config, device, layout)
-    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     config = resolve_version(config, info.config.text_processor_version)
     if is_rank_zero():
         logger.info("%s", report.describe())

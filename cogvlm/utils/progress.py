@@ -1,7 +1,7 @@
 """Progress bars for long steps: a tqdm bar on stderr when stderr is a terminal, otherwise nothing.
 
-Logs and pipes stay clean: under a launcher, in CI or with output redirected, no bar is drawn. tqdm is
-an optional dependency (the `train` extra); without it the bar is silently left out.
+Logs and pipes stay clean: under a launcher, in CI or with output redirected, no bar is drawn. Two kinds:
+`progress` counts items (iterations, tensors, samples), `byte_bar` counts bytes (extraction, checksums, CRCs).
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
+
+from tqdm import tqdm
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -21,7 +23,7 @@ def is_terminal(stream: TextIO) -> bool:
 
 
 class SilentProgress:
-    """The bar's interface, doing nothing: what `progress` returns when no bar is shown."""
+    """The bar's interface, doing nothing: what a bar is when none is shown."""
 
     def __init__(self, iterable: Iterable | None = None) -> None:
         self._iterable = iterable
@@ -50,6 +52,17 @@ class SilentProgress:
         """Nothing to close."""
 
 
+def _bar(iterable: Iterable | None, stream: TextIO | None, enabled: bool | None, **options):
+    """A tqdm bar on `stream` (default stderr), or a SilentProgress when it is not shown.
+
+    `enabled=None` shows it only when `stream` is a terminal; False never shows it; True always does.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not (is_terminal(stream) if enabled is None else enabled):
+        return SilentProgress(iterable)
+    return tqdm(iterable, file=stream, dynamic_ncols=True, **options)
+
+
 def progress(
     iterable: Iterable | None = None,
     *,
@@ -59,17 +72,20 @@ def progress(
     stream: TextIO | None = None,
     enabled: bool | None = None,
 ):
-    """A tqdm bar over `iterable` (or updated by hand) on `stream` (default stderr).
+    """A bar over `iterable` (or updated by hand), counting `unit`s; see `_bar` for when it is shown."""
+    return _bar(iterable, stream, enabled, total=total, desc=desc, unit=unit)
 
-    `enabled=None` shows it only when `stream` is a terminal; False never shows it.
-    """
-    stream = sys.stderr if stream is None else stream
-    show = is_terminal(stream) if enabled is None else enabled
-    if show:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            show = False
-    if not show:
-        return SilentProgress(iterable)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
+
+def byte_bar(description: str, total: int | None, enabled: bool = True):
+    """A bar counting bytes (in units of 1000) on stderr, shown when `enabled` and stderr is a terminal."""
+    return _bar(
+        None,
+        None,
+        None if enabled else False,
+        total=total,
+        desc=description,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1000,
+        leave=False,
+    )

@@ -16,7 +16,7 @@ class ServerConfig:
     max_active: int = 4
     max_queue: int = 32
     request_timeout_s: float = 300.0
-    default_max_tokens: int = 512
+    default_max_tokens: int | None = None  # None: the model's answer budget, else up to its context
     max_request_bytes: int = 32 << 20
     max_image_bytes: int = 20 << 20
     max_image_pixels: int = 4096 * 4096
@@ -27,7 +27,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_active", "max_queue", "default_max_tokens", "max_image_bytes", "max_image_pixels"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"ServerConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")

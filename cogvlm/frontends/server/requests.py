@@ -22,17 +22,19 @@ class ChatRequest:
     query: str
     history: tuple[tuple[str, str], ...]
     image: Image.Image | None
-    temperature: float = 0.8
-    top_p: float = 0.8
+    temperature: float | None = None  # None: the model's default sampling (`CogVLM.generation_config`)
+    top_p: float | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    repetition_penalty: float = 1.0
+    repetition_penalty: float | None = None
     stream: bool = False
     include_usage: bool = False
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+def _number(
+    body: dict, name: str, default: float | None, low: float, high: float, low_open: bool = False
+) -> float | None:
     value = body.get(name, default)
     if value is None:
         return default
@@ -154,12 +156,12 @@ def parse_chat_request(body: object, config: ServerConfig) -> ChatRequest:
         query=query,
         history=history,
         image=image,
-        temperature=_number(body, "temperature", 0.8, 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.8, 0.0, 1.0, True),
+        temperature=_number(body, "temperature", None, 0.0, 2.0),
+        top_p=_number(body, "top_p", None, 0.0, 1.0, True),
         max_tokens=max_tokens,
         stop=_stop(body),
         seed=_integer(body, "seed", -(2**63)),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0, True),
+        repetition_penalty=_number(body, "repetition_penalty", None, 0.0, 10.0, True),
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
     )
