@@ -329,13 +329,25 @@ def read_latest(directory: Path) -> str:
     return text
 
 
-def open_sat_checkpoint(directory: str | Path) -> SatCheckpoint:
-    """Read a SAT checkpoint directory's config and locate every rank's weight file."""
+def iteration_folder(directory: Path, iteration: int | str | None) -> Path:
+    """The sub-folder of `iteration` (None: the one `latest` names); a missing one names those there are."""
+    if iteration is None:
+        return directory / read_latest(directory)
+    folder = directory / str(iteration)
+    if not folder.is_dir():
+        saved = sorted((p.name for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+        raise CheckpointError(f"{directory}: no iteration {iteration}; saved iterations: {saved or 'none'}")
+    return folder
+
+
+def open_sat_checkpoint(directory: str | Path, iteration: int | str | None = None) -> SatCheckpoint:
+    """Read a SAT checkpoint directory's config and locate every rank's weight file, in the folder of
+    `iteration` (default: the one `latest` names)."""
     directory = Path(directory)
     raw = read_json(directory / MODEL_CONFIG_FILE)
     fields = ConfigFields(raw, str(directory / MODEL_CONFIG_FILE))
     size = fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
-    folder = directory / read_latest(directory)
+    folder = iteration_folder(directory, iteration)
     files = tuple(folder / f"mp_rank_{rank:02d}_model_states.pt" for rank in range(size))
     missing = [str(path) for path in files if not path.is_file()]
     if missing:

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cogvlm.cli.common import DECODE_STEPS, QUANT_BITS, add_model_arguments, download_config, flag_dtype
 from cogvlm.embedded import EMBEDDED_NAME
-from cogvlm.errors import CogVLMError
+from cogvlm.errors import CogVLMError, ConfigError
+
+
+def _query(args: argparse.Namespace) -> str | None:
+    """--query, or the empty one the reference's --no_prompt asks an --image with; --english is checked."""
+    if args.english and args.chinese:
+        raise ConfigError("--english and --chinese are mutually exclusive")
+    if not args.no_prompt or args.query is not None:
+        return args.query
+    if args.image is None:
+        print("cogvlm chat: note: --no_prompt applies to an --image given here; ignored", file=sys.stderr)
+        return None
+    return ""
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -40,7 +53,7 @@ def run_chat(args: argparse.Namespace) -> int:
         stream=args.stream_chat,
         chinese=args.chinese,
         image=args.image,
-        query=args.query,
+        query=_query(args),
         grounding_dir=args.grounding_dir,
     )
     return chat.run_chat(config)
@@ -90,6 +103,12 @@ def add_chat_parser(commands) -> None:
         "cuda_graph: replay each decoding step as one CUDA graph (GPU only)",
     )
     chat.add_argument("--chinese", action="store_true", help="Chinese prompts")
+    chat.add_argument("--english", action="store_true", help="English prompts (the default)")
+    chat.add_argument(
+        "--no_prompt",
+        action="store_true",
+        help="with --image and no --query: answer the image alone (an empty query), as the reference's demo",
+    )
     chat.add_argument(
         "--grounding_dir",
         default=None,
