@@ -81,7 +81,12 @@ def model_config(spec: str):
         name, depths = "small-cogvlm", [str(DEEP_SMALL_LAYERS), *depths]
     config = PRESETS[name] if name in PRESETS else bench.model_config(name)[0]
     if depths:
-        config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, num_layers=int(depths[0])))
+        layers = int(depths[0])
+        cross = config.llm.cross_attention  # CogAgent: one flag per LLM layer
+        if cross is not None:
+            cross = dataclasses.replace(cross, layers=(True,) * layers)
+        llm = dataclasses.replace(config.llm, num_layers=layers, cross_attention=cross)
+        config = dataclasses.replace(config, llm=llm)
     if len(depths) > 1:
         tower = dataclasses.replace(config.vision.transformer, num_layers=int(depths[1]))
         config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, transformer=tower))

@@ -11,21 +11,22 @@ OUT=${OUT:-/tmp/cogvlm-gpu-figures}
 DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-bfloat16}
 BENCH_CONFIGS=${BENCH_CONFIGS:-cogvlm-17b-490 cogagent-18b}
-BENCH_FLAGS=${BENCH_FLAGS---compare_quant}
+BENCH_FLAGS=${BENCH_FLAGS-}  # e.g. --compare_quant (three models: minutes longer)
 MEMORY_MODELS=${MEMORY_MODELS:-cogvlm-17b-490:6:8 cogagent-18b:6:8}
-STEP_TIMEOUT=${STEP_TIMEOUT:-300}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+MEMORY_TIMEOUT=${MEMORY_TIMEOUT:-330}  # writes two ~10 GB checkpoints, then 6 loads
 REPEATS=${REPEATS:-3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 assets=(--image cogvlm/embedded/example.png --tokenizer cogvlm/embedded/model/tokenizer.model)
 failed=0
 
-step() {  # step NAME COMMAND...: stdout to NAME.json, stderr to NAME.log
-    local name=$1
-    shift
+step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.log
+    local name=$1 limit=$2
+    shift 2
     echo "== $name: $*"
     local started=$SECONDS
-    timeout "$STEP_TIMEOUT" "$@" >"$OUT/$name.json" 2>"$OUT/$name.log"
+    timeout "$limit" "$@" >"$OUT/$name.json" 2>"$OUT/$name.log"
     local status=$?
     echo "   exit $status after $((SECONDS - started)) s"
     if [ $status -ne 0 ]; then
@@ -39,10 +40,10 @@ if [[ $DEVICE == cuda* ]]; then
 fi
 # shellcheck disable=SC2086 # BENCH_FLAGS: words
 for config in $BENCH_CONFIGS; do
-    step "bench-$config" python3 -m cogvlm.cli bench "$config" --device "$DEVICE" --dtype "$DTYPE" \
+    step "bench-$config" "$STEP_TIMEOUT" python3 -m cogvlm.cli bench "$config" --device "$DEVICE" --dtype "$DTYPE" \
         $BENCH_FLAGS --repeats "$REPEATS" "${assets[@]}"
 done
 # shellcheck disable=SC2086 # one word per model
-step memory python3 benchmarks/memory.py --device "$DEVICE" --dtypes "$DTYPE" --quants none 8 4 \
+step memory "$MEMORY_TIMEOUT" python3 benchmarks/memory.py --device "$DEVICE" --dtypes "$DTYPE" --quants none 8 4 \
     --workdir "${TMPDIR:-/tmp}/cogvlm-memory-bench" --models $MEMORY_MODELS
 exit $failed
