@@ -13,24 +13,26 @@ import torch
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.checkpoints.loading import CheckpointInfo, load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
+from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
 from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor, ImageSource
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, generate_batch, iterate_batch
 from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
 from cogvlm.inference.stopping import StopStrings
+from cogvlm.models.builders import model_family
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
-from cogvlm.nn.quantized import quantize_
+from cogvlm.nn.quantized import QuantConfig
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.text_processors import (
     LlamaTokenizer,
-    build_inference_inputs,
-    build_prompt,
+    PromptFormat,
+    build_turn_inputs,
+    check_style,
     check_version,
     extract_response,
 )
-from cogvlm.text_processors.tokenizer import find_tokenizer
 
 logger = logging.getLogger(__name__)
 DEFAULT_VERSION = "chat"
@@ -67,17 +69,26 @@ class CogVLM:
     version: str
     source: CheckpointInfo | None = None
     generation_defaults: GenerationDefaults | None = None
+    prompt_style: str = "sat"
 
     def __post_init__(self) -> None:
         if self.generation_defaults is None:
             self.generation_defaults = GenerationDefaults(
                 self.config.llm.max_sequence_length, (self.tokenizer.eos_id,)
             )
+        check_version(self.version)
+        _ = self.prompt_format  # raises now, not at the first turn, for a pair the HF port has no text for
 
     @property
     def config(self) -> CogVLMConfig:
         """The model's configuration."""
         return self.model.config
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """The prompt version and style; the hf style follows this model family's HF port."""
+        family = model_family(self.config.model_class).hf_prompts
+        return PromptFormat(self.version, self.prompt_style, family)
 
     def process_image(self, image: ImageSource) -> ImageInputs:
         """Load and preprocess an image (path, bytes or PIL image) at this model's resolution(s)."""
@@ -100,8 +111,9 @@ class CogVLM:
     ) -> GenerationRequest:
         """The model inputs of one turn: the prompt after `history` and the image's pixels."""
         images = image if isinstance(image, ImageInputs) or image is None else self.process_image(image)
-        prompt = build_prompt(self.version, query, history, has_image=images is not None)
-        text = build_inference_inputs(self.tokenizer, prompt, self.config.image_length)
+        text = build_turn_inputs(
+            self.tokenizer, self.prompt_format, query, history, self.config.image_length, images is not None
+        )
         if images is None:
             return GenerationRequest(text)
         dtype = self.model.transformer.word_embeddings.weight.dtype
@@ -203,6 +215,7 @@ def load(
     device: torch.device | str = "cpu",
     local_tokenizer: str | None = None,
     version: str | None = None,
+    prompt_style: str = "sat",
     download: DownloadConfig | None = None,
     tp: TensorParallel = NO_PARALLEL,
     quant_bits: int | None = None,
@@ -213,17 +226,25 @@ def load(
     `path` is a directory, a catalog name (found in or downloaded to $SAT_HOME), a Hugging Face repo id,
     or "embedded" (the default): the small model shipped in the package (`cogvlm.embedded`);
     `download` says where and how (default: from the environment, see `DownloadConfig.from_environment`).
-    The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat".
+    The prompt format is `version` if given, else the checkpoint's `text_processor_version`, else "chat";
+    `prompt_style` "sat" (default) writes it as the SAT code does, "hf" as the HF port's remote code does
+    (CogAgent vqa/chat_old keep a literal `<EOI>`, CogVLM vqa keeps the history; see `build_hf_prompt`).
+    The tokenizer (`local_tokenizer`, else one beside the checkpoint, else `lmsys/vicuna-7b-v1.5` from
+    the HF cache, fetched into it if missing) is found before any weight is downloaded or read.
     `dtype` None means float32 on the CPU and the checkpoint's own dtype elsewhere.
-    `quant_bits` (4 or 8) quantizes the parallel linears' weights after loading (see `quantize_`).
+    `quant_bits` (4 or 8) quantizes the parallel linears' weights as they load, so the full-precision model
+    never sits on `device` (see `checkpoints.streaming`); a checkpoint saved quantized loads as it is, and
+    a different `quant_bits` / `quant_group_size` is refused.
     Under tensor parallelism every rank calls `load` with its `tp` and holds its shard of the weights.
     """
+    check_style(prompt_style)
+    download = download or DownloadConfig.from_environment()
+    tokenizer = checkpoint_tokenizer(path, local_tokenizer, download)  # before any weight is fetched or read
     path = resolve_checkpoint(path, download)
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half precision is slow on CPUs; a half checkpoint is widened once at load
-    model, info = load_model(path, dtype=dtype, device=device, tp=tp)
-    if quant_bits is not None:
-        quantize_(model, quant_bits, quant_group_size)
+    quant = None if quant_bits is None else QuantConfig(quant_bits, quant_group_size)
+    model, info = load_model(path, dtype=dtype, device=device, tp=tp, quant=quant, progress=True)
     chosen = version or info.config.text_processor_version or DEFAULT_VERSION
     if version and info.config.text_processor_version and version != info.config.text_processor_version:
         logger.warning(
@@ -232,8 +253,7 @@ def load(
             path,
             info.config.text_processor_version,
         )
-    tokenizer = find_tokenizer(path, local_tokenizer)
     defaults = GenerationDefaults.from_hf_generation_config(
         info.generation_config(), info.config.llm.max_sequence_length, (tokenizer.eos_id,)
     )
-    return CogVLM(model, tokenizer, check_version(chosen), info, defaults)
+    return CogVLM(model, tokenizer, check_version(chosen), info, defaults, prompt_style)

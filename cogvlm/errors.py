@@ -27,3 +27,11 @@ class PromptTooLongError(CogVLMError, ValueError):
 
 class DownloadError(CogVLMError):
     """A checkpoint cannot be fetched, or what was fetched fails verification."""
+
+
+class DatasetError(CogVLMError, ValueError):
+    """A training or evaluation data set has malformed records or unusable images."""
+
+
+class TensorParallelFailure(CogVLMError):
+    """A tensor-parallel rank stopped or diverged: the job cannot go on."""

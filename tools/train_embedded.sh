@@ -33,4 +33,5 @@ cogvlm finetune "${common[@]}" --from_pretrained start3 --save run3 --train_data
 cogvlm finetune "${common[@]}" --from_pretrained run3 --save run --train_data train/phase2.jsonl \
     --train_iters 2000 --lr 2e-4 --warmup 0.02 --seed 2026
 cogvlm convert --from_pretrained run --output "$repo/cogvlm/embedded/model" --to sat --dtype fp16 --overwrite
+printf '{\n  "do_sample": false,\n  "max_new_tokens": 32\n}\n' > "$repo/cogvlm/embedded/model/generation_config.json"
 cogvlm eval-synthetic --from_pretrained "$repo/cogvlm/embedded/model" --data heldout

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from cogvlm.errors import CheckpointError
 from cogvlm.utils.atomic import atomic_directory
+from cogvlm.utils.progress import byte_bar
 
 _COPY_BYTES = 1 << 20
 MAX_MEMBERS = 10_000  # a SAT checkpoint holds a handful of files (config, `latest`, one per rank)
@@ -123,23 +124,27 @@ def _open_zip(archive: Path) -> zipfile.ZipFile:
         raise CheckpointError(f"{archive}: not a readable zip archive ({error})") from None
 
 
-def _copy_member(bundle: zipfile.ZipFile, info: zipfile.ZipInfo, destination: Path, archive: Path) -> None:
+def _copy_member(
+    bundle: zipfile.ZipFile, info: zipfile.ZipInfo, destination: Path, archive: Path, bar
+) -> None:
     try:
         with bundle.open(info) as source, open(destination, "xb") as target:
-            shutil.copyfileobj(source, target, _COPY_BYTES)
+            while chunk := source.read(_COPY_BYTES):
+                target.write(chunk)
+                bar.update(len(chunk))
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as error:
         # A CRC, header or deflate-stream mismatch: the archive's bytes are corrupted.
         raise CheckpointError(f"{archive}: member {info.filename!r} is corrupted ({error})") from None
 
 
-def _write_members(bundle: zipfile.ZipFile, members, staging: Path, archive: Path) -> None:
+def _write_members(bundle: zipfile.ZipFile, members, staging: Path, archive: Path, bar) -> None:
     for info, relative in members:
         destination = staging.joinpath(*relative.parts)
         if info.is_dir():
             destination.mkdir(parents=True, exist_ok=True)
             continue
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _copy_member(bundle, info, destination, archive)
+        _copy_member(bundle, info, destination, archive, bar)
 
 
 def extract_checkpoint_archive(
@@ -148,11 +153,13 @@ def extract_checkpoint_archive(
     folder: str,
     check: Callable[[Path], None] | None = None,
     max_unpacked: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """Extract `folder/` of a zip into `target` atomically; `check` inspects the staging directory first.
 
     `max_unpacked` bounds the bytes the members may unpack to (default: `max_unpacked_bytes` of the
     archive's size). Raises `ArchiveWriteError` when the archive is fine but cannot be written out here.
+    With `progress`, a byte bar is drawn on stderr when it is a terminal.
     """
     with _open_zip(archive) as bundle:
         members = checked_members(bundle, archive, folder)
@@ -164,8 +171,9 @@ def extract_checkpoint_archive(
                 raise ArchiveWriteError(
                     f"{target.parent}: extracting {archive} needs {needed} bytes, {free} are free"
                 )
-            with atomic_directory(target) as staging:
-                _write_members(bundle, members, staging, archive)
+            bar = byte_bar(f"extracting {archive.name}", needed, progress)
+            with bar, atomic_directory(target) as staging:
+                _write_members(bundle, members, staging, archive, bar)
                 if check is not None:
                     check(staging)
         except OSError as error:  # the archive passed every check: this is about where it goes

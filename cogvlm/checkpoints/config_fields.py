@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from cogvlm.errors import CheckpointError, ConfigError
-from cogvlm.models.config import CogVLMConfig, CrossAttentionConfig, CrossVisionConfig, VisionConfig
+from cogvlm.models.config import (
+    CogVLMConfig,
+    CrossAttentionConfig,
+    CrossVisionConfig,
+    TransformerConfig,
+    VisionConfig,
+)
 from cogvlm.models.presets import llama_config
 
 _MISSING = object()
@@ -24,6 +30,7 @@ MAX_VOCAB = 1 << 22
 MAX_SEQUENCE = 1 << 20
 MAX_IMAGE_PX = 1 << 14
 MAX_MODEL_PARALLEL = 1024
+DEFAULT_ROTARY_BASE = 10000.0  # LLaMA 2's
 
 
 class ConfigFields:
@@ -132,3 +139,16 @@ def assemble_config(
         )
     except ConfigError as error:
         raise CheckpointError(f"{fields.source}: {error}") from None
+
+
+def non_default_llm_options(llm: TransformerConfig, rotary_base_field: str) -> dict:
+    """Grouped-query heads (`num_multi_query_heads`) and the rotary base, under the format's field names.
+
+    Written only where they differ from LLaMA 2's, as the published CogVLM and CogAgent configs omit them.
+    """
+    raw = {}
+    if llm.num_key_value_heads != llm.num_attention_heads:
+        raw["num_multi_query_heads"] = llm.num_key_value_heads
+    if llm.rotary_base != DEFAULT_ROTARY_BASE:
+        raw[rotary_base_field] = llm.rotary_base
+    return raw

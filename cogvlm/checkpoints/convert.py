@@ -9,14 +9,16 @@ SAT -> HF -> SAT gives back the same SAT config, fields HF has no name for inclu
 Memory: an MP=1 SAT file is read memory-mapped (`torch.load(mmap=True)`) and HF safetensors lazily
 (`safetensors.load_file` maps the file); safetensors and `torch.save` write tensor by tensor from those
 mappings. Anonymous memory therefore stays near the process baseline whatever the checkpoint size; the
-page cache holds the bytes being copied and the kernel reclaims it. Only an MP>1 SAT source is merged in
-memory first (peak: the whole model).
+page cache holds the bytes being copied and the kernel reclaims it. An HF target that needs new tensors
+(a `dtype` cast, `quant`, or an MP>1 SAT source merged key by key) is written by `streamed_writer`, one
+shard in memory at a time. Only a cast or merge into SAT format holds the whole model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,12 @@ import torch
 
 from cogvlm.checkpoints import hf_format, sat_format
 from cogvlm.checkpoints.catalog import CheckpointFormat
+from cogvlm.checkpoints.hf_companions import hf_companions
 from cogvlm.checkpoints.json_files import read_json
 from cogvlm.checkpoints.loading import detect_format, read_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.config import CogVLMConfig
+from cogvlm.nn.quantized import QuantConfig
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
 from cogvlm.utils.atomic import atomic_directory
 
@@ -47,12 +51,16 @@ class ConvertConfig:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     overwrite: bool = False
     dtype: torch.dtype | None = None  # cast floating-point tensors to this; None keeps them
+    quant: QuantConfig | None = None  # write the quantized HF form (`quantized_format`)
+    local_tokenizer: str | None = None  # HF output: the tokenizer to ship (None: beside source, else vicuna)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and not self.dtype.is_floating_point:
             raise ConfigError(f"ConvertConfig: dtype={self.dtype} is not a floating-point type")
         if self.target_format not in (None, "sat", "hf"):
             raise ConfigError(f"ConvertConfig: target_format={self.target_format!r}, expected 'sat' or 'hf'")
+        if self.quant is not None and self.target_format == "sat":
+            raise ConfigError("ConvertConfig: a quantized checkpoint is written in HF format, not SAT")
         if self.max_shard_bytes <= 0:
             raise ConfigError(f"ConvertConfig: max_shard_bytes={self.max_shard_bytes} must be positive")
 
@@ -91,8 +99,8 @@ def parse_byte_size(text: str) -> int:
         raise ConfigError(
             f"size {text!r}: expected a number with an optional unit B, KB, MB, GB, KiB, MiB, GiB"
         ) from None
-    if value < 1:
-        raise ConfigError(f"size {text!r} must be at least one byte")
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"size {text!r} must be a finite number of at least one byte")
     return int(value)
 
 
@@ -137,18 +145,21 @@ def sat_to_hf(
     output: Path,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     dtype: torch.dtype | None = None,
+    local_tokenizer: str | None = None,
 ) -> ConvertResult:
-    """Write the HF form of a SAT checkpoint (published key names and config fields)."""
+    """Write the HF form of a SAT checkpoint (published key names and config fields), with its generation
+    config and tokenizer files (`hf_companions`)."""
     raw, config, state = read_sat_for_conversion(source)
     state = cast_floating(state, dtype)
-    hf_format.save_hf_checkpoint(
-        output,
-        config,
-        state,
-        max_shard_bytes=max_shard_bytes,
-        extra_fields={SAT_CONFIG_FIELD: raw},
-        extra_files=tokenizer_beside(source),
-    )
+    with hf_companions(source, config, local_tokenizer) as extra_files:
+        hf_format.save_hf_checkpoint(
+            output,
+            config,
+            state,
+            max_shard_bytes=max_shard_bytes,
+            extra_fields={SAT_CONFIG_FIELD: raw},
+            extra_files=extra_files,
+        )
     return _result(output, "sat", "hf", state)
 
 
@@ -220,18 +231,21 @@ def hf_to_sat(source: Path, output: Path, dtype: torch.dtype | None = None) -> C
     return _result(output, "hf", "sat", state)
 
 
-def hf_to_hf(source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtype) -> ConvertResult:
-    """An HF copy of an HF checkpoint, cast to `dtype`."""
+def hf_to_hf(
+    source: Path, output: Path, max_shard_bytes: int, dtype: torch.dtype, local_tokenizer: str | None = None
+) -> ConvertResult:
+    """An HF copy of an HF checkpoint, cast to `dtype`, with its generation and tokenizer files."""
     hf_raw, config, state = read_hf_for_conversion(source, dtype)
     extra = {SAT_CONFIG_FIELD: hf_raw[SAT_CONFIG_FIELD]} if SAT_CONFIG_FIELD in hf_raw else None
-    hf_format.save_hf_checkpoint(
-        output,
-        config,
-        state,
-        max_shard_bytes=max_shard_bytes,
-        extra_fields=extra,
-        extra_files=tokenizer_beside(source),
-    )
+    with hf_companions(source, config, local_tokenizer) as extra_files:
+        hf_format.save_hf_checkpoint(
+            output,
+            config,
+            state,
+            max_shard_bytes=max_shard_bytes,
+            extra_fields=extra,
+            extra_files=extra_files,
+        )
     return _result(output, "hf", "hf", state)
 
 
@@ -245,8 +259,8 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
     """Convert `config.source` (SAT or HF directory) into the other format at `config.output`."""
     source, output = Path(config.source), Path(config.output)
     source_format = detect_format(source)
-    target_format = config.target_format or ("hf" if source_format == "sat" else "sat")
-    if target_format == source_format and config.dtype is None:
+    target_format = config.target_format or ("hf" if source_format == "sat" or config.quant else "sat")
+    if target_format == source_format and config.dtype is None and config.quant is None:
         raise CheckpointError(
             f"{source}: already in {source_format.upper()} format "
             "(a same-format copy needs a dtype to cast to)"
@@ -255,10 +269,47 @@ def convert_checkpoint(config: ConvertConfig) -> ConvertResult:
         raise CheckpointError(f"{output}: the output must differ from the source")
     if output.exists() and not config.overwrite:
         raise CheckpointError(f"{output}: already exists; pass --overwrite to replace it")
+    if target_format == "hf" and (config.quant or config.dtype or _is_split_sat(source, source_format)):
+        return streamed_to_hf(source, output, source_format, config)
     if (source_format, target_format) == ("sat", "hf"):
-        return sat_to_hf(source, output, config.max_shard_bytes, config.dtype)
+        return sat_to_hf(source, output, config.max_shard_bytes, config.dtype, config.local_tokenizer)
     if (source_format, target_format) == ("hf", "sat"):
         return hf_to_sat(source, output, config.dtype)
     if source_format == "sat":
         return sat_to_sat(source, output, config.dtype)
-    return hf_to_hf(source, output, config.max_shard_bytes, config.dtype)
+    return hf_to_hf(source, output, config.max_shard_bytes, config.dtype, config.local_tokenizer)
+
+
+def _is_split_sat(source: Path, source_format: CheckpointFormat) -> bool:
+    return source_format == "sat" and sat_format.open_sat_checkpoint(source).model_parallel_size > 1
+
+
+def streamed_to_hf(source: Path, output: Path, source_format: CheckpointFormat, config: ConvertConfig):
+    """Write the HF form of a SAT or HF checkpoint tensor by tensor (`streamed_writer`), cast to
+    `config.dtype` and quantized by `config.quant`, its SAT config kept, with its generation config and
+    tokenizer files (`hf_companions`)."""
+    from cogvlm.checkpoints.streamed_writer import write_hf_streamed
+
+    if source_format == "sat":
+        checkpoint = sat_format.open_sat_checkpoint(source)
+        raw = _at_model_parallel_size_1(checkpoint.raw_config)
+        # Shapes only (mapped, not read): write_hf_streamed checks the CRCs before it reads a tensor.
+        shapes = _shapes(sat_format.load_sat_weights(checkpoint.weight_files[0], verify=False))
+        source_config = sat_format.config_from_sat(
+            checkpoint.raw_config, source=str(source / sat_format.MODEL_CONFIG_FILE), state_shapes=shapes
+        )
+    else:
+        hf_raw = read_json(source / hf_format.CONFIG_FILE)
+        raw = hf_raw.get(SAT_CONFIG_FIELD)
+        source_config = hf_format.config_from_hf(hf_raw, str(source / hf_format.CONFIG_FILE))
+    with hf_companions(source, source_config, config.local_tokenizer) as extra_files:
+        count, dtypes = write_hf_streamed(
+            source,
+            output,
+            config.quant,
+            dtype=config.dtype,
+            max_shard_bytes=config.max_shard_bytes,
+            extra_fields=None if raw is None else {SAT_CONFIG_FIELD: raw},
+            extra_files=extra_files,
+        )
+    return ConvertResult(output, source_format, "hf", count, dtypes)

@@ -7,21 +7,19 @@ small amount of code; whole HF repositories go through huggingface_hub instead (
 
 What a server may not do: send more bytes than the expected size (the `.part` never grows past it), send
 sizes or ranges that contradict each other, redirect anywhere but http(s) (an https -> http downgrade is
-refused; http -> https is followed) or more than `_MAX_REDIRECTS` times, or send a file without a SHA-256
-unless `allow_unverified` says so. A verified file is recorded beside itself (`<file>.json`) so that a
-later run reuses it instead of downloading it again.
+refused; http -> https is followed) or more than `http_client.MAX_REDIRECTS` times, or send a file
+without a SHA-256 unless `allow_unverified` says so. A verified file is recorded beside itself
+(`<file>.json`) so that a later run reuses it instead of downloading it again. HTTP itself is `http_client`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import re
 import shutil
-import ssl
 import sys
 import time
 import urllib.error
@@ -29,22 +27,25 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
+from cogvlm.checkpoints.http_client import (
+    NETWORK_ERRORS,
+    RemoteFile,
+    TransientError,
+    byte_count,
+    open_url,
+    probe_remote,
+    raise_http,
+)
 from cogvlm.errors import ConfigError, DownloadError
+from cogvlm.utils.progress import byte_bar
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_SAT_HOME = "~/.sat_models"
-USER_AGENT = "cogvlm-downloader/0.1"
 CHUNK_BYTES = 1 << 20
-_REDIRECTS = (301, 302, 303, 307, 308)
-_MAX_REDIRECTS = 10
-_RETRYABLE_STATUS = (408, 425, 429, 500, 502, 503, 504)
 _TRUTHY = ("1", "true", "yes", "on")
 _BAR_WIDTH = 24
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
-_BYTE_COUNT = re.compile(r"[0-9]{1,20}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 ALLOW_UNVERIFIED_ENV = "COGVLM_ALLOW_UNVERIFIED"
 _HOW_TO_ALLOW = f"pass --allow_unverified to `cogvlm download` or set {ALLOW_UNVERIFIED_ENV}=1"
 
@@ -97,44 +98,6 @@ class DownloadConfig:
         if "endpoint" in chosen:
             chosen["endpoint"] = str(chosen["endpoint"]).rstrip("/")
         return replace(config, **chosen)
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """What the server says about a file: where its bytes are, and its size and SHA-256 if it says."""
-
-    url: str
-    location: str
-    size_bytes: int | None
-    sha256: str | None
-
-
-class _TransientError(Exception):
-    """A failure worth retrying: a cut connection, a timeout, a 5xx."""
-
-
-class _ManualRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # `_open` follows redirects by hand: it checks each hop and reads the Hub's headers
-
-
-def _http_only_opener() -> urllib.request.OpenerDirector:
-    """An opener with http(s) handlers only: no file:, ftp: or data: URL can be opened through it."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler(),
-        urllib.request.UnknownHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
-        urllib.request.HTTPDefaultErrorHandler(),
-        _ManualRedirects(),
-        urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    return opener
-
-
-_OPENER = _http_only_opener()
 
 
 def notify(config: DownloadConfig, message: str) -> None:
@@ -197,102 +160,6 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
-def _request(
-    url: str, method: str = "GET", headers: Mapping[str, str] | None = None
-) -> urllib.request.Request:
-    # identity: the sizes and checksums describe the stored bytes, not a compressed transfer.
-    base = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    return urllib.request.Request(url, method=method, headers={**base, **(headers or {})})
-
-
-def _byte_count(value: str | None, header: str, url: str) -> int | None:
-    """A size header as an int, None when absent; anything but a plain non-negative integer is an error."""
-    if value is None:
-        return None
-    if not _BYTE_COUNT.fullmatch(value.strip()):
-        raise DownloadError(f"{url}: header {header}: {value!r} is not a byte count")
-    return int(value)
-
-
-def _sha256_header(value: str | None, url: str) -> str | None:
-    """The SHA-256 an `X-Linked-Etag` carries, None when absent; any other value is an error."""
-    if value is None:
-        return None
-    text = value.strip().removeprefix("W/").strip('"').lower()
-    if not _SHA256.fullmatch(text):
-        raise DownloadError(f"{url}: header X-Linked-Etag: {value!r} is not a SHA-256 (64 hex digits)")
-    return text
-
-
-def _raise_http(url: str, status: int, reason: str) -> None:
-    if status in _RETRYABLE_STATUS:
-        raise _TransientError(f"{url}: HTTP {status} {reason}")
-    raise DownloadError(f"{url}: HTTP {status} {reason}" + (" (no such file)" if status == 404 else ""))
-
-
-def _redirect_target(current: str, location: str | None) -> str:
-    """Where a redirect from `current` leads, if allowed: http(s) only, never from https down to http."""
-    if not location:
-        raise DownloadError(f"{current}: a redirect without a Location header")
-    try:
-        target = urljoin(current, location.strip())
-        scheme, host = urlsplit(target).scheme.lower(), urlsplit(target).hostname
-    except ValueError:
-        scheme, host, target = "", None, location
-    if scheme not in ("http", "https") or not host:
-        raise DownloadError(
-            f"{current}: refusing the redirect to {target!r}: only http:// and https:// URLs are followed"
-        )
-    if scheme == "http" and urlsplit(current).scheme.lower() == "https":
-        raise DownloadError(f"{current}: refusing the redirect to {target!r}: a downgrade from https to http")
-    return target
-
-
-def _open(url: str, config: DownloadConfig, method: str = "GET", headers: Mapping[str, str] | None = None):
-    """Open `url`, following at most `_MAX_REDIRECTS` checked redirects by hand.
-
-    Returns the final response (body unread), its URL, and the headers of every hop, first to last.
-    Raises `urllib.error.HTTPError` for a final error status and `_TransientError` for a network failure.
-    """
-    current, hops = url, []
-    for _ in range(_MAX_REDIRECTS + 1):
-        try:
-            response = _OPENER.open(_request(current, method, headers), timeout=config.timeout_s)
-        except urllib.error.HTTPError as error:
-            if error.code not in _REDIRECTS:
-                raise
-            error.close()
-            hops.append(error.headers)
-            current = _redirect_target(current, error.headers.get("Location"))
-            continue
-        except _NETWORK_ERRORS as error:
-            if isinstance(getattr(error, "reason", None), ssl.SSLCertVerificationError):
-                raise DownloadError(f"{current}: {error.reason}") from None  # trying again will not fix it
-            raise _TransientError(f"{current}: {error}") from error
-        hops.append(response.headers)
-        return response, current, hops
-    raise DownloadError(f"{url}: more than {_MAX_REDIRECTS} redirects")
-
-
-def probe_remote(url: str, config: DownloadConfig) -> RemoteFile:
-    """HEAD `url` through its redirects, keeping the Hub's `X-Linked-Size`/`X-Linked-Etag` of any hop."""
-    try:
-        response, location, hops = _open(url, config, "HEAD")
-    except urllib.error.HTTPError as error:
-        _raise_http(error.filename or url, error.code, error.reason)
-    response.close()
-    sizes = {_byte_count(headers.get("X-Linked-Size"), "X-Linked-Size", url) for headers in hops} - {None}
-    digests = {_sha256_header(headers.get("X-Linked-Etag"), url) for headers in hops} - {None}
-    if len(sizes) > 1 or len(digests) > 1:
-        raise DownloadError(
-            f"{url}: the redirects disagree about the file: sizes {sorted(sizes)}, SHA-256 {sorted(digests)}"
-        )
-    size = next(iter(sizes), None)
-    if size is None:
-        size = _byte_count(hops[-1].get("Content-Length"), "Content-Length", location)
-    return RemoteFile(url, location, size, next(iter(digests), None))
-
-
 def record_path(destination: Path) -> Path:
     """Where `fetch_file` records what `destination` was verified against: `<destination>.json`."""
     return destination.with_name(destination.name + ".json")
@@ -342,7 +209,7 @@ class _PartialFile:
         """What the file must become, as recorded beside it."""
         return {"url": self.url, "size_bytes": self.size_bytes, "sha256": self.sha256}
 
-    def open(self) -> int:
+    def open(self, show_progress: bool = True) -> int:
         """Keep a partial file that belongs to the same remote file, else start afresh; return its length."""
         for path in (self.path, self.meta_path):
             if path.is_symlink():
@@ -359,10 +226,12 @@ class _PartialFile:
             return 0
         if self.hashed != length:
             self.hasher, self.hashed = hashlib.sha256(), 0
-            with open(self.path, "rb") as handle:
+            bar = byte_bar(f"checksumming {self.path.name}", length, show_progress)
+            with bar, open(self.path, "rb") as handle:
                 while chunk := handle.read(CHUNK_BYTES):
                     self.hasher.update(chunk)
                     self.hashed += len(chunk)
+                    bar.update(len(chunk))
         return length
 
     def reset(self) -> None:
@@ -423,7 +292,7 @@ def _check_free_space(directory: Path, needed: int, what: str) -> None:
 
 
 def _transfer(remote: RemoteFile, part: _PartialFile, progress: Progress, config: DownloadConfig) -> None:
-    """One GET from the current length of the partial file; a body cut short is a `_TransientError`.
+    """One GET from the current length of the partial file; a body cut short is a `TransientError`.
 
     A server that answers a range with 416 has nothing after it: the file ends there, and verification
     decides whether that is the whole file.
@@ -434,7 +303,7 @@ def _transfer(remote: RemoteFile, part: _PartialFile, progress: Progress, config
     _check_free_space(part.path.parent, part.size_bytes - offset, f"downloading {remote.url}")
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        response, location, _ = _open(remote.location, config, headers=headers)
+        response, location, _ = open_url(remote.location, config.timeout_s, headers=headers)
         with response:
             start = _body_start(response, offset, part.size_bytes, location)
             if start != offset:  # the server ignored the range: take the whole body from the start
@@ -444,13 +313,13 @@ def _transfer(remote: RemoteFile, part: _PartialFile, progress: Progress, config
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             return
-        _raise_http(error.filename or remote.location, error.code, error.reason)
-    except _NETWORK_ERRORS as error:
-        raise _TransientError(f"{remote.location}: {error}") from error
+        raise_http(error.filename or remote.location, error.code, error.reason)
+    except NETWORK_ERRORS as error:
+        raise TransientError(f"{remote.location}: {error}") from error
     except OSError as error:
         raise DownloadError(f"{part.path}: cannot write the download ({error})") from error
     if part.hashed < part.size_bytes:
-        raise _TransientError(
+        raise TransientError(
             f"{remote.location}: connection closed after {part.hashed} of {part.size_bytes} bytes"
         )
 
@@ -468,7 +337,7 @@ def _body_start(response, offset: int, size: int, url: str) -> int:
         start = _range_start(response.headers.get("Content-Range"), offset, size, url)
     else:
         raise DownloadError(f"{url}: HTTP {response.status} {response.reason} instead of the file's bytes")
-    length = _byte_count(response.headers.get("Content-Length"), "Content-Length", url)
+    length = byte_count(response.headers.get("Content-Length"), "Content-Length", url)
     if length is not None and length != size - start:
         raise DownloadError(
             f"{url}: the server announces {length} bytes (Content-Length) from byte {start} "
@@ -548,16 +417,18 @@ def _receive(url, destination: Path, part: _PartialFile, config: DownloadConfig,
     progress = None
     for attempt in range(config.max_retries + 1):
         try:
-            remote = probe_remote(url, config)
+            remote = probe_remote(url, config.timeout_s)
             part.size_bytes, part.sha256 = _expected(url, remote, sha256, size_bytes)
             if progress is None:
                 _check_verifiable(url, part.sha256, config)
                 if same_file(verified_record(destination), part.expected):
                     return False
-                progress = Progress(destination.name, part.size_bytes, part.open(), config.show_progress)
+                progress = Progress(
+                    destination.name, part.size_bytes, part.open(config.show_progress), config.show_progress
+                )
             _transfer(remote, part, progress, config)
             break
-        except _TransientError as error:
+        except TransientError as error:
             if attempt == config.max_retries:
                 raise DownloadError(
                     f"{error}; gave up after {attempt + 1} attempts, {part.path} kept: run again to resume"

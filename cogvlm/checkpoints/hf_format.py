@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cogvlm.checkpoints.config_fields import (
+    DEFAULT_ROTARY_BASE,
     MAX_HEADS,
     MAX_IMAGE_PX,
     MAX_LAYERS,
@@ -20,16 +23,17 @@ from cogvlm.checkpoints.config_fields import (
     MAX_WIDTH,
     ConfigFields,
     assemble_config,
+    non_default_llm_options,
 )
 from cogvlm.checkpoints.json_files import read_json
-from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION, DEFAULT_ROTARY_BASE
+from cogvlm.checkpoints.sat_format import DEFAULT_CROSS_VISION
+from cogvlm.checkpoints.validation import check_shard_name, check_tensor_dict, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models.builders import ModelFamily, family_of_hf_architecture, model_family
 from cogvlm.models.config import (
     CogVLMConfig,
     CrossAttentionConfig,
     CrossVisionConfig,
-    TransformerConfig,
     VisionConfig,
 )
 from cogvlm.models.presets import eva_config
@@ -39,6 +43,7 @@ CONFIG_FILE = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 ROTARY_SAT_KEY = "mixins.rotary.rotary_emb.inv_freq"
+QUANT_SCALE_SUFFIX = ".weight_scale"
 ROTARY_HF_KEY = re.compile(r"model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq")
 
 # One literal table. {i}/{k}: layer numbers, {p}: weight or bias, {rest}: any sub-key (same on both sides).
@@ -124,6 +129,8 @@ _PLACEHOLDERS = {
     "{rest}": r"(?P<rest>.+)",
 }
 
+logger = logging.getLogger(__name__)
+
 
 def _compile(pattern: str) -> re.Pattern:
     regex = re.escape(pattern)
@@ -148,12 +155,17 @@ def _translate(key: str, table, direction: str) -> str:
 
 
 def sat_key_to_hf(key: str) -> str:
-    """The HF name of a SAT key (the rotary buffer is handled by `sat_state_dict_to_hf`)."""
+    """The HF name of a SAT key (the rotary buffer is handled by `sat_state_dict_to_hf`); a quantized
+    layer's `<weight>_scale` is named after its weight."""
+    if key.endswith(QUANT_SCALE_SUFFIX):
+        return sat_key_to_hf(key.removesuffix("_scale")) + "_scale"
     return _translate(key, _SAT_TO_HF, "HF")
 
 
 def hf_key_to_sat(key: str) -> str:
     """The SAT name of an HF key."""
+    if key.endswith(QUANT_SCALE_SUFFIX):
+        return hf_key_to_sat(key.removesuffix("_scale")) + "_scale"
     return _translate(key, _HF_TO_SAT, "SAT")
 
 
@@ -276,16 +288,6 @@ def _cross_to_hf(config: CogVLMConfig) -> dict:
     return raw
 
 
-def _llm_options_to_hf(llm: TransformerConfig) -> dict:
-    # Written only where they differ from LLaMA 2's, as the published CogVLM and CogAgent configs omit them.
-    raw = {}
-    if llm.num_key_value_heads != llm.num_attention_heads:
-        raw["num_multi_query_heads"] = llm.num_key_value_heads
-    if llm.rotary_base != DEFAULT_ROTARY_BASE:
-        raw["rope_theta"] = llm.rotary_base
-    return raw
-
-
 def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16) -> dict:
     """Translate a `CogVLMConfig` into an HF `config.json` dict with the published field names."""
     llm, vision = config.llm, config.vision
@@ -298,12 +300,11 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         "intermediate_size": llm.inner_hidden_size,
         "num_hidden_layers": llm.num_layers,
         "num_attention_heads": llm.num_attention_heads,
-        **_llm_options_to_hf(llm),
+        **non_default_llm_options(llm, "rope_theta"),
         "hidden_act": "silu",
         "max_position_embeddings": llm.max_sequence_length,
         "initializer_range": 0.02,
         "rms_norm_eps": llm.layernorm_epsilon,
-        "template_version": family.version_to_hf(config.text_processor_version),
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
@@ -326,6 +327,19 @@ def config_to_hf(config: CogVLMConfig, torch_dtype: torch.dtype = torch.bfloat16
         },
     }
     raw.update(_cross_to_hf(config))
+    template = family.version_to_hf(config.text_processor_version)
+    if template is not None:  # none recorded: omitted, so the HF port takes its own default, "chat"
+        raw["template_version"] = template
+        if family.version_from_hf(template) != config.text_processor_version:
+            logger.warning(
+                "the HF %s port has no template for prompt version %r: its template_version %r means %r "
+                "there (our loader keeps %r, recorded in sat_model_config)",
+                config.model_class,
+                config.text_processor_version,
+                template,
+                family.version_from_hf(template),
+                config.text_processor_version,
+            )
     return raw
 
 
@@ -337,7 +351,8 @@ def hf_weight_files(directory: Path) -> list[Path]:
             weight_map = read_json(index_path).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index_path}: has no 'weight_map' object")
-            files = [directory / name for name in sorted(set(weight_map.values()))]
+            names = {check_shard_name(value, key, index_path) for key, value in weight_map.items()}
+            files = [directory / name for name in sorted(names)]
             missing = [str(path) for path in files if not path.is_file()]
             if missing:
                 raise CheckpointError(f"{index_path}: lists shards that are missing: {missing}")
@@ -353,16 +368,16 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
+        if path.is_file() and zipfile.is_zipfile(path):
+            verify_zip_crcs(path)
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except CheckpointError:
+        raise
     except (SafetensorError, Exception) as error:
         raise CheckpointError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
-    if not isinstance(payload, dict) or not all(
-        isinstance(value, torch.Tensor) for value in payload.values()
-    ):
-        raise CheckpointError(f"{path}: expected a flat dict of tensors")
-    return payload
+    return check_tensor_dict(payload, str(path))
 
 
 def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from cogvlm.checkpoints import sat_format
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry
 from cogvlm.checkpoints.download import DownloadConfig, human_bytes, verified_record
 from cogvlm.checkpoints.resolve import DOWNLOAD_DIR, STAGING_INFIX, cached_hf_repo, staging_folders
+from cogvlm.embedded import EMBEDDED_NAME, EMBEDDED_SUMMARY, embedded_checkpoint
 
 REPLACED_INFIX = ".old-"  # `atomic_directory` moves a folder it replaces to `.<name>.old-<pid>` until done
 
@@ -115,7 +116,15 @@ def catalog_status(config: DownloadConfig) -> list[CatalogStatus]:
 
 def listing_as_dict(config: DownloadConfig) -> dict:
     """The listing as plain JSON-ready data."""
+    embedded = embedded_checkpoint()
     return {
+        "embedded": {
+            "name": EMBEDDED_NAME,
+            "path": str(embedded),
+            "format": "sat",
+            "size_bytes": _tree_size(embedded),
+            "description": f"the default when no model is named: {EMBEDDED_SUMMARY}",
+        },
         "sat_home": str(config.sat_home),
         "local": [
             {"name": c.name, "path": str(c.path), "format": c.format, "size_bytes": c.size_bytes}
@@ -156,7 +165,10 @@ def render_listing(config: DownloadConfig, as_json: bool = False) -> str:
             where = os.path.relpath(item["path"], data["sat_home"])
             size = human_bytes(item["size_bytes"])
             lines.append(f"  {where:<48} {item['kind']:<18} {size:>10}  {item['fate']}")
-    lines += ["", "Catalog (downloadable):"]
+    embedded = data["embedded"]
+    lines += ["", "Shipped inside the package:"]
+    lines.append(f"  {embedded['name']:<40} {'sat':<7} {human_bytes(embedded['size_bytes']):>10}")
+    lines += [f"  {embedded['description']}", "", "Catalog (downloadable):"]
     for item in data["catalog"]:
         where = "not downloaded" if item["local_path"] is None else f"downloaded: {item['local_path']}"
         lines.append(f"  {item['name']:<34} {item['format']:<3} {item['source']:<56} {where}")

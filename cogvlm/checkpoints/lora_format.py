@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from cogvlm.checkpoints.config_fields import MAX_LAYERS, MAX_WIDTH, ConfigFields
+from cogvlm.errors import CheckpointError
 from cogvlm.mixins.lora import DEFAULT_TARGETS, LoraConfig
 
 
@@ -33,24 +35,56 @@ def lora_config_to_sat(config: LoraConfig) -> dict:
     }
 
 
-def lora_config_from_sat(raw: Mapping, has_cross_attention: bool = False) -> LoraConfig | None:
+def lora_config_from_sat(
+    raw: Mapping, has_cross_attention: bool = False, source: str = "model_config.json"
+) -> LoraConfig | None:
     """The LoRA configuration recorded in a `model_config.json` dict, or None.
 
     Checkpoints written by the reference carry only `use_lora`, `lora_rank` and `layer_range`; their
     adapter is α = 1 on the language and EVA attention (and CogAgent's cross-attention), with the same
-    layer list applied to both towers.
+    layer list applied to both towers. A malformed field is a `CheckpointError` naming it.
     """
-    if "lora_args" in raw:
-        return LoraConfig.from_json(raw["lora_args"])
+    fields = ConfigFields(raw, source)
+    if fields.has("lora_args"):
+        return _lora_args(fields.section("lora_args"))
     if not raw.get("use_lora"):
         return None
-    layer_range = raw.get("layer_range")
-    layer_range = None if layer_range is None else tuple(layer_range)
+    layer_range = _layer_list(fields, "layer_range")
     targets = DEFAULT_TARGETS + (("cross_attention",) if has_cross_attention else ())
     return LoraConfig(
-        rank=int(raw.get("lora_rank", 10)),
+        rank=fields.integer("lora_rank", 10, maximum=MAX_WIDTH),
         alpha=1.0,
         targets=targets,
         layer_range=layer_range,
         vision_layer_range=layer_range,
     )
+
+
+def _layer_list(fields: ConfigFields, name: str) -> tuple[int, ...] | None:
+    value = fields.raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_LAYERS:
+        raise fields.error(name, f"must be a list of at most {MAX_LAYERS} layer numbers")
+    items = ConfigFields(dict(enumerate(value)), fields.source, fields._name(name))
+    return tuple(items.integer(index, minimum=0, maximum=MAX_LAYERS) for index in range(len(value)))
+
+
+def _lora_args(args: ConfigFields) -> LoraConfig:
+    # Types and ranges are checked here; LoraConfig checks the names of targets and fields.
+    checked = dict(args.raw)
+    checked["rank"] = args.integer("rank", 10, maximum=MAX_WIDTH)
+    for name, low, high in (("alpha", 1e-12, 1e12), ("dropout", 0.0, 0.999999)):
+        if args.has(name):
+            checked[name] = args.number(name, minimum=low, maximum=high)
+    for name in ("layer_range", "vision_layer_range"):
+        checked[name] = _layer_list(args, name)
+    if args.has("seed"):
+        checked["seed"] = args.integer("seed", minimum=0, maximum=2**63 - 1)
+    targets = checked.get("targets", list(DEFAULT_TARGETS))
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise args.error("targets", "must be a list of target names")
+    try:
+        return LoraConfig.from_json(checked)
+    except ValueError as error:
+        raise CheckpointError(f"{args.source}: lora_args: {error}") from None

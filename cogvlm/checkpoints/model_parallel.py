@@ -1,21 +1,49 @@
-"""Offline re-sharding of SAT checkpoints: split MP=1 into N ranks, merge N ranks back into one."""
+"""Offline re-sharding of SAT checkpoints: split MP=1 into N ranks, merge N ranks back into one.
+
+Reading the ranks and writing them show a progress bar on a terminal (`cogvlm.utils.progress`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from cogvlm.checkpoints.config_fields import MAX_MODEL_PARALLEL
 from cogvlm.checkpoints.sat_format import (
     config_from_sat,
     load_sat_weights,
     open_sat_checkpoint,
     save_sat_checkpoint,
 )
+from cogvlm.checkpoints.validation import check_parallel_layout
 from cogvlm.errors import CheckpointError
 from cogvlm.models.builders import build_model
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.parallel.sharding import ShardRule, collect_shard_rules, shard_state_dict, unshard_state_dicts
+from cogvlm.utils.progress import progress
+
+
+class RanksWithProgress(Sequence):
+    """Rank state dicts made on demand as they are written, with a bar over the ranks written."""
+
+    def __init__(self, make: Callable[[int], Mapping[str, torch.Tensor]], count: int, desc: str) -> None:
+        self._make, self._count, self._desc = make, count, desc
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, rank: int) -> Mapping[str, torch.Tensor]:
+        if not 0 <= rank < self._count:
+            raise IndexError(rank)
+        return self._make(rank)
+
+    def __iter__(self) -> Iterator[Mapping[str, torch.Tensor]]:
+        with progress(total=self._count, desc=self._desc, unit="rank") as bar:
+            for rank in range(self._count):
+                yield self._make(rank)
+                bar.update(1)
 
 
 def shard_rules_for(config: CogVLMConfig) -> dict[str, ShardRule]:
@@ -34,7 +62,8 @@ def expected_shard_shape(shape: tuple[int, ...], rule: ShardRule, size: int) -> 
 
 def _read_all(source: Path):
     checkpoint = open_sat_checkpoint(source)
-    shards = [load_sat_weights(path) for path in checkpoint.weight_files]
+    files = checkpoint.weight_files
+    shards = [load_sat_weights(path) for path in progress(files, desc="reading ranks", unit="rank")]
     config = config_from_sat(
         checkpoint.raw_config,
         source=str(source / "model_config.json"),
@@ -68,8 +97,9 @@ def check_shards(
                 )
 
 
-def merge_checkpoint(source: str | Path, target: str | Path) -> Path:
-    """Write the MP=1 checkpoint equivalent to the MP=N checkpoint at `source` (atomically)."""
+def merge_checkpoint(source: str | Path, target: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the MP=1 checkpoint equivalent to the MP=N checkpoint at `source` (atomically), its
+    floating-point weights cast to `dtype` when one is given."""
     source, target = Path(source), Path(target)
     checkpoint, config, shards = _read_all(source)
     rules = shard_rules_for(config)
@@ -88,15 +118,18 @@ def merge_checkpoint(source: str | Path, target: str | Path) -> Path:
     missing = sorted(set(whole_shapes) - set(merged))
     if missing:
         raise CheckpointError(f"{source}: missing keys {missing[:8]}")
-    return save_sat_checkpoint(target, config, [merged])
+    if dtype is not None:
+        merged = {key: t.to(dtype) if t.is_floating_point() else t for key, t in merged.items()}
+    return save_sat_checkpoint(target, config, RanksWithProgress(lambda _: merged, 1, "writing"))
 
 
 def split_checkpoint(source: str | Path, target: str | Path, model_parallel_size: int) -> Path:
     """Write `source` (any MP size) split into `model_parallel_size` ranks at `target` (atomically)."""
     source, target = Path(source), Path(target)
-    if model_parallel_size < 1:
-        raise ValueError(f"--mp must be >= 1, got {model_parallel_size}")
+    if isinstance(model_parallel_size, bool) or not 1 <= model_parallel_size <= MAX_MODEL_PARALLEL:
+        raise ValueError(f"--mp must be 1 to {MAX_MODEL_PARALLEL}, got {model_parallel_size}")
     checkpoint, config, shards = _read_all(source)
+    check_parallel_layout(config, model_parallel_size, str(source), "--mp")
     rules = shard_rules_for(config)
     check_shards(shards, rules, checkpoint.weight_files)
     whole = unshard_state_dicts(shards, rules) if len(shards) > 1 else shards[0]
@@ -109,5 +142,7 @@ def split_checkpoint(source: str | Path, target: str | Path, model_parallel_size
                 f"{source}: key {key} of shape {tuple(tensor.shape)} cannot be split into "
                 f"{model_parallel_size} ranks along dimension {rule.dim}"
             )
-    ranks = [shard_state_dict(whole, rules, rank, model_parallel_size) for rank in range(model_parallel_size)]
+    ranks = RanksWithProgress(
+        lambda rank: shard_state_dict(whole, rules, rank, model_parallel_size), model_parallel_size, "writing"
+    )
     return save_sat_checkpoint(target, config, ranks)

@@ -38,18 +38,51 @@ _NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 def resolve_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig | None = None) -> Path:
     """The local directory for a path, a catalog name or folder under $SAT_HOME, or an HF repo id."""
     config = config or DownloadConfig.from_environment()
+    text, local = _classify(name_or_path)
+    if local is not None:
+        return local
+    if _REPO_ID.fullmatch(text):
+        return fetch_hf_repo(text, config)
+    return fetch_named(text, config)
+
+
+def local_checkpoint(name_or_path: str | os.PathLike, config: DownloadConfig | None = None) -> Path | None:
+    """The directory `resolve_checkpoint` would return without fetching or extracting anything; None when
+    it would have to. Raises the errors `resolve_checkpoint` raises before any network access.
+
+    Lets a caller look beside a checkpoint (for its tokenizer) before any weight is downloaded or read.
+    """
+    config = config or DownloadConfig.from_environment()
+    text, local = _classify(name_or_path)
+    if local is not None:
+        return local
+    if _REPO_ID.fullmatch(text):
+        return _cached_snapshot(text, None, config)
+    own = config.sat_home / text
+    if own.is_dir():
+        return own
+    entry = _catalog_entry(text, own)
+    own = config.sat_home / entry.name
+    if own.is_dir():
+        return own
+    return cached_hf_repo(entry, config) if entry.format == "hf" else None
+
+
+def _classify(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
+    """The text of a `--from_pretrained` value and its directory when it names one already on disk.
+
+    Raises for a path that does not exist and for text that is no name or repo id.
+    """
     text = os.fspath(name_or_path)
     local = Path(text).expanduser()
     if local.is_dir():
-        return local
+        return text, local
     if text == EMBEDDED_NAME:
-        return embedded_checkpoint()
+        return text, embedded_checkpoint()
     if _looks_like_path(text):
         raise CheckpointError(f"{local}: no such checkpoint directory")
-    if _REPO_ID.fullmatch(text):
-        return fetch_hf_repo(text, config)
-    if _NAME.fullmatch(text):
-        return fetch_named(text, config)
+    if _REPO_ID.fullmatch(text) or _NAME.fullmatch(text):
+        return text, None
     raise CheckpointError(f"{text!r} is not a directory, a checkpoint name or a Hugging Face repo id")
 
 
@@ -58,17 +91,23 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.count("/") > 1 or text.endswith("/") or windows_separator
 
 
-def fetch_named(name: str, config: DownloadConfig) -> Path:
-    """`$SAT_HOME/<name>` if it exists, else the catalog entry of that name, downloaded if needed."""
-    own = config.sat_home / name
-    if own.is_dir():
-        return own
+def _catalog_entry(name: str, own: Path) -> CatalogEntry:
+    """The catalog entry of `name` (or of its alias), or an error naming the known ones."""
     entry = find_entry(name)
     if entry is None:
         known = ", ".join(sorted({e.name for e in CATALOG} | set(ALIASES)))
         raise CheckpointError(
             f"{name!r}: no directory {own} and no catalog entry of that name; known: {known}"
         )
+    return entry
+
+
+def fetch_named(name: str, config: DownloadConfig) -> Path:
+    """`$SAT_HOME/<name>` if it exists, else the catalog entry of that name, downloaded if needed."""
+    own = config.sat_home / name
+    if own.is_dir():
+        return own
+    entry = _catalog_entry(name, own)
     if entry.name != name:
         notify(config, f"{name}: resolved to the current version, {entry.name}")
     if entry.format == "hf":
@@ -127,7 +166,8 @@ def check_sat_directory(directory: Path) -> None:
     """
     checkpoint = sat_format.open_sat_checkpoint(directory)
     for path in checkpoint.weight_files:
-        sat_format.load_sat_weights(path)  # memory-mapped: reads the index, not the 35 GB
+        # Memory-mapped, reading the pickled index only: extraction has just checked every CRC.
+        sat_format.load_sat_weights(path, verify=False)
 
 
 def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
@@ -149,7 +189,9 @@ def fetch_sat_archive(entry: CatalogEntry, config: DownloadConfig) -> Path:
             return target
         remove_stale_staging(config, entry.name)
         if kept_archive.is_file():
-            extract_checkpoint_archive(kept_archive, target, entry.name, check=check_sat_directory)
+            extract_checkpoint_archive(
+                kept_archive, target, entry.name, check=check_sat_directory, progress=config.show_progress
+            )
             return target
         try:
             if config.is_offline:  # verified by the run that downloaded it, which stopped before extracting
@@ -186,7 +228,9 @@ def _extract_download(archive: Path, entry: CatalogEntry, config: DownloadConfig
     without downloading it again; an archive whose members are refused would be refused again, so it goes.
     """
     try:
-        extract_checkpoint_archive(archive, target, entry.name, check=check_sat_directory)
+        extract_checkpoint_archive(
+            archive, target, entry.name, check=check_sat_directory, progress=config.show_progress
+        )
     except ArchiveWriteError as error:
         raise ArchiveWriteError(
             f"{error}; the verified archive is kept for the next run: {archive}"
@@ -238,11 +282,13 @@ def fetch_hf_repo(repo_id: str, config: DownloadConfig, revision: str | None = N
 
 def cached_hf_repo(entry: CatalogEntry, config: DownloadConfig) -> Path | None:
     """Where the HF cache holds an HF entry's snapshot, or None (also when huggingface_hub is absent)."""
+    return _cached_snapshot(entry.repo_id, entry.revision, config)
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, config: DownloadConfig) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(
-        entry.repo_id, "config.json", cache_dir=config.hf_cache_dir, revision=entry.revision
-    )
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=config.hf_cache_dir, revision=revision)
     return Path(found).parent if isinstance(found, str) else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cogvlm.checkpoints.config_fields import (
+    DEFAULT_ROTARY_BASE,
     MAX_HEADS,
     MAX_IMAGE_PX,
     MAX_LAYERS,
@@ -24,8 +26,10 @@ from cogvlm.checkpoints.config_fields import (
     ConfigFields,
     assemble_config,
     image_size,
+    non_default_llm_options,
 )
 from cogvlm.checkpoints.json_files import read_json
+from cogvlm.checkpoints.validation import check_parallel_layout, check_tensor_dict, verify_zip_crcs
 from cogvlm.errors import CheckpointError, ConfigError
 from cogvlm.models import mixin_names
 from cogvlm.models.builders import model_family
@@ -33,7 +37,6 @@ from cogvlm.models.config import (
     CogVLMConfig,
     CrossAttentionConfig,
     CrossVisionConfig,
-    TransformerConfig,
     VisionConfig,
 )
 from cogvlm.models.presets import eva_config
@@ -47,7 +50,7 @@ _CROSS_PREFIX = mixin_names.prefix(mixin_names.CROSS_VISION) + "vit.model."
 _CROSS_SIZE_FIELDS = ("width", "num_blocks", "head_width", "patch_size", "in_channels", "head_out_features")
 _CROSS_NUMBER_FIELDS = ("mlp_ratio", "pretrain_grid", "layernorm_epsilon")
 _CROSS_VISION_FIELDS = _CROSS_SIZE_FIELDS + _CROSS_NUMBER_FIELDS
-DEFAULT_ROTARY_BASE = 10000.0
+_MAX_LATEST_BYTES = 32
 _KNOWN_KEYS = {
     "model_class",
     "tokenizer_type",
@@ -139,28 +142,33 @@ def _cross_vision_args_from_sat(fields: ConfigFields) -> dict:
 def _cross_vision_from_shapes(
     image_px: int, state_shapes: Mapping[str, tuple[int, ...]]
 ) -> CrossVisionConfig:
-    def shape(name: str) -> tuple[int, ...]:
-        if _CROSS_PREFIX + name not in state_shapes:
+    def shape(name: str, dims: int) -> tuple[int, ...]:
+        key = _CROSS_PREFIX + name
+        found = state_shapes.get(key)
+        if found is None or len(found) != dims or not all(found):
+            problem = (
+                "is missing" if found is None else f"has shape {tuple(found)}, expected {dims} sizes > 0"
+            )
             raise CheckpointError(
-                f"cannot infer CogAgent's cross vision tower: key {_CROSS_PREFIX + name} is missing "
+                f"cannot infer CogAgent's cross vision tower: key {key} {problem} "
                 "(add cross_vision_args to model_config.json)"
             )
-        return state_shapes[_CROSS_PREFIX + name]
+        return found
 
     block_pattern = re.compile(re.escape(_CROSS_PREFIX) + r"blocks\.(\d+)\.")
     blocks = {int(m.group(1)) for key in state_shapes if (m := block_pattern.match(key))}
-    width = shape("cls_token")[-1]
-    mlp_hidden = shape("blocks.0.mlp.w1.weight")[0]
-    _, in_channels, patch_size, _ = shape("patch_embed.proj.weight")
+    width = shape("cls_token", 3)[-1]
+    mlp_hidden = shape("blocks.0.mlp.w1.weight", 2)[0]
+    _, in_channels, patch_size, _ = shape("patch_embed.proj.weight", 4)
     return CrossVisionConfig(
         image_px=image_px,
         width=width,
         num_blocks=len(blocks),
-        head_width=shape("rope.freqs_cos")[-1],
+        head_width=shape("rope.freqs_cos", 2)[-1],
         patch_size=patch_size,
         in_channels=in_channels,
         mlp_ratio=2.6667 if int(width * 2.6667) == mlp_hidden else mlp_hidden / width,
-        head_out_features=shape("head.weight")[0],
+        head_out_features=shape("head.weight", 2)[0],
     )
 
 
@@ -207,7 +215,7 @@ def config_from_sat(
         model_family(model_class)
     except ValueError as error:
         raise CheckpointError(f"{source}: {error}") from None
-    fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
+    model_parallel_size = fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
     llm_sizes = _llm_sizes_from_sat(fields)
     vision = _eva_from_sat(fields.section("eva_args"))
     cross_vision, cross_attention = _cross_from_sat(fields, state_shapes, llm_sizes["layers"])
@@ -216,7 +224,7 @@ def config_from_sat(
         raise CheckpointError(
             f"{source}: image_length {image_length} != {vision.num_patches} patches of the eva image size"
         )
-    return assemble_config(
+    config = assemble_config(
         fields,
         model_class=model_class,
         llm_sizes=llm_sizes,
@@ -226,6 +234,8 @@ def config_from_sat(
         text_processor_version=fields.string("text_processor_version", None),
         extra={key: value for key, value in raw.items() if key not in _KNOWN_KEYS},
     )
+    check_parallel_layout(config, model_parallel_size, source, "model_parallel_size")
+    return config
 
 
 def _eva_to_sat(config: CogVLMConfig, model_parallel_size: int) -> dict:
@@ -279,16 +289,6 @@ def _cross_vision_to_sat(config: CogVLMConfig) -> dict:
     return raw
 
 
-def _llm_options_to_sat(llm: TransformerConfig) -> dict:
-    # Written only where they differ from LLaMA 2's, so CogVLM and CogAgent configs stay as SAT writes them.
-    raw = {}
-    if llm.num_key_value_heads != llm.num_attention_heads:
-        raw["num_multi_query_heads"] = llm.num_key_value_heads
-    if llm.rotary_base != DEFAULT_ROTARY_BASE:
-        raw["rotary_base"] = llm.rotary_base
-    return raw
-
-
 def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
     """Translate a `CogVLMConfig` into SAT's `model_config.json` dict (inverse of `config_from_sat`)."""
     llm = config.llm
@@ -306,7 +306,7 @@ def config_to_sat(config: CogVLMConfig, model_parallel_size: int = 1) -> dict:
     )
     raw.update(_cross_attention_to_sat(config))
     raw.update(use_bias=False, inner_hidden_size=llm.inner_hidden_size)
-    raw.update(_llm_options_to_sat(llm))
+    raw.update(non_default_llm_options(llm, "rotary_base"))
     raw["image_length"] = config.image_length
     raw.update(_cross_vision_to_sat(config))
     raw["eva_args"] = _eva_to_sat(config, model_parallel_size)
@@ -322,18 +322,32 @@ def read_latest(directory: Path) -> str:
     path = directory / LATEST_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a SAT checkpoint directory needs a 'latest' file")
-    text = path.read_text().strip()
-    if not (text.isdigit() or text == "release"):
+    with open(path, "rb") as handle:  # a few bytes: `latest` may be anything, even a link to /dev/zero
+        text = handle.read(_MAX_LATEST_BYTES + 1).decode(errors="replace").strip()
+    if len(text) > _MAX_LATEST_BYTES or not (text.isascii() and text.isdigit() or text == "release"):
         raise CheckpointError(f"{path}: contains {text!r}, expected an iteration number or 'release'")
     return text
 
 
-def open_sat_checkpoint(directory: str | Path) -> SatCheckpoint:
-    """Read a SAT checkpoint directory's config and locate every rank's weight file."""
+def iteration_folder(directory: Path, iteration: int | str | None) -> Path:
+    """The sub-folder of `iteration` (None: the one `latest` names); a missing one names those there are."""
+    if iteration is None:
+        return directory / read_latest(directory)
+    folder = directory / str(iteration)
+    if not folder.is_dir():
+        saved = sorted((p.name for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+        raise CheckpointError(f"{directory}: no iteration {iteration}; saved iterations: {saved or 'none'}")
+    return folder
+
+
+def open_sat_checkpoint(directory: str | Path, iteration: int | str | None = None) -> SatCheckpoint:
+    """Read a SAT checkpoint directory's config and locate every rank's weight file, in the folder of
+    `iteration` (default: the one `latest` names)."""
     directory = Path(directory)
     raw = read_json(directory / MODEL_CONFIG_FILE)
-    size = int(raw.get("model_parallel_size", 1))
-    folder = directory / read_latest(directory)
+    fields = ConfigFields(raw, str(directory / MODEL_CONFIG_FILE))
+    size = fields.integer("model_parallel_size", 1, maximum=MAX_MODEL_PARALLEL)
+    folder = iteration_folder(directory, iteration)
     files = tuple(folder / f"mp_rank_{rank:02d}_model_states.pt" for rank in range(size))
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
@@ -343,8 +357,14 @@ def open_sat_checkpoint(directory: str | Path) -> SatCheckpoint:
     return SatCheckpoint(directory=directory, raw_config=raw, model_parallel_size=size, weight_files=files)
 
 
-def load_sat_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Load one `mp_rank_XX_model_states.pt` (no code is executed) and return its `module` dict."""
+def load_sat_weights(path: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Load one `mp_rank_XX_model_states.pt` (no code is executed) and return its `module` dict.
+
+    With `verify`, every member's CRC-32 is checked first (one streamed read of the file), so damaged
+    tensor bytes are an error rather than weights; skip it only for a file whose CRCs were just checked.
+    """
+    if verify and path.is_file() and zipfile.is_zipfile(path):
+        verify_zip_crcs(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
@@ -355,11 +375,7 @@ def load_sat_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if not isinstance(payload, dict) or "module" not in payload:
         raise CheckpointError(f"{path}: expected a dict with the weights under 'module'")
-    module = payload["module"]
-    bad = [key for key, value in module.items() if not isinstance(value, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
-    return dict(module)
+    return check_tensor_dict(payload["module"], f"{path}: 'module'")
 
 
 def save_sat_checkpoint(

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from cogvlm.cli.caption import add_caption_parser
 from cogvlm.cli.chat import add_bench_parser, add_chat_parser, run_bench, run_chat
 from cogvlm.cli.checkpoints import (
     add_convert_parser,
@@ -27,6 +28,7 @@ from cogvlm.cli.common import DTYPES, add_download_arguments, add_model_argument
 from cogvlm.cli.finetune import add_finetune_parser, finetune_config_from_args, run_finetune_command
 from cogvlm.cli.serving import add_serve_parser, add_web_parser, run_serve, run_web
 from cogvlm.cli.synthetic import (
+    add_dialogue_data_parser,
     add_eval_synthetic_parser,
     add_init_model_parser,
     add_mix_data_parser,
@@ -50,6 +52,7 @@ from cogvlm.errors import CogVLMError
 # One entry per subcommand; each adds its parser and sets `handler`.
 SUBCOMMANDS = (
     add_chat_parser,
+    add_caption_parser,
     add_download_parser,
     add_list_parser,
     add_convert_parser,
@@ -65,6 +68,7 @@ SUBCOMMANDS = (
     add_split_data_parser,
     add_synth_data_parser,
     add_mix_data_parser,
+    add_dialogue_data_parser,
     add_init_model_parser,
     add_eval_synthetic_parser,
 )
@@ -100,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cogvlm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback, with the shell's exit status for SIGINT
+        if args.debug:
+            raise
+        print(file=sys.stderr)
+        return 130
 
 
 __all__ = [

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cogvlm.cli.common import DECODE_STEPS, QUANT_BITS, add_model_arguments, download_config, flag_dtype
 from cogvlm.embedded import EMBEDDED_NAME
-from cogvlm.errors import CogVLMError
+from cogvlm.errors import CogVLMError, ConfigError
+
+
+def _query(args: argparse.Namespace) -> str | None:
+    """--query, or the empty one the reference's --no_prompt asks an --image with; --english is checked."""
+    if args.english and args.chinese:
+        raise ConfigError("--english and --chinese are mutually exclusive")
+    if not args.no_prompt or args.query is not None:
+        return args.query
+    if args.image is None:
+        print("cogvlm chat: note: --no_prompt applies to an --image given here; ignored", file=sys.stderr)
+        return None
+    return ""
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -30,6 +43,7 @@ def run_chat(args: argparse.Namespace) -> int:
         checkpoint=args.from_pretrained,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         dtype=flag_dtype(args),
         device=args.device,
         download=download_config(args),
@@ -39,7 +53,7 @@ def run_chat(args: argparse.Namespace) -> int:
         stream=args.stream_chat,
         chinese=args.chinese,
         image=args.image,
-        query=args.query,
+        query=_query(args),
         grounding_dir=args.grounding_dir,
     )
     return chat.run_chat(config)
@@ -49,7 +63,11 @@ def add_chat_parser(commands) -> None:
     """`cogvlm chat`: the reference CLI's flags and defaults."""
     chat = commands.add_parser("chat", help="chat about images (interactive), or answer one --query")
     add_model_arguments(chat, default_checkpoint=EMBEDDED_NAME)
-    chat.add_argument("--image", default=None, help="one-shot mode: image path or URL ('' for text only)")
+    chat.add_argument(
+        "--image",
+        default=None,
+        help="image path or URL: with --query one-shot ('' for text only), else chat about it",
+    )
     chat.add_argument("--query", default=None, help="one-shot mode: the question (prints the answer)")
     # Sampling and length flags default to the checkpoint's generation defaults (`cogvlm.inference.settings`):
     # the reference CLI's greedy settings unless the checkpoint ships a generation_config.json.
@@ -85,7 +103,17 @@ def add_chat_parser(commands) -> None:
         "cuda_graph: replay each decoding step as one CUDA graph (GPU only)",
     )
     chat.add_argument("--chinese", action="store_true", help="Chinese prompts")
-    chat.add_argument("--grounding_dir", default=None, help="where images with drawn boxes go (default: tmp)")
+    chat.add_argument("--english", action="store_true", help="English prompts (the default)")
+    chat.add_argument(
+        "--no_prompt",
+        action="store_true",
+        help="with --image and no --query: answer the image alone (an empty query), as the reference's demo",
+    )
+    chat.add_argument(
+        "--grounding_dir",
+        default=None,
+        help="keep each image with drawn boxes in this folder (default: one file per session in tmp)",
+    )
     chat.set_defaults(handler=run_chat)
 
 

@@ -11,6 +11,7 @@ from cogvlm.errors import CogVLMError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT_VERSIONS = ["base", "chat", "chat_old", "vqa"]
+PROMPT_STYLES = ["sat", "hf"]  # text_processors.prompts.PROMPT_STYLES
 DECODE_STEPS = ["eager", "compiled", "static", "cuda_graph"]  # decode_step.DECODE_STEP_KINDS
 QUANT_BITS = [4, 8]
 
@@ -71,10 +72,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     )
     parser.add_argument(
         "--local_tokenizer",
+        "--tokenizer",
+        dest="local_tokenizer",
         default=None,
-        help="tokenizer.model file, its directory, or an HF repo id in the local cache",
+        help="tokenizer.model file, its directory, or an HF repo id (fetched into the HF cache if missing); "
+        "default: the checkpoint's own, else lmsys/vicuna-7b-v1.5",
     )
     parser.add_argument("--version", default=None, choices=PROMPT_VERSIONS, help="prompt format")
+    parser.add_argument(
+        "--prompt_style",
+        default="sat",
+        choices=PROMPT_STYLES,
+        help="sat (default): prompts as the SAT code writes them; hf: as the HF port's remote code does "
+        "(CogAgent vqa/chat_old keep a literal <EOI>, CogVLM vqa keeps the history)",
+    )
     parser.add_argument("--bf16", action="store_true", help="run in bfloat16")
     parser.add_argument("--fp16", action="store_true", help="run in float16")
     parser.add_argument(
@@ -89,15 +100,39 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     add_download_arguments(parser)
 
 
-def load_session(args: argparse.Namespace, dtype: torch.dtype | None):
-    """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`."""
+def load_session(
+    args: argparse.Namespace,
+    dtype: torch.dtype | None,
+    quant_bits: int | None = None,
+    quant_group_size: int | None = None,
+    runtime=None,
+):
+    """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`, quantized to
+    `quant_bits` if given. Under a tensor-parallel `runtime` (`cogvlm.launch.distributed`) this rank loads
+    its shard on its own device (cuda:LOCAL_RANK for `--device auto`)."""
     from cogvlm.api import load
+    from cogvlm.parallel.groups import NO_PARALLEL
 
+    device = runtime.device if runtime is not None and args.device == "auto" else flag_device(args)
     return load(
         args.from_pretrained,
         dtype=dtype,
-        device=flag_device(args),
+        device=device,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         download=download_config(args),
+        tp=NO_PARALLEL if runtime is None else runtime.tp,
+        quant_bits=quant_bits,
+        quant_group_size=quant_group_size,
     )
+
+
+def announce_embedded(args: argparse.Namespace) -> None:
+    """One line on stderr when an interactive front-end starts with the embedded toy model."""
+    import sys
+
+    from cogvlm.embedded import EMBEDDED_NOTICE, is_embedded
+
+    if is_embedded(args.from_pretrained):
+        print(EMBEDDED_NOTICE, file=sys.stderr, flush=True)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from cogvlm.cli.common import PROMPT_VERSIONS, QUANT_BITS, chosen_precision
+from cogvlm.cli.reference_flags import (
+    add_reference_finetune_flags,
+    finetune_reference_settings,
+    inert_notes,
+    print_notes,
+)
 from cogvlm.errors import CogVLMError
 
 
@@ -57,12 +64,12 @@ def _lora_config(args: argparse.Namespace):
     )
 
 
-def _quantization(args: argparse.Namespace) -> dict | None:
-    if args.quant is None:
-        if args.quant_group_size is not None:
+def _quantization(bits: int | None, group_size: int | None) -> dict | None:
+    if bits is None:
+        if group_size is not None:
             raise CogVLMError("--quant_group_size needs --quant 4 or --quant 8")
         return None
-    return {"bits": args.quant, "group_size": args.quant_group_size}
+    return {"bits": bits, "group_size": group_size}
 
 
 def finetune_config_from_args(args: argparse.Namespace):
@@ -74,6 +81,7 @@ def finetune_config_from_args(args: argparse.Namespace):
         settings_from_deepspeed_json,
     )
 
+    reference = finetune_reference_settings(args)
     base = {}
     if args.deepspeed_config:
         base = settings_from_deepspeed_json(read_deepspeed_json(args.deepspeed_config), args.deepspeed_config)
@@ -81,18 +89,20 @@ def finetune_config_from_args(args: argparse.Namespace):
     settings.update(
         from_pretrained=args.from_pretrained,
         local_tokenizer=args.local_tokenizer,
-        save_dir=args.save,
+        save_dir=reference["save_dir"],
         train_iters=args.train_iters,
         data=dict(
             train_path=args.train_data,
             valid_path=args.valid_data,
+            test_path=reference["test_path"],
             prompt=args.prompt,
             version=args.version,
             max_length=args.max_length,
             num_workers=args.num_workers,
+            allow_outside_data=args.allow_outside_data,
         ),
         lora=_lora_config(args),
-        quantization=_quantization(args),
+        quantization=_quantization(reference["quant"], args.quant_group_size),
         trainable=dict(
             full=args.full,
             train_patterns=tuple(args.train_params),
@@ -109,11 +119,14 @@ def finetune_config_from_args(args: argparse.Namespace):
         save_interval=args.save_interval,
         eval_interval=args.eval_interval,
         eval_iters=args.eval_iters,
+        eval_batch_size=reference["eval_batch_size"],
+        strict_eval=reference["strict_eval"],
         max_new_tokens=args.max_new_tokens,
         log_interval=args.log_interval,
         resume=not args.no_resume,
         progress_bar=not args.no_progress_bar,
         device=args.device,
+        distributed_backend=reference["distributed_backend"],
     )
     return build_finetune_config(settings)
 
@@ -127,9 +140,16 @@ def run_finetune_command(args: argparse.Namespace) -> int:
     from cogvlm.train.loop import run_finetune
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = run_finetune(finetune_config_from_args(args))
-    if is_rank_zero() and result.final_evaluation is not None:
-        print(json.dumps({"final_evaluation": result.final_evaluation.to_json()}))
+    config = finetune_config_from_args(args)
+    print_notes(inert_notes(args, "finetune"))
+    result = run_finetune(config)
+    if is_rank_zero():
+        evaluations = {"final_evaluation": result.final_evaluation, "test_evaluation": result.test_evaluation}
+        for name, evaluation in evaluations.items():
+            if evaluation is not None:
+                print(json.dumps({name: evaluation.to_json()}))
+        if result.plot is not None:
+            print(f"loss/accuracy plot: {result.plot}", file=sys.stderr)
     return 0
 
 
@@ -148,6 +168,11 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--version", default=None, choices=PROMPT_VERSIONS)
     group.add_argument("--max_length", type=int, default=1288, help="longest sample; longer ones are skipped")
     group.add_argument("--num_workers", type=int, default=0, help="data loader worker processes")
+    group.add_argument(
+        "--allow_outside_data",
+        action="store_true",
+        help="accept images outside the data folder (JSONL paths, symbolic links); refused by default",
+    )
 
 
 def _add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
@@ -223,7 +248,11 @@ def add_finetune_parser(commands) -> None:
     parser = commands.add_parser("finetune", help="fine-tune on DeepSpeed (LoRA or full)")
     parser.add_argument("--from_pretrained", required=True, help="base checkpoint directory (SAT or HF)")
     parser.add_argument(
-        "--local_tokenizer", default=None, help="tokenizer.model, its folder, or an HF repo id"
+        "--local_tokenizer",
+        "--tokenizer",
+        dest="local_tokenizer",
+        default=None,
+        help="tokenizer.model, its folder, or an HF repo id (fetched into the HF cache if missing)",
     )
     parser.add_argument("--save", required=True, help="run directory: checkpoints, logs; resumed if present")
     _add_data_flags(parser)
@@ -231,7 +260,13 @@ def add_finetune_parser(commands) -> None:
     _add_adapter_flags(parser)
     group = parser.add_argument_group("run")
     group.add_argument(
-        "--tp_size", type=int, default=1, help="tensor-parallel size (world = tp x data parallel)"
+        "--tp_size",
+        "--model-parallel-size",
+        "--model_parallel_size",
+        dest="tp_size",
+        type=int,
+        default=1,
+        help="tensor-parallel size (world = tp x data parallel)",
     )
     group.add_argument(
         "--nproc", type=int, default=1, help="processes on this machine: re-run this command under torchrun"
@@ -250,4 +285,5 @@ def add_finetune_parser(commands) -> None:
     group.add_argument("--no_resume", action="store_true", help="start over even if --save has a checkpoint")
     group.add_argument("--no_progress_bar", action="store_true")
     group.add_argument("--device", default=None, help="cpu or cuda[:n] (default: this rank's GPU, else cpu)")
+    add_reference_finetune_flags(parser)
     parser.set_defaults(handler=run_finetune_command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cogvlm.cli.common import add_model_arguments, flag_dtype, load_session
+from cogvlm.cli.common import QUANT_BITS, add_model_arguments, announce_embedded, flag_dtype, load_session
 from cogvlm.embedded import EMBEDDED_NAME
 
 
@@ -14,12 +14,30 @@ def add_address_arguments(parser: argparse.ArgumentParser, default_port: int) ->
     parser.add_argument("--port", type=int, default=default_port)
 
 
+def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
+    """--quant and --quant_group_size, as `cogvlm chat` has them."""
+    parser.add_argument("--quant", type=int, choices=QUANT_BITS, default=None, help="weight-only int4/int8")
+    parser.add_argument(
+        "--quant_group_size", type=int, default=None, help="int4/int8 group size (default: per row)"
+    )
+
+
+def load_on_every_rank(args: argparse.Namespace):
+    """(runtime, session): under torchrun every rank joins the job and loads its shard of the model."""
+    from cogvlm.launch.distributed import init_parallel_runtime
+
+    runtime = init_parallel_runtime()
+    session = load_session(args, flag_dtype(args), args.quant, args.quant_group_size, runtime)
+    return runtime, session
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the model over an OpenAI-compatible HTTP API."""
     import os
 
     from cogvlm.frontends.server.config import ServerConfig
     from cogvlm.frontends.server.run import serve
+    from cogvlm.launch.distributed import shutdown
 
     config = ServerConfig(
         host=args.host,
@@ -39,7 +57,12 @@ def run_serve(args: argparse.Namespace) -> int:
         remote_image_timeout_s=args.remote_image_timeout,
         compiled_decode=args.compile,
     )
-    serve(load_session(args, flag_dtype(args)), config)
+    announce_embedded(args)
+    runtime, session = load_on_every_rank(args)
+    try:
+        serve(session, config, runtime)
+    finally:
+        shutdown(runtime)
     return 0
 
 
@@ -48,6 +71,7 @@ def add_serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="OpenAI-compatible chat-completions server")
     add_model_arguments(serve, default_checkpoint=EMBEDDED_NAME)
     add_address_arguments(serve, default_port=8000)
+    add_quant_arguments(serve)
     serve.add_argument("--model-id", default=None, help="model name reported by /v1/models")
     serve.add_argument(
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set COGVLM_API_KEY)"
@@ -60,7 +84,9 @@ def add_serve_parser(commands) -> None:
     )
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; beyond this: HTTP 429")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
-    serve.add_argument("--default-max-tokens", type=int, default=512)
+    serve.add_argument(
+        "--default-max-tokens", type=int, default=None, help="default: the model's (as chat and web)"
+    )
     serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     serve.add_argument(
         "--max-request-bytes", type=int, default=32 << 20, help="largest request body (HTTP 413)"
@@ -89,12 +115,21 @@ def add_serve_parser(commands) -> None:
 def run_web(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo."""
     from cogvlm.frontends import web
+    from cogvlm.launch.distributed import shutdown
 
-    session = load_session(args, flag_dtype(args))
     config = web.WebConfig(
-        host=args.host, port=args.port, max_length=args.max_length, max_queue=args.max_queue
+        host=args.host,
+        port=args.port,
+        max_length=args.max_length,
+        max_active=args.max_active,
+        max_queue=args.max_queue,
     )
-    web.run_web(session, config)
+    announce_embedded(args)
+    runtime, session = load_on_every_rank(args)
+    try:
+        web.run_web(session, config, runtime)
+    finally:
+        shutdown(runtime)
     return 0
 
 
@@ -103,6 +138,8 @@ def add_web_parser(commands) -> None:
     web = commands.add_parser("web", help="Gradio web demo")
     add_model_arguments(web, default_checkpoint=EMBEDDED_NAME)
     add_address_arguments(web, default_port=7860)
+    add_quant_arguments(web)
+    web.add_argument("--max-active", type=int, default=4, help="answers decoded together (one batch)")
     web.add_argument(
         "--max_length", type=int, default=None, help="total tokens per answer (default: the model's context)"
     )

@@ -58,9 +58,11 @@ def run_mix_data(args: argparse.Namespace) -> int:
 
     from cogvlm.errors import CogVLMError
     from cogvlm.train.synthetic import mix_tasks
+    from cogvlm.train.synthetic_dialogue import dialogue_extras
 
     try:
-        output, counts = mix_tasks(args.data, _task_weights(args.weight), args.output, args.seed)
+        extra = dialogue_extras(args.data, args.unanswerable, args.multi_turn, args.seed)
+        output, counts = mix_tasks(args.data, _task_weights(args.weight), args.output, args.seed, extra)
     except ValueError as error:
         raise CogVLMError(str(error)) from None
     print(json.dumps({"output": str(output), "samples": counts}))
@@ -74,7 +76,32 @@ def add_mix_data_parser(commands) -> None:
     mix.add_argument("--output", required=True, help="JSONL file to write")
     mix.add_argument("--weight", action="append", default=[], help="TASK=NUMBER (repeatable; default 1)")
     mix.add_argument("--seed", type=int, default=0)
+    mix.add_argument(
+        "--unanswerable", type=int, default=0, help="add this many off-topic questions with the honest reply"
+    )
+    mix.add_argument("--multi_turn", type=int, default=0, help="add this many questions after earlier turns")
     mix.set_defaults(handler=run_mix_data)
+
+
+def run_dialogue_data(args: argparse.Namespace) -> int:
+    """Write a scoring set of off-topic and multi-turn questions about a synthetic dataset's images."""
+    from cogvlm.train.synthetic_dialogue import write_dialogue_set
+
+    print(write_dialogue_set(args.data, args.output, args.unanswerable, args.multi_turn, args.seed))
+    return 0
+
+
+def add_dialogue_data_parser(commands) -> None:
+    """`cogvlm dialogue-data`."""
+    dialogue = commands.add_parser(
+        "dialogue-data", help="a test set of off-topic and multi-turn questions (eval-synthetic scores it)"
+    )
+    dialogue.add_argument("data", help="dataset written by `cogvlm synth-data` (its images are used)")
+    dialogue.add_argument("--output", required=True, help="directory to write tasks.jsonl into")
+    dialogue.add_argument("--unanswerable", type=int, default=300)
+    dialogue.add_argument("--multi_turn", type=int, default=300)
+    dialogue.add_argument("--seed", type=int, required=True)
+    dialogue.set_defaults(handler=run_dialogue_data)
 
 
 def run_init_model(args: argparse.Namespace) -> int:
@@ -110,7 +137,7 @@ def run_eval_synthetic(args: argparse.Namespace) -> int:
 
     from cogvlm.train.synthetic_eval import evaluate, session_answerer
 
-    session = load_session(args, dtype=flag_dtype(args))
+    session = load_session(args, dtype=flag_dtype(args), quant_bits=args.quant)
     answer = session_answerer(session, args.max_new_tokens)
     scores = evaluate(answer, args.data, session.config.vision.image_px, per_task=args.per_task)
     report = {
@@ -128,4 +155,5 @@ def add_eval_synthetic_parser(commands) -> None:
     evaluate.add_argument("--data", required=True, help="dataset written by `cogvlm synth-data`")
     evaluate.add_argument("--per_task", type=int, default=None, help="at most this many samples per task")
     evaluate.add_argument("--max_new_tokens", type=int, default=32)
+    evaluate.add_argument("--quant", type=int, choices=(4, 8), default=None, help="int4/int8 weights")
     evaluate.set_defaults(handler=run_eval_synthetic)

@@ -11,15 +11,18 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cogvlm.checkpoints.loading import reset_computed_buffers
 from cogvlm.checkpoints.sat_format import config_from_sat
+from cogvlm.embedded import embedded_checkpoint, example_image
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, iterate_batch, new_kv_cache
@@ -30,7 +33,8 @@ from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.models.context import ForwardContext
 from cogvlm.models.presets import preset
-from cogvlm.nn.quantized import decode_linears, quantize_, weight_bytes
+from cogvlm.nn.quantized import VISION_TOWER_PREFIXES, decode_linears, quantize_, weight_bytes
+from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.text_processors import build_inference_inputs, build_prompt, load_tokenizer
 
 BENCH_CONFIGS_FILE = Path(__file__).with_name("bench_configs.json")
@@ -80,14 +84,22 @@ class BenchConfig:
             raise ValueError(f"new_tokens must be >= 2 to time decoding, got {self.new_tokens}")
 
 
+def _embedded_assets() -> dict[str, Path]:
+    return {"tokenizer.model": embedded_checkpoint() / "tokenizer.model", "test_image.png": example_image()}
+
+
 def default_asset(name: str) -> Path:
-    """A golden-set file (the protocol's image, tokenizer): from `$COGVLM_GOLDEN`, else ../shared/golden."""
-    candidates = [Path(os.environ[GOLDEN_ENV])] if os.environ.get(GOLDEN_ENV) else []
-    candidates += [Path("../shared/golden"), Path(__file__).resolve().parents[3] / "shared" / "golden"]
+    """A golden-set file (the protocol's image, tokenizer): from `$COGVLM_GOLDEN` when set, else from
+    ../shared/golden; without a golden set, the embedded model's tokenizer or example image instead
+    (the figures then differ a little from the reference's: other prompt tokens, another picture)."""
+    if os.environ.get(GOLDEN_ENV):
+        candidates = [Path(os.environ[GOLDEN_ENV])]
+    else:
+        candidates = [Path("../shared/golden"), Path(__file__).resolve().parents[3] / "shared" / "golden"]
     for directory in candidates:
         if (directory / name).is_file():
             return directory / name
-    return candidates[0] / name
+    return _embedded_assets().get(name, candidates[0] / name)
 
 
 def _reference_configs() -> dict:
@@ -200,6 +212,57 @@ def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> flo
         return _median_ms(lambda: [one_step() for _ in range(steps)], device, 1) / steps
 
 
+_LinearWork = tuple[nn.Module, int]  # a linear and the number of tokens it multiplies
+
+
+def _prefill_linear_tokens(
+    model: VisionLanguageModel, request: GenerationRequest
+) -> list[tuple[nn.Module, int]]:
+    """Each linear of the LLM's prompt pass with the number of tokens it multiplies.
+
+    Text weights take the text tokens, vision experts the image tokens (boi included), cross-attention's
+    query and output every token, its key/value the cross tower's patches (once per image), and the head
+    the last position.
+    """
+    mask = request.text.vision_expert_mask
+    image_tokens = int(mask.sum())
+    counts = {"text": mask.numel() - image_tokens, "vision": image_tokens, "all": mask.numel()}
+    if model.config.has_cross_vision:
+        counts["cross"] = model.mixins[mixin_names.CROSS_VISION].pos_embed.shape[0]
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, ColumnParallelLinear | RowParallelLinear) or name.startswith(
+            VISION_TOWER_PREFIXES
+        ):
+            continue
+        if "vision" in name:
+            found.append((module, counts["vision"]))
+        elif name.endswith("cross_attention.key_value"):
+            found.append((module, counts["cross"]))
+        elif name.endswith("lm_head"):
+            found.append((module, 1))  # the prompt's logits: the last position only
+        elif ".cross_attention." in name:
+            found.append((module, counts["all"]))
+        else:
+            found.append((module, counts["text"]))
+    return found
+
+
+def _time_prefill_linears(model: VisionLanguageModel, request: GenerationRequest, device, dtype) -> float:
+    """ms of the prompt pass's linears, each called alone on random rows: the prefill's floor."""
+    work = _prefill_linear_tokens(model, request)
+    shapes = {(tokens, module.in_features) for module, tokens in work}
+    inputs = {shape: torch.randn(1, *shape, device=device, dtype=dtype) for shape in shapes}
+
+    def one_pass():
+        for module, tokens in work:
+            module(inputs[tokens, module.in_features])
+
+    with torch.inference_mode():
+        one_pass()
+        return _median_ms(one_pass, device, 3)
+
+
 def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, rows: int):
     tokenizer = load_tokenizer(str(config.tokenizer))
     prompt = build_prompt(protocol["version"], protocol["query"], protocol["history"])
@@ -278,12 +341,20 @@ class _Prepared:
     batch: list[GenerationRequest]
 
 
+def _progress(message: str, started: float) -> None:
+    """A line on stderr per long step (full-size configs take minutes); stdout holds only the JSON."""
+    print(f"bench: {message} ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+
+
 def _prepare(config: BenchConfig) -> _Prepared:
     """Build (and quantize) the model, and warm it up on one and on `batch_size` rows."""
+    started = time.perf_counter()
     protocol = _reference_configs()["protocol"]
     model = build_random_model(config.name, config.device, DTYPES[config.dtype])
+    _progress(f"built {config.name} with random weights", started)
     if config.quant_bits is not None:
         quantize_(model, config.quant_bits)
+        _progress(f"quantized to int{config.quant_bits}", started)
     prepared = _Prepared(
         config,
         model,
@@ -294,6 +365,7 @@ def _prepare(config: BenchConfig) -> _Prepared:
     # Warm-ups: allocator, and with decode_step="compiled" the compilation of each batch size's step.
     _time_generation(model, prepared.single, prepared.generation, torch.device(config.device))
     _time_generation(model, prepared.batch, prepared.generation, torch.device(config.device))
+    _progress("warmed up", started)
     return prepared
 
 
@@ -309,6 +381,7 @@ def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
         "decode_over_bare_linears": decode_ms / floor_ms,
         "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, 1),
         "prefill_ms": _time_prefill(model, request, device, 1),
+        "prefill_linears_ms": _time_prefill_linears(model, request, device, DTYPES[prepared.config.dtype]),
         "batch_decode_ms": _time_generation(model, prepared.batch, prepared.generation, device)[1],
     }
 
@@ -318,6 +391,8 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
     config, model, device = prepared.config, prepared.model, torch.device(prepared.config.device)
     figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
     batch_ms = figures.pop("batch_decode_ms")
+    # The first token's floor: the towers (measured as they run) plus the prompt's bare linears.
+    first_token_floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
     result = {
         "config": config.name,
         "model_class": model.config.model_class,
@@ -328,9 +403,12 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
         "decode_step": config.decode_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weight_bytes": weight_bytes(model),
+        "image": str(config.image),
+        "tokenizer": str(config.tokenizer),
         "prefill_tokens": prepared.single[0].text.seq_len,
         "new_tokens": config.new_tokens,
         **figures,
+        "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / first_token_floor,
         "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
         "batch_size": config.batch_size,
         "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,
@@ -347,7 +425,11 @@ def run_bench(config: BenchConfig) -> dict:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     prepared = _prepare(config)
-    return _result(prepared, [_measure_repeat(prepared) for _ in range(config.repeats)])
+    started, repeats = time.perf_counter(), []
+    for index in range(config.repeats):
+        repeats.append(_measure_repeat(prepared))
+        _progress(f"repeat {index + 1}/{config.repeats}", started)
+    return _result(prepared, repeats)
 
 
 def run_quant_comparison(config: BenchConfig) -> dict:
@@ -361,9 +443,11 @@ def run_quant_comparison(config: BenchConfig) -> dict:
         torch.set_num_threads(config.threads)
     prepared = [_prepare(replace(config, quant_bits=bits)) for bits in COMPARED_QUANT_BITS]
     repeats = [[] for _ in prepared]
-    for _ in range(config.repeats):
+    started = time.perf_counter()
+    for index in range(config.repeats):
         for runs, model in zip(repeats, prepared, strict=True):
             runs.append(_measure_repeat(model))
+        _progress(f"repeat {index + 1}/{config.repeats}", started)
     results = [_result(model, runs) for model, runs in zip(prepared, repeats, strict=True)]
     labels = [config.dtype if bits is None else f"int{bits}" for bits in COMPARED_QUANT_BITS]
     comparison = {

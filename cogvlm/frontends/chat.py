@@ -1,8 +1,9 @@
 """`cogvlm chat`: the reference CLI's interactive loop about an image, and a one-shot mode for scripts.
 
-Interactive: ask for an image path (empty: text-only chat; `stop`: quit), then for queries; `clear` starts
-a new conversation (back to the image prompt), `stop` quits. A missing or unreadable image, or a prompt
-over the context length, prints a message and the session goes on.
+Interactive: ask for an image path (empty: text-only chat; `stop`: quit; `--image` alone answers the first
+one), then for queries; `clear` starts a new conversation (back to the image prompt), `stop` or Ctrl-C at a
+prompt quits. A missing or unreadable image, a prompt over the context length, a query that is not valid
+UTF-8, or Ctrl-C during an answer (which stops that answer) prints a message and the session goes on.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ import torch
 
 from cogvlm.api import CogVLM, ImageInputs, load
 from cogvlm.checkpoints.download import DownloadConfig
-from cogvlm.errors import ImageError, PromptTooLongError
-from cogvlm.frontends.grounding_output import draw_grounding
+from cogvlm.embedded import EMBEDDED_NOTICE, is_embedded
+from cogvlm.errors import CogVLMError, ImageError, PromptTooLongError
+from cogvlm.frontends.grounding_output import SESSION_FILE_NOTE, GroundingOutput
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.settings import GenerationSettings
 from cogvlm.launch.distributed import broadcast_reader, init_parallel_runtime, shutdown
 
 TOO_LONG_MESSAGE = "The prompt exceeds the context length limit, please try again."
+NOT_UTF8_MESSAGE = "Error: the query is not valid UTF-8 text (undecodable bytes); please type it again."
+STOPPED_MESSAGE = "[answer stopped; it is not kept in the conversation]"
 URL_TIMEOUT_S = 10
+MAX_URL_IMAGE_BYTES = 20 << 20  # what `cogvlm serve` accepts for one image, too
+_CHUNK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class ChatConfig:
     checkpoint: str
     local_tokenizer: str | None = None
     version: str | None = None
+    prompt_style: str = "sat"  # or "hf": the HF port's prompt texts
     dtype: torch.dtype | None = None
     device: str = "auto"  # cuda:LOCAL_RANK when available, else cpu
     download: DownloadConfig | None = None
@@ -55,22 +62,37 @@ class ChatConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # over the model's defaults
     stream: bool = False
     chinese: bool = False
-    image: str | None = None  # one-shot mode: with `query`
+    image: str | None = None  # with `query`: one-shot; alone: the first image of an interactive session
     query: str | None = None
-    grounding_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.image is not None and self.query is None:
-            raise ValueError("--image needs --query (without both, chat is interactive)")
+    grounding_dir: str | None = None  # None: one file per session in the temporary directory
+    max_url_image_bytes: int = MAX_URL_IMAGE_BYTES
 
 
-def read_image(source: str) -> bytes | str:
-    """A local path as given, or the bytes behind an http(s) URL (10 s timeout, as the reference)."""
+def has_surrogates(text: str) -> bool:
+    """Whether `text` holds lone surrogates (undecodable input bytes kept by `surrogateescape`)."""
+    return any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def read_image(source: str, max_bytes: int = MAX_URL_IMAGE_BYTES) -> bytes | str:
+    """A local path as given, or the bytes behind an http(s) URL (10 s timeout, as the reference).
+
+    The body is read in chunks and refused past `max_bytes` (announced or received), so a huge or endless
+    response cannot fill the memory.
+    """
     if not source.startswith(("http://", "https://")):
         return source
+    too_large = f"image {source}: the response is larger than {max_bytes} bytes; refused"
     try:
         with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)
-            return response.read()
+            announced = response.headers.get("Content-Length", "")
+            if announced.isdigit() and int(announced) > max_bytes:
+                raise ImageError(too_large)
+            body = bytearray()
+            while chunk := response.read(_CHUNK_BYTES):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ImageError(too_large)
+            return bytes(body)
     except OSError as error:
         raise ImageError(f"image {source}: cannot download it ({error})") from None
 
@@ -93,6 +115,7 @@ class ChatLoop:
         self.output = output
         self.read_line = read_line
         self.prompts = CHINESE_PROMPTS if config.chinese else Prompts()
+        self.grounding = GroundingOutput(config.grounding_dir)
 
     def say(self, text: str, end: str = "\n") -> None:
         """Print to the loop's output at once."""
@@ -100,9 +123,11 @@ class ChatLoop:
         self.output.flush()
 
     def run(self) -> int:
-        """Conversations until `stop` or end of input."""
+        """Conversations until `stop`, Ctrl-C at a prompt or end of input; `config.image` starts the first."""
+        first = self.config.image
         while True:
-            source = self._ask(self.prompts.image)
+            source = first if first is not None else self._ask(self.prompts.image)
+            first = None
             if source is None or source == "stop":
                 return 0
             try:
@@ -114,16 +139,20 @@ class ChatLoop:
                 return 0
 
     def _ask(self, prompt: str) -> str | None:
-        try:
-            return self.read_line(prompt).strip()
-        except EOFError:
-            self.say("")
-            return None
+        """A stripped line; None at end of input or Ctrl-C (the session ends cleanly)."""
+        while True:
+            try:
+                return self.read_line(prompt).strip()
+            except (EOFError, KeyboardInterrupt):
+                self.say("")
+                return None
+            except UnicodeDecodeError:  # a stdin that was not set to `surrogateescape`
+                self.say(NOT_UTF8_MESSAGE)
 
     def _open_image(self, source: str) -> tuple[ImageInputs, str | bytes] | None:
         if not source:
             return None
-        raw = read_image(source)
+        raw = read_image(source, self.config.max_url_image_bytes)
         return self.session.process_image(raw), raw
 
     def _converse(self, image: tuple[ImageInputs, str | bytes] | None, source: str) -> str:
@@ -134,10 +163,17 @@ class ChatLoop:
                 return "stop"
             if query == "clear":
                 return "clear"
+            if has_surrogates(query):
+                self.say(NOT_UTF8_MESSAGE)
+                continue
             try:
                 response = self.answer(None if image is None else image[0], query, history)
             except PromptTooLongError:
                 self.say(TOO_LONG_MESSAGE)
+                continue
+            except KeyboardInterrupt:
+                self.say("")
+                self.say(STOPPED_MESSAGE)
                 continue
             history.append((query, response))
             if image is not None:
@@ -161,13 +197,18 @@ class ChatLoop:
         """Save and name a copy of the image with the reply's boxes, if it has any (first rank only)."""
         if not self.is_first_rank:
             return
-        path = draw_grounding(image, response, self.config.grounding_dir)
+        first_session_file = self.grounding.output_dir is None and self.grounding.session_file is None
+        path = self.grounding.write(image, response)
         if path is not None:
             self.say(f"Boxes drawn on a copy of the image: {path}")
+            if first_session_file:
+                self.say(SESSION_FILE_NOTE)
 
     def answer_once(self, image_source: str | None, query: str) -> int:
         """One-shot mode: print the answer to `query` about `image_source` (empty or None: text only)."""
-        raw = read_image(image_source) if image_source else None
+        if has_surrogates(query):
+            raise CogVLMError("--query is not valid UTF-8 text (it has undecodable bytes)")
+        raw = read_image(image_source, self.config.max_url_image_bytes) if image_source else None
         image = None if raw is None else self.session.process_image(raw)
         if self.config.stream:
             stream = self.session.stream_chat(image, query, (), self.generation)
@@ -196,6 +237,7 @@ def run_chat(config: ChatConfig, output: TextIO = sys.stdout, read_line: Callabl
         device=runtime.device if config.device == "auto" else config.device,
         local_tokenizer=config.local_tokenizer,
         version=config.version,
+        prompt_style=config.prompt_style,
         download=config.download,
         tp=runtime.tp,
         quant_bits=config.quant_bits,
@@ -203,11 +245,18 @@ def run_chat(config: ChatConfig, output: TextIO = sys.stdout, read_line: Callabl
     )
     if not runtime.is_first_rank:
         output = io.StringIO()
+    elif config.query is None and is_embedded(config.checkpoint):
+        print(EMBEDDED_NOTICE, file=sys.stderr)
+    if read_line is input and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # undecodable bytes get a message, not a crash
     loop = ChatLoop(session, config, output, broadcast_reader(read_line, runtime), runtime.is_first_rank)
     try:
         if config.query is None:
             return loop.run()
         return loop.answer_once(config.image, config.query)
+    except KeyboardInterrupt:  # one-shot mode: no traceback
+        output.write("\n")
+        return 130
     finally:
         shutdown(runtime)
 

@@ -6,6 +6,7 @@ forged image markers are turned into a clear error or a well-formed turn."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cogvlm.frontends.text_checks import UserTextError, check_user_text
@@ -16,6 +17,7 @@ MAX_HISTORY_TURNS = 64
 # done before the context check (Gradio's API accepts text of any length).
 MAX_TEXT_CHARS = 100_000
 SLIDERS = {"temperature": (0.0, 1.0), "top_p": (0.0, 1.0), "top_k": (1, 100)}
+Ranges = Mapping[str, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,13 @@ def history_pairs(messages: object, greeting: str) -> tuple[tuple[str, str], ...
     return tuple(pairs[-MAX_HISTORY_TURNS:])
 
 
-def _slider(name: str, value: object) -> float:
-    low, high = SLIDERS[name]
+def slider_ranges(start: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """The sliders' ranges, widened to hold their `start` values (a model's defaults may lie outside)."""
+    return {name: (min(low, start[name]), max(high, start[name])) for name, (low, high) in SLIDERS.items()}
+
+
+def _slider(name: str, value: object, ranges: Ranges) -> float:
+    low, high = ranges[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise UserTextError(f"{name} must be a finite number, got {value!r}")
     if not low <= value <= high:
@@ -78,12 +85,15 @@ def _check_text(text: str, where: str) -> None:
     check_user_text(text, where)
 
 
-def parse_web_turn(text: str, messages: object, greeting: str, **sliders: object) -> WebTurn:
-    """Check a non-empty query, the chat so far and the sliders (temperature, top_p, top_k)."""
+def parse_web_turn(
+    text: str, messages: object, greeting: str, ranges: Ranges = SLIDERS, **sliders: object
+) -> WebTurn:
+    """Check a non-empty query, the chat so far and the sliders (temperature, top_p, top_k) against
+    their `ranges`."""
     _check_text(text, "the question")
     history = history_pairs(messages, greeting)
     for index, (query, reply) in enumerate(history):
         _check_text(query, f"question {index + 1} of the chat")
         _check_text(reply, f"answer {index + 1} of the chat")
-    values = {name: _slider(name, sliders[name]) for name in SLIDERS}
+    values = {name: _slider(name, sliders[name], ranges) for name in SLIDERS}
     return WebTurn(text, history, float(values["temperature"]), float(values["top_p"]), int(values["top_k"]))

@@ -25,6 +25,15 @@ def _per_layer(count: int, build) -> nn.ModuleList:
     return nn.ModuleList(build() for _ in range(count))
 
 
+def _copy_linear(target: nn.Module, source: nn.Module) -> None:
+    """Copy `source`'s weight into `target`; a quantized pair (a quantized streaming load) copies its
+    integers and scales, which is what quantizing the copied float weight would give."""
+    target.weight.copy_(source.weight)
+    if hasattr(source, "weight_scale"):
+        target.weight_scale.copy_(source.weight_scale)
+        target.select_kernel()
+
+
 class VisionExpertMLP(GatedMLP):
     """The SwiGLU MLP with a second set of weights (`vision_*`) for image tokens."""
 
@@ -61,9 +70,9 @@ class VisionExpertMLP(GatedMLP):
     def init_from_base(self, model: nn.Module) -> None:
         """Copy the language MLP weights into the vision expert."""
         for index, layer in enumerate(model.transformer.layers):
-            self.vision_dense_h_to_4h_list[index].weight.copy_(layer.mlp.dense_h_to_4h.weight)
-            self.vision_dense_4h_to_h_list[index].weight.copy_(layer.mlp.dense_4h_to_h.weight)
-            self.vision_gate_proj[index].weight.copy_(self.gate_proj[index].weight)
+            _copy_linear(self.vision_dense_h_to_4h_list[index], layer.mlp.dense_h_to_4h)
+            _copy_linear(self.vision_dense_4h_to_h_list[index], layer.mlp.dense_4h_to_h)
+            _copy_linear(self.vision_gate_proj[index], self.gate_proj[index])
 
 
 class VisionExpertAttention(Rotary):
@@ -102,5 +111,5 @@ class VisionExpertAttention(Rotary):
     def init_from_base(self, model: nn.Module) -> None:
         """Copy the language attention projections into the vision expert."""
         for index, layer in enumerate(model.transformer.layers):
-            self.vision_query_key_value_list[index].weight.copy_(layer.attention.query_key_value.weight)
-            self.vision_dense_list[index].weight.copy_(layer.attention.dense.weight)
+            _copy_linear(self.vision_query_key_value_list[index], layer.attention.query_key_value)
+            _copy_linear(self.vision_dense_list[index], layer.attention.dense)

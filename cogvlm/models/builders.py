@@ -18,13 +18,15 @@ class ModelFamily:
     """One architecture: its SAT `model_class`, its recipe, and what the HF port calls it.
 
     `hf_template_versions` maps the HF port's `template_version` names to our prompt versions where the
-    two differ (HF CogVLM's "chat" is SAT's Question/Answer format, `chat_old`).
+    two differ (HF CogVLM's "chat" is SAT's Question/Answer format, `chat_old`); `hf_prompts` names the HF
+    port whose prompt texts `--prompt_style hf` follows (`text_processors.prompts.build_hf_prompt`).
     """
 
     model_class: str
     build: Callable[[CogVLMConfig, TensorParallel], VisionLanguageModel]
     hf_architecture: str
     hf_template_versions: Mapping[str, str] = field(default_factory=dict)
+    hf_prompts: str = "cogvlm"
 
     def version_from_hf(self, template: str | None) -> str | None:
         """Our prompt version for the HF port's `template_version`."""
@@ -40,7 +42,7 @@ FAMILIES: dict[str, ModelFamily] = {
     family.model_class: family
     for family in (
         ModelFamily("CogVLMModel", build_cogvlm, "CogVLMForCausalLM", {"chat": "chat_old"}),
-        ModelFamily("CogAgentModel", build_cogagent, "CogAgentForCausalLM"),
+        ModelFamily("CogAgentModel", build_cogagent, "CogAgentForCausalLM", hf_prompts="cogagent"),
     )
 }
 

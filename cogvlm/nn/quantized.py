@@ -29,7 +29,8 @@ from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import REPLICATED
 
 SUPPORTED_BITS = (4, 8)
-_VISION_TOWERS = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
+QUANTIZE_ROWS = 1024  # rows quantized at once: bounds the float32 temporaries of a large weight
+VISION_TOWER_PREFIXES = (mixin_names.prefix(mixin_names.IMAGE), mixin_names.prefix(mixin_names.CROSS_VISION))
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,9 @@ class QuantizedProjection:
 
     def select_kernel(self) -> None:
         """Probe torch's fused kernels for this layer's weight (again after its buffers were reloaded)."""
+        if self.weight.device.type == "meta":
+            self.fused_kernel = None
+            return
         self.fused_kernel = select_fused_kernel(
             self.weight, self.integers(), self.weight_scale, self.bits, self.group_size
         )
@@ -149,16 +153,7 @@ class QuantizedRowParallelLinear(QuantizedProjection, RowParallelLinear):
     """A `RowParallelLinear` whose weight is int8 or packed int4 with scales."""
 
 
-def _reduced_absmax(module: RowParallelLinear) -> torch.Tensor:
-    """Per-output-channel absmax over the whole (unsharded) row: the same scale on every rank."""
-    absmax = module.weight.detach().float().abs().amax(dim=1, keepdim=True)  # [out, 1]
-    dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=module.tp.group)
-    return absmax
-
-
-def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.Module:
-    is_row = isinstance(module, RowParallelLinear)
-    target_class = QuantizedRowParallelLinear if is_row else QuantizedColumnParallelLinear
+def _check_quantizable(module: nn.Module, bits: int, group_size: int | None) -> None:
     local_in = module.weight.shape[1]
     if group_size and local_in % group_size:
         raise ValueError(
@@ -166,16 +161,55 @@ def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.
         )
     if bits == 4 and local_in % 2:
         raise ValueError(f"int4 packing needs an even number of input features, got {local_in}")
-    absmax = _reduced_absmax(module) if is_row and module.tp.is_parallel and not group_size else None
-    integers, scale = quantize_weight(module.weight.detach(), bits, group_size, absmax)
+
+
+def quantize_for(
+    layer: nn.Module, weight: torch.Tensor, reduce_device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layer`'s stored weight (int8, or packed int4) and scales (in `weight`'s dtype) for this rank's
+    float `weight` [local out, local in]. A row-parallel per-row scale takes its absmax over the whole row:
+    reduced over `layer.tp`'s group, on `reduce_device` (default `weight`'s device; NCCL wants CUDA)."""
+    bits, group_size = layer.bits, layer.group_size
+    chunks = weight.detach().split(QUANTIZE_ROWS)
+    absmax = None
+    if isinstance(layer, RowParallelLinear) and layer.tp.is_parallel and not group_size:
+        absmax = torch.cat([chunk.float().abs().amax(dim=1, keepdim=True) for chunk in chunks])  # [out, 1]
+        reduced = absmax.to(reduce_device or weight.device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=layer.tp.group)
+        absmax = reduced.to(weight.device)
+    out_features, in_features = weight.shape
+    stored = torch.empty(
+        out_features,
+        in_features // 2 if bits == 4 else in_features,
+        dtype=torch.uint8 if bits == 4 else torch.int8,
+        device=weight.device,
+    )
+    scale_shape = (out_features, in_features // group_size) if group_size else (out_features,)
+    scale = torch.empty(scale_shape, dtype=weight.dtype, device=weight.device)
+    start = 0
+    for chunk in chunks:  # every step is row-wise, so chunks of rows give the whole tensor's result
+        rows = slice(start, start + chunk.shape[0])
+        integers, chunk_scale = quantize_weight(
+            chunk, bits, group_size, None if absmax is None else absmax[rows]
+        )
+        stored[rows] = pack_int4(integers) if bits == 4 else integers
+        scale[rows] = chunk_scale
+        start = rows.stop
+    return stored, scale
+
+
+def _quantized_layer(module: nn.Module, bits: int, group_size: int | None, stored, scale) -> nn.Module:
+    """The quantized twin of a column- or row-parallel `module` holding `stored` and `scale`."""
+    is_row = isinstance(module, RowParallelLinear)
+    target_class = QuantizedRowParallelLinear if is_row else QuantizedColumnParallelLinear
     quantized = target_class.__new__(target_class)
     nn.Module.__init__(quantized)
     for name in ("in_features", "out_features", "tp", "gather_output", "final_bias"):
         if hasattr(module, name):
             setattr(quantized, name, getattr(module, name))
     quantized.bits, quantized.group_size = bits, group_size
-    quantized.register_buffer("weight", pack_int4(integers) if bits == 4 else integers)
-    quantized.register_buffer("weight_scale", scale.to(module.weight.dtype))
+    quantized.register_buffer("weight", stored)
+    quantized.register_buffer("weight_scale", scale)
     quantized.bias = module.bias
     weight_rule = module.shard_rules["weight"]
     scale_rule = weight_rule if (group_size or not is_row) else REPLICATED
@@ -188,6 +222,28 @@ def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.
     # A kernel's copy of the weight is derived, not state: loading new integers re-derives it.
     quantized.register_load_state_dict_post_hook(_reselect_kernel)
     return quantized
+
+
+def _quantized_copy(module: nn.Module, bits: int, group_size: int | None) -> nn.Module:
+    _check_quantizable(module, bits, group_size)
+    shell = _quantized_shell(module, bits, group_size)
+    stored, scale = quantize_for(shell, module.weight.detach())
+    return _quantized_layer(module, bits, group_size, stored, scale)
+
+
+def _quantized_shell(module: nn.Module, bits: int, group_size: int | None) -> nn.Module:
+    """The quantized twin of `module` with empty meta buffers of the right shapes and dtypes."""
+    _check_quantizable(module, bits, group_size)
+    out_features, local_in = module.weight.shape
+    stored = torch.empty(
+        out_features,
+        local_in // 2 if bits == 4 else local_in,
+        dtype=torch.uint8 if bits == 4 else torch.int8,
+        device="meta",
+    )
+    scale_shape = (out_features, local_in // group_size) if group_size else (out_features,)
+    scale = torch.empty(scale_shape, dtype=module.weight.dtype, device="meta")
+    return _quantized_layer(module, bits, group_size, stored, scale)
 
 
 def _reselect_kernel(layer: QuantizedProjection, _incompatible_keys) -> None:
@@ -228,6 +284,28 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, QuantizedProjection)
 
 
+def _parallel_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, ColumnParallelLinear | RowParallelLinear)
+        and not isinstance(module, QuantizedProjection)
+    ]
+
+
+def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, layer)
+
+
+def _check_settings(bits: int, group_size: int | None) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"quantization bits must be one of {SUPPORTED_BITS}, got {bits}")
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size}")
+
+
 def quantize_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
     """Replace every column- and row-parallel linear of `model` by its int8 / int4 version, in place.
 
@@ -235,21 +313,19 @@ def quantize_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.
     tower; plain `nn.Linear`s (GLU adapter, CogAgent's cross tower), embeddings and norms stay as they are.
     Apply after loading and after sharding, and before adding a LoRA adapter (QLoRA).
     """
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"quantization bits must be one of {SUPPORTED_BITS}, got {bits}")
-    if group_size is not None and group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size}")
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, ColumnParallelLinear | RowParallelLinear)
-        and not isinstance(module, QuantizedProjection)
-    ]
+    _check_settings(bits, group_size)
     with torch.no_grad():
-        for name, module in targets:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, _quantized_copy(module, bits, group_size))
+        for name, module in _parallel_linears(model):
+            _replace(model, name, _quantized_copy(module, bits, group_size))
+    return model
+
+
+def quantize_shells_(model: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
+    """Like `quantize_`, on a model built on the meta device: each parallel linear becomes its quantized
+    twin with empty meta integers and scales, for a streaming load to fill (no float weight is kept)."""
+    _check_settings(bits, group_size)
+    for name, module in _parallel_linears(model):
+        _replace(model, name, _quantized_shell(module, bits, group_size))
     return model
 
 
@@ -259,9 +335,7 @@ def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module
     targets = [(name, module) for name, module in model.named_modules() if is_quantized(module)]
     with torch.no_grad():
         for name, module in targets:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, dequantized_copy(module, dtype))
+            _replace(model, name, dequantized_copy(module, dtype))
     return model
 
 
@@ -281,7 +355,7 @@ def decode_linears(model: nn.Module) -> list[nn.Module]:
     for name, module in model.named_modules():
         if not isinstance(module, ColumnParallelLinear | RowParallelLinear):
             continue
-        if name.startswith(_VISION_TOWERS) or "vision" in name:
+        if name.startswith(VISION_TOWER_PREFIXES) or "vision" in name:
             continue
         if name.endswith("cross_attention.key_value"):
             continue
@@ -290,6 +364,7 @@ def decode_linears(model: nn.Module) -> list[nn.Module]:
 
 
 __all__ = [
+    "VISION_TOWER_PREFIXES",
     "QuantConfig",
     "QuantizedColumnParallelLinear",
     "QuantizedRowParallelLinear",
@@ -300,6 +375,8 @@ __all__ = [
     "is_quantized",
     "pack_int4",
     "quantize_",
+    "quantize_for",
+    "quantize_shells_",
     "quantize_weight",
     "set_fused_kernels",
     "unpack_int4",

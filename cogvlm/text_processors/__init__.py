@@ -1,15 +1,25 @@
 """Tokenizer, prompt templates, and inference / training token inputs with image slots."""
 
 from cogvlm.text_processors.image_slots import position_ids_from_rope_mask
-from cogvlm.text_processors.inference import TextInputs, build_inference_inputs
+from cogvlm.text_processors.inference import (
+    TextInputs,
+    build_hf_inference_inputs,
+    build_inference_inputs,
+    build_turn_inputs,
+)
 from cogvlm.text_processors.prompts import (
     IMAGE_MARKER,
+    PROMPT_STYLES,
     PROMPT_VERSIONS,
+    PromptFormat,
+    PromptStyle,
     PromptVersion,
     build_hf_prompt,
     build_prompt,
+    check_style,
     check_version,
     extract_response,
+    hf_template_for_version,
     response_separator,
     sat_version_for_hf_template,
 )
@@ -19,19 +29,26 @@ from cogvlm.text_processors.training import SampleTooLong, TrainingInputs, build
 
 __all__ = [
     "IMAGE_MARKER",
+    "PROMPT_STYLES",
     "PROMPT_VERSIONS",
     "IncrementalDecoder",
     "LlamaTokenizer",
+    "PromptFormat",
+    "PromptStyle",
     "PromptVersion",
     "SampleTooLong",
     "TextInputs",
     "TrainingInputs",
+    "build_hf_inference_inputs",
     "build_hf_prompt",
     "build_inference_inputs",
     "build_prompt",
     "build_training_inputs",
+    "build_turn_inputs",
+    "check_style",
     "check_version",
     "extract_response",
+    "hf_template_for_version",
     "load_tokenizer",
     "position_ids_from_rope_mask",
     "resolve_tokenizer_path",

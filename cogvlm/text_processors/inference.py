@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cogvlm.text_processors.image_slots import (
+    MARKER_ID,
     TextEncoder,
     check_image_length,
     encode_with_markers,
@@ -14,8 +15,15 @@ from cogvlm.text_processors.image_slots import (
     image_masks,
     position_ids_from_rope_mask,
 )
+from cogvlm.text_processors.prompts import History, PromptFormat
 
-__all__ = ["TextInputs", "build_inference_inputs", "position_ids_from_rope_mask"]
+__all__ = [
+    "TextInputs",
+    "build_hf_inference_inputs",
+    "build_inference_inputs",
+    "build_turn_inputs",
+    "position_ids_from_rope_mask",
+]
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,40 @@ def build_inference_inputs(tokenizer: TextEncoder, prompt: str, image_length: in
     unlike the official processor it is not re-wrapped in a template, so build it with `build_prompt`.
     """
     check_image_length(image_length)
-    ids, eoi_positions = expand_markers(
-        [tokenizer.bos_id, *encode_with_markers(tokenizer, prompt)], image_length
-    )
+    return _inputs([tokenizer.bos_id, *encode_with_markers(tokenizer, prompt)], image_length)
+
+
+def build_hf_inference_inputs(
+    tokenizer: TextEncoder, text: str, image_length: int, has_image: bool = True
+) -> TextInputs:
+    """Token ids and masks as the HF remote code builds them: [BOS] + image slots + ids(text).
+
+    `text` (from `build_hf_prompt`) is encoded whole, so a `<EOI>` in it is text, as HF encodes it. The
+    slots (HF fills them with the pad id, here 0: their embeddings are replaced either way) and the masks
+    are those of SAT's prompt with its marker at the start, so where the texts agree the ids do too.
+    """
+    check_image_length(image_length)
+    slots = [MARKER_ID] if has_image else []
+    return _inputs([tokenizer.bos_id, *slots, *tokenizer.encode(text)], image_length)
+
+
+def build_turn_inputs(
+    tokenizer: TextEncoder,
+    prompt_format: PromptFormat,
+    query: str,
+    history: History,
+    image_length: int,
+    has_image: bool = True,
+) -> TextInputs:
+    """The inputs of one turn (`query` after `history`) in `prompt_format`'s version and style."""
+    text = prompt_format.text(query, history, has_image)
+    if prompt_format.style == "hf":
+        return build_hf_inference_inputs(tokenizer, text, image_length, has_image)
+    return build_inference_inputs(tokenizer, text, image_length)
+
+
+def _inputs(marked_ids: list[int], image_length: int) -> TextInputs:
+    ids, eoi_positions = expand_markers(marked_ids, image_length)
     masks = image_masks(len(ids), eoi_positions, image_length)
     rope = torch.tensor([masks.image_rope_mask], dtype=torch.bool)  # [1, seq]
     return TextInputs(

@@ -2,11 +2,13 @@
 
 `<EOI>` marks where the image goes; it is always at the start. A history is a sequence of
 `(query, response)` pairs, oldest first. `base` and `vqa` ignore the history, as the official code does.
+The HF port's remote code writes some of them differently (`build_hf_prompt`); `PromptFormat` picks either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
 IMAGE_MARKER = "<EOI>"
@@ -84,33 +86,89 @@ def extract_response(decoded_text: str, version: str) -> str:
 
 
 HfModelFamily = Literal["cogvlm", "cogagent"]
+PromptStyle = Literal["sat", "hf"]
+PROMPT_STYLES: tuple[PromptStyle, ...] = get_args(PromptStyle)
+_HF_KEEPS_MARKER = ("vqa", "chat_old")  # HF CogAgent templates whose text still starts with `<EOI>`
+# HF CogVLM's template_version -> the SAT version it follows; it has none for SAT's [INST] "chat".
+_HF_COGVLM_TEMPLATES: dict[str, PromptVersion] = {"base": "base", "chat": "chat_old", "vqa": "vqa"}
 
 
 def sat_version_for_hf_template(family: HfModelFamily, template_version: str) -> PromptVersion:
-    """The SAT prompt version whose text equals a Hugging Face `template_version` of that model family.
+    """The SAT prompt version whose template a Hugging Face `template_version` of that family follows.
 
-    HF CogAgent uses the SAT names and texts (without `<EOI>`; its image tokens follow BOS). HF CogVLM
-    renames them: its "chat" is the Question/Answer format, SAT `chat_old`; "base" and "vqa" keep their
-    names, but HF CogVLM's vqa keeps the history (`Question: q Short answer: r\\n` per turn), which no SAT
-    version does, so the two agree only for a single-turn vqa prompt (see `build_hf_prompt`).
+    HF CogAgent uses the SAT names. HF CogVLM renames them: its "chat" is the Question/Answer format, SAT
+    `chat_old`; "base" and "vqa" keep their names. The texts still differ in places (see `build_hf_prompt`).
     """
     if family == "cogagent":
         return check_version(template_version)
     if family != "cogvlm":
         raise ValueError(f"unknown HF model family {family!r}; expected 'cogvlm' or 'cogagent'")
-    mapping: dict[str, PromptVersion] = {"base": "base", "chat": "chat_old", "vqa": "vqa"}
-    if template_version not in mapping:
+    if template_version not in _HF_COGVLM_TEMPLATES:
+        known = ", ".join(_HF_COGVLM_TEMPLATES)
+        raise ValueError(f"unknown HF CogVLM template_version {template_version!r}; expected one of: {known}")
+    return _HF_COGVLM_TEMPLATES[template_version]
+
+
+def hf_template_for_version(family: HfModelFamily, version: str) -> str:
+    """The HF port's `template_version` for our (SAT) prompt version; an error where the port has none."""
+    name = check_version(version)
+    if family == "cogagent":
+        return name
+    if family != "cogvlm":
+        raise ValueError(f"unknown HF model family {family!r}; expected 'cogvlm' or 'cogagent'")
+    found = [template for template, ours in _HF_COGVLM_TEMPLATES.items() if ours == name]
+    if not found:
         raise ValueError(
-            f"unknown HF CogVLM template_version {template_version!r}; expected one of: {', '.join(mapping)}"
+            "prompt style 'hf': the HF CogVLM port has no [INST] template (SAT version 'chat'); its "
+            "templates are base, vqa and chat (= SAT chat_old): use --version chat_old, or --prompt_style sat"
         )
-    return mapping[template_version]
+    return found[0]
 
 
 def build_hf_prompt(family: HfModelFamily, template_version: str, query: str, history: History = ()) -> str:
-    """The prompt text the HF remote code builds (no `<EOI>`: the image tokens are inserted after BOS)."""
+    """The text the HF remote code encodes after BOS and the image tokens, for its `template_version`.
+
+    It differs from the SAT prompt (without its `<EOI>` marker) in two cases. HF CogAgent's `vqa` and
+    `chat_old` templates keep SAT's leading `<EOI>`, which HF encodes as ordinary text (more tokens than
+    the SAT prompt has; encode it with `build_hf_inference_inputs`, never as an image marker). HF CogVLM's
+    `vqa` keeps the history (`Question: q Short answer: r\n` per turn), which SAT's vqa drops. Otherwise
+    the text is the SAT prompt's after its marker: CogAgent's base and chat, and CogVLM's base and chat
+    (= SAT chat_old).
+    """
     version = sat_version_for_hf_template(family, template_version)
     turns = _turns(history)
     if family == "cogvlm" and version == "vqa":
         past = "".join(f"Question: {q} Short answer: {r}\n" for q, r in turns)
         return f"{past}Question: {query} Short answer:"
-    return build_prompt(version, query, turns, has_image=False)
+    text = build_prompt(version, query, turns, has_image=False)
+    return IMAGE_MARKER + text if family == "cogagent" and version in _HF_KEEPS_MARKER else text
+
+
+def check_style(style: str) -> PromptStyle:
+    """Return `style` as a `PromptStyle`, or raise a ValueError that lists the valid names."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of: {', '.join(PROMPT_STYLES)}")
+    return cast(PromptStyle, style)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How prompts are written: our (SAT) `version`, the `style` (SAT's texts, or the HF port's), and
+    which HF port's texts (`family`) the hf style follows."""
+
+    version: str = "chat"
+    style: str = "sat"
+    family: HfModelFamily = "cogvlm"
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+        if check_style(self.style) == "hf":
+            hf_template_for_version(self.family, self.version)  # raises where the port has no such template
+
+    def text(self, query: str, history: History = (), has_image: bool = True) -> str:
+        """SAT style: the prompt with its `<EOI>` image marker. HF style: the text encoded after the image
+        tokens (a `<EOI>` in it is literal text)."""
+        if self.style == "sat":
+            return build_prompt(self.version, query, history, has_image)
+        template = hf_template_for_version(self.family, self.version)
+        return build_hf_prompt(self.family, template, query, history)

@@ -25,6 +25,15 @@ TOKENIZER_FILE = "tokenizer.model"
 DEFAULT_TOKENIZER = "lmsys/vicuna-7b-v1.5"
 
 
+def without_surrogates(text: str) -> str:
+    """`text` with every lone surrogate code point replaced by U+FFFD (unchanged if it has none)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class LlamaTokenizer:
     """LLaMA/vicuna sentencepiece tokenizer with the official (transformers 4.x slow) semantics."""
 
@@ -86,8 +95,12 @@ class LlamaTokenizer:
         return self._sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (sentencepiece with its dummy prefix; no BOS/EOS)."""
-        return self._sp.encode(text)
+        """Token ids of `text` (sentencepiece with its dummy prefix; no BOS/EOS).
+
+        Lone surrogates (undecodable bytes smuggled in by `surrogateescape`, or `\\ud800` from JSON) cannot
+        reach sentencepiece, which raises on them: each becomes U+FFFD, the replacement character.
+        """
+        return self._sp.encode(without_surrogates(text))
 
     def min_token_count(self, text: str) -> int:
         """A lower bound on `len(encode(text))`, in linear time and far cheaper than encoding.
@@ -176,10 +189,13 @@ def _snapshot_candidates(repo_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def resolve_tokenizer_path(local_tokenizer: str | None, hf_home: Path | None = None) -> Path:
+def resolve_tokenizer_path(
+    local_tokenizer: str | None, hf_home: Path | None = None, hub_cache: Path | None = None
+) -> Path:
     """Find a `tokenizer.model` from a file, a directory, or an HF repo id in the local hub cache.
 
-    Nothing is downloaded. `None` means the official default, `lmsys/vicuna-7b-v1.5`.
+    Nothing is downloaded (`cogvlm.checkpoints.tokenizer_fetch` fetches what is missing). `None` means the
+    official default, `lmsys/vicuna-7b-v1.5`. The cache is `hub_cache`, else `hub_cache_dir(hf_home)`.
 
     Raises:
         TokenizerError: nothing usable was found; the message lists every path tried.
@@ -193,8 +209,9 @@ def resolve_tokenizer_path(local_tokenizer: str | None, hf_home: Path | None = N
         if (local / TOKENIZER_FILE).is_file():
             return local / TOKENIZER_FILE
         tried.append(local / TOKENIZER_FILE)
-    elif _looks_like_repo_id(name):
-        repo_dir = hub_cache_dir(hf_home) / ("models--" + name.replace("/", "--"))
+    elif looks_like_repo_id(name):
+        cache = hub_cache if hub_cache is not None else hub_cache_dir(hf_home)
+        repo_dir = cache / ("models--" + name.replace("/", "--"))
         for snapshot in _snapshot_candidates(repo_dir):
             candidate = snapshot / TOKENIZER_FILE
             if candidate.is_file():
@@ -206,10 +223,16 @@ def resolve_tokenizer_path(local_tokenizer: str | None, hf_home: Path | None = N
     raise TokenizerError(f"tokenizer {name!r} not found (nothing is downloaded); tried: {listing}")
 
 
-def _looks_like_repo_id(name: str) -> bool:
-    """Whether `name` has the `owner/name` shape of a Hugging Face repo id."""
+def looks_like_repo_id(name: str) -> bool:
+    """Whether `name` has the `owner/name` shape of a Hugging Face repo id (and no `.model` file name)."""
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not name.startswith((".", "~"))
+        and not name.endswith(".model")
+        and not Path(name).expanduser().exists()
+    )
 
 
 def load_tokenizer(local_tokenizer: str | None, hf_home: Path | None = None) -> LlamaTokenizer:
@@ -217,8 +240,19 @@ def load_tokenizer(local_tokenizer: str | None, hf_home: Path | None = None) -> 
     return LlamaTokenizer.from_file(resolve_tokenizer_path(local_tokenizer, hf_home))
 
 
-def find_tokenizer(checkpoint: Path, local_tokenizer: str | None) -> LlamaTokenizer:
-    """An explicit tokenizer, else one stored beside the checkpoint, else vicuna-7b-v1.5 from the HF cache."""
-    if local_tokenizer is None and (checkpoint / TOKENIZER_FILE).is_file():
-        local_tokenizer = str(checkpoint / TOKENIZER_FILE)
-    return load_tokenizer(local_tokenizer)
+def find_tokenizer_file(
+    checkpoint: Path | None, local_tokenizer: str | None, hub_cache: Path | None = None
+) -> Path:
+    """An explicit tokenizer, else one stored beside the checkpoint, else vicuna-7b-v1.5 from the HF cache.
+
+    `checkpoint` None: the checkpoint is not on disk yet (only an explicit tokenizer or the default then).
+    Nothing is downloaded; raises `TokenizerError` naming every path tried.
+    """
+    if local_tokenizer is None and checkpoint is not None and (checkpoint / TOKENIZER_FILE).is_file():
+        return checkpoint / TOKENIZER_FILE
+    return resolve_tokenizer_path(local_tokenizer, hub_cache=hub_cache)
+
+
+def find_tokenizer(checkpoint: Path | None, local_tokenizer: str | None) -> LlamaTokenizer:
+    """Load the tokenizer `find_tokenizer_file` finds (in the local HF cache only)."""
+    return LlamaTokenizer.from_file(find_tokenizer_file(checkpoint, local_tokenizer))

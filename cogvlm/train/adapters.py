@@ -38,16 +38,19 @@ def merge_lora_checkpoint(
     dtype: torch.dtype | None = None,
     onto: str = "dequantized",
     base: str | None = None,
+    iteration: int | None = None,
 ) -> Path:
     """Load a LoRA checkpoint, fold every adapter into its base weight, and save a plain SAT checkpoint.
 
     For a QLoRA run, `onto` picks the base the update is folded into (see the module docstring) and
-    `base` overrides the recorded base checkpoint.
+    `base` overrides the recorded base checkpoint. `iteration` picks a saved iteration (default: latest).
     """
     if onto not in MERGE_TARGETS:
         raise ValueError(f"merge onto {onto!r}: expected one of {MERGE_TARGETS}")
     source, destination = Path(source), Path(destination)
-    model, info, lora = load_finetuned_model(source, base=base, quantize_base=onto == "dequantized")
+    model, info, lora = load_finetuned_model(
+        source, base=base, quantize_base=onto == "dequantized", iteration=iteration
+    )
     _require_lora(source, lora)
     merge_lora(model)
     dequantize_(model)  # the parallel linears no adapter wrapped

@@ -27,11 +27,11 @@ from cogvlm.checkpoints.loading import (
     reset_computed_buffers,
 )
 from cogvlm.checkpoints.lora_format import lora_config_from_sat, lora_config_to_sat
+from cogvlm.errors import CheckpointError
 from cogvlm.mixins.lora import LoraConfig, add_lora, is_lora_parameter
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
-from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict, unshard_state_dicts
 from cogvlm.text_processors.tokenizer import TOKENIZER_FILE
@@ -75,6 +75,34 @@ def latest_iteration(save_dir: str | Path) -> int | None:
     if not text.isdigit():
         raise ValueError(f"{save_dir}/latest names {text!r}, not a training iteration to resume from")
     return int(text)
+
+
+def saved_layout(folder: Path) -> tuple[int, int]:
+    """(tensor-parallel size, world size) an iteration folder was saved with, from its files."""
+    tp_size = len(list(folder.glob("mp_rank_*_model_states.pt")))
+    world_size = len(list(folder.glob("rng_state_rank_*.pt")))
+    return tp_size, world_size
+
+
+def check_resume_layout(save_dir: str | Path, iteration: int, tp_size: int, world_size: int) -> None:
+    """Refuse, before anything is loaded, to resume `<save_dir>/<iteration>` in another parallel layout
+    (DeepSpeed would fail on an assertion in every rank): name both layouts and the ways forward."""
+    folder = Path(save_dir) / str(iteration)
+    saved_tp, saved_world = saved_layout(folder)
+    if saved_tp == 0:
+        raise CheckpointError(f"{folder}: no mp_rank_XX_model_states.pt files; the checkpoint is incomplete")
+    if (saved_tp, saved_world) == (tp_size, world_size):
+        return
+    saved = f"tensor-parallel size {saved_tp} x data-parallel {max(1, saved_world // saved_tp)}"
+    now = f"--tp_size {tp_size} x data-parallel {world_size // tp_size}"
+    raise CheckpointError(
+        f"{folder} was saved with {saved} ({saved_world} processes); this run has {now} ({world_size} "
+        f"processes), and DeepSpeed's optimizer state cannot be re-sharded. Resume with --tp_size "
+        f"{saved_tp} on {saved_world} processes, or start a new run (--no_resume, or a new --save) from its "
+        f"weights converted to the new layout: `cogvlm merge-lora --from_pretrained {save_dir} --save "
+        f"MERGED` for a LoRA run (one rank), `cogvlm merge {save_dir} MERGED` or `cogvlm split {save_dir} "
+        f"SPLIT --mp {tp_size}` for full fine-tuning, then --from_pretrained MERGED/SPLIT"
+    )
 
 
 def rng_state() -> dict:
@@ -210,6 +238,14 @@ def _reshard(model: VisionLanguageModel, shards: list[dict], tp: TensorParallel)
     return shard_state_dict(whole, rules, tp.rank, tp.size) if tp.is_parallel else whole
 
 
+def _no_iterations(path: Path, iteration: int | None) -> None:
+    if iteration is not None:
+        raise ValueError(
+            f"{path}: choosing an iteration ({iteration}) needs a LoRA fine-tuning run; "
+            "other checkpoints load from the iteration `latest` names"
+        )
+
+
 def load_finetuned_model(
     path: str | Path,
     *,
@@ -218,22 +254,26 @@ def load_finetuned_model(
     tp: TensorParallel = NO_PARALLEL,
     base: str | None = None,
     quantize_base: bool = True,
+    iteration: int | None = None,
 ) -> tuple[VisionLanguageModel, CheckpointInfo, LoraConfig | None]:
     """Load a SAT checkpoint; one whose config records a LoRA adapter is built with that adapter first.
 
     Also reads checkpoints written by the reference's fine-tuning (`use_lora` / `lora_rank` fields), and
     QLoRA runs: their base (recorded, or `base`) is loaded and quantized again (`quantize_base=False`:
-    left in floating point), then the adapter is added and loaded.
+    left in floating point), then the adapter is added and loaded. `iteration` picks a saved iteration of
+    a fine-tuning run (default: `latest`).
     """
     path = Path(path)
     if not (path / sat_format.MODEL_CONFIG_FILE).is_file():
+        _no_iterations(path, iteration)
         model, info = load_model(path, dtype=dtype, device=device, tp=tp)
         return model, info, None
-    checkpoint = sat_format.open_sat_checkpoint(path)
+    checkpoint = sat_format.open_sat_checkpoint(path, iteration)
     record = QLoraBase.from_model_config(checkpoint.raw_config, str(path / sat_format.MODEL_CONFIG_FILE))
     if record is not None:
         return _load_qlora_run(path, checkpoint, record, dtype, device, tp, base, quantize_base)
     if lora_config_from_sat(checkpoint.raw_config) is None:
+        _no_iterations(path, iteration)
         model, info = load_model(path, dtype=dtype, device=device, tp=tp)
         return model, info, None
     shards = _read_shards(checkpoint, tp)
@@ -269,10 +309,9 @@ def _load_qlora_run(
     # scales exactly; the requested dtype is applied at the end.
     source = str(path / sat_format.MODEL_CONFIG_FILE)
     base_path = resolve_base(record, base, source)
-    model, base_info = load_model(base_path, dtype=torch.float32, device=device, tp=tp)
+    quant = record.quantization if quantize_base else None
+    model, base_info = load_model(base_path, dtype=torch.float32, device=device, tp=tp, quant=quant)
     if quantize_base:
-        quantization = record.quantization
-        quantize_(model, quantization.bits, quantization.group_size)
         check_same_base(record, model, tp.rank, tp.size, source)
     lora = lora_config_from_sat(checkpoint.raw_config, base_info.config.has_cross_vision)
     add_lora(model, lora)

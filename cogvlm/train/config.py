@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from cogvlm.errors import ConfigError
+from cogvlm.image_processors.loading import DEFAULT_MAX_PIXELS
 from cogvlm.mixins.lora import LoraConfig
 from cogvlm.nn.quantized import QuantConfig
 from cogvlm.text_processors.prompts import check_version
@@ -30,20 +31,28 @@ class DataConfig:
 
     A path is a folder of images whose file name (up to the first dot) is the answer to `prompt`
     (the reference captcha layout), or a `.jsonl` file of {image, question, answer, history} records.
+
+    Every image must lie inside its data folder (the captcha folder, or the JSONL file's folder), symbolic
+    links resolved, unless `allow_outside_data`; each is decoded once before training starts and must
+    hold at most `max_image_pixels` pixels.
     """
 
     train_path: str
     valid_path: str | None = None
+    test_path: str | None = None  # scored once after training (SAT's --test-data)
     prompt: str = "CAPTCHA:"
     version: str | None = None  # None: the checkpoint's text_processor_version, else "base"
     max_length: int = 1288
     num_workers: int = 0
+    allow_outside_data: bool = False
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.version is not None:
             check_version(self.version)
         _require(self.max_length > 10, "DataConfig", f"max_length={self.max_length} must be > 10")
         _require(self.num_workers >= 0, "DataConfig", f"num_workers={self.num_workers} must be >= 0")
+        _require(self.max_image_pixels >= 1, "DataConfig", f"max_image_pixels={self.max_image_pixels} < 1")
 
 
 @dataclass(frozen=True)
@@ -125,11 +134,14 @@ class FinetuneConfig:
     save_interval: int = 200
     eval_interval: int = 0
     eval_iters: int = 10
+    eval_batch_size: int | None = None  # samples per validation batch; None: micro_batch_size
+    strict_eval: bool = False  # score the whole validation / test set instead of eval_iters batches
     max_new_tokens: int = 32
     log_interval: int = 1
     resume: bool = True
     progress_bar: bool = True
     device: str | None = None
+    distributed_backend: str | None = None  # None: nccl on CUDA, gloo on CPU
     deepspeed_extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +149,8 @@ class FinetuneConfig:
         for name in ("train_iters", "micro_batch_size", "gradient_accumulation_steps", "tp_size"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, owner, f"{name}={value!r} must be an int >= 1")
+        batch = self.eval_batch_size
+        _require(batch is None or batch >= 1, owner, f"eval_batch_size={batch!r} must be >= 1")
         _require(self.zero_stage in (0, 1, 2), owner, f"zero_stage={self.zero_stage}, expected 0, 1 or 2")
         _require(self.precision in PRECISIONS, owner, f"precision={self.precision!r}, expected {PRECISIONS}")
         _require(self.gradient_clipping >= 0, owner, f"gradient_clipping={self.gradient_clipping} < 0")

@@ -84,28 +84,60 @@ def _jsonl_record(line: str, where: str, base: Path) -> Sample:
     return Sample(image, record["question"], record["answer"], _history(record.get("history"), where), where)
 
 
+def jsonl_records(path: Path) -> tuple[list[Sample], list[SkippedSample]]:
+    """The well-formed records of a JSONL file, and every malformed one with its reason (file:line)."""
+    samples, problems = [], []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                samples.append(_jsonl_record(line, where, path.parent))
+            except ValueError as error:
+                problems.append(SkippedSample(where, str(error).removeprefix(f"{where}: ")))
+    if not samples and not problems:
+        raise ValueError(f"{path}: no records")
+    return samples, problems
+
+
 def jsonl_samples(path: Path) -> list[Sample]:
     """Records `{"image", "question", "answer", "history"?}`; image paths are relative to the file."""
-    samples = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                samples.append(_jsonl_record(line, f"{path}:{number}", path.parent))
-    if not samples:
-        raise ValueError(f"{path}: no records")
-    return samples
+    return read_samples(path)
 
 
-def read_samples(path: str | Path, prompt: str = "CAPTCHA:") -> list[Sample]:
-    """Samples of a captcha folder or a `.jsonl` file."""
+def describe_problems(problems: Sequence[SkippedSample], what: str, shown: int = 10) -> str:
+    """`what` with the count of `problems` and the first `shown` of them, one per line."""
+    lines = [f"{what}: {len(problems)} problem(s)" + (f", first {shown}:" if len(problems) > shown else ":")]
+    lines += [f"  {problem.source}: {problem.reason}" for problem in problems[:shown]]
+    return "\n".join(lines)
+
+
+def data_root(path: str | Path) -> Path:
+    """The folder a data set's images must lie in: the image folder, or the JSONL file's folder."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def read_records(path: str | Path, prompt: str = "CAPTCHA:") -> tuple[list[Sample], list[SkippedSample]]:
+    """Samples of a captcha folder or a `.jsonl` file, and the malformed records (JSONL only)."""
     path = Path(path)
     if path.is_dir():
-        return captcha_samples(path, prompt)
+        return captcha_samples(path, prompt), []
     if path.suffix == ".jsonl" and path.is_file():
-        return jsonl_samples(path)
+        return jsonl_records(path)
     if not path.exists():
         raise FileNotFoundError(f"data path {path} does not exist")
     raise ValueError(f"data path {path}: expected a folder of images or a .jsonl file")
+
+
+def read_samples(path: str | Path, prompt: str = "CAPTCHA:") -> list[Sample]:
+    """Samples of a captcha folder or a `.jsonl` file; malformed records are an error naming the first
+    few of them, with the count of all."""
+    samples, problems = read_records(path, prompt)
+    if problems:
+        raise ValueError(describe_problems(problems, f"{path}: malformed record(s)"))
+    return samples
 
 
 @dataclass(frozen=True)

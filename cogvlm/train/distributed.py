@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
 import torch
 import torch.distributed as dist
 
+logger = logging.getLogger(__name__)
 _LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -26,8 +28,20 @@ def resolve_device(requested: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: torch.device) -> None:
-    """Initialise the default process group (gloo on CPU, nccl on CUDA) through DeepSpeed.
+def choose_backend(device: torch.device, requested: str | None) -> str:
+    """The torch.distributed backend: `requested` (SAT's --distributed-backend) where the device allows
+    it, else nccl on CUDA and gloo on CPU (nccl on a CPU run is replaced, with a warning)."""
+    default = "nccl" if device.type == "cuda" else "gloo"
+    if requested is None or requested == default:
+        return default
+    if requested == "nccl":
+        logger.warning("--distributed-backend nccl needs CUDA devices; this run is on %s: using gloo", device)
+        return "gloo"
+    return requested
+
+
+def init_distributed(device: torch.device, backend: str | None = None) -> None:
+    """Initialise the default process group (`choose_backend`) through DeepSpeed.
 
     A process started without a launcher becomes a world of one: DeepSpeed insists on the launcher's
     environment variables, so they are filled in for it.
@@ -45,7 +59,7 @@ def init_distributed(device: torch.device) -> None:
         torch.cuda.set_device(device)
     else:
         _skip_cpu_shared_memory_allreduce()
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    deepspeed.init_distributed(dist_backend=choose_backend(device, backend))
 
 
 def _skip_cpu_shared_memory_allreduce() -> None:

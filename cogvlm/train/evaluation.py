@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -11,12 +13,33 @@ import torch.distributed as dist
 from cogvlm.checkpoints.download import DownloadConfig
 from cogvlm.inference.generate import generate
 from cogvlm.inference.settings import GenerationDefaults, GenerationSettings, build_generation_config
+from cogvlm.models.builders import model_family
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.context import ForwardContext
-from cogvlm.text_processors.inference import build_inference_inputs
+from cogvlm.text_processors.inference import build_turn_inputs
+from cogvlm.text_processors.prompts import PromptFormat
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
-from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate, sample_prompt
+from cogvlm.train.data import Batch, TokenizedSample, VisionTextDataset, collate
 from cogvlm.train.loss import answer_token_losses
+from cogvlm.utils.atomic import atomic_file
+from cogvlm.utils.progress import SilentProgress, progress
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scored sample: its position in the split, image, question, the model's answer, the expected
+    one, and whether they match exactly."""
+
+    id: int
+    image: str
+    query: str
+    prediction: str
+    reference: str
+    correct: bool
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict (one line of the predictions file)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -56,12 +79,15 @@ def greedy_answer(
     tokenizer: LlamaTokenizer,
     item: TokenizedSample,
     example: dict,
-    version: str,
+    prompt_format: PromptFormat,
     max_new_tokens: int,
 ) -> str:
     """The model's greedy answer to a sample's prompt, decoded without special tokens."""
     device, dtype = model_device_dtype(model)
-    text = build_inference_inputs(tokenizer, sample_prompt(item.sample, version), model.config.image_length)
+    sample = item.sample
+    text = build_turn_inputs(
+        tokenizer, prompt_format, sample.question, sample.history, model.config.image_length
+    )
     defaults = GenerationDefaults(model.config.llm.max_sequence_length, (tokenizer.eos_id,))
     config = build_generation_config(defaults, GenerationSettings(max_new_tokens=max_new_tokens, top_k=1))
     cross = example.get("cross_pixel_values")
@@ -88,7 +114,9 @@ class _Totals:
         return torch.tensor(values, dtype=torch.float64)
 
 
-def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, totals: _Totals) -> None:
+def _score_batch(
+    model, tokenizer, dataset, indices, prompt_format, max_new_tokens, totals: _Totals, on_prediction
+) -> None:
     device, dtype = model_device_dtype(model)
     examples = [dataset[index] for index in indices]
     batch = collate(examples, tokenizer.pad_id).to(device, dtype)
@@ -96,13 +124,20 @@ def _score_batch(model, tokenizer, dataset, indices, version, max_new_tokens, to
     sums, counts = answer_token_losses(logits, batch.labels)
     totals.loss_sum += float(sums.sum())
     totals.target_tokens += int(counts.sum())
-    for example in examples:
+    for index, example in zip(indices, examples, strict=True):
         item = example["item"]
-        predicted = greedy_answer(model, tokenizer, item, example, version, max_new_tokens)
+        predicted = greedy_answer(model, tokenizer, item, example, prompt_format, max_new_tokens)
         expected = item.sample.answer.strip()
         totals.samples += 1
         totals.exact += predicted == expected
         totals.exact_ignore_case += predicted.lower() == expected.lower()
+        if on_prediction is not None:
+            sample = item.sample
+            on_prediction(
+                Prediction(
+                    index, str(sample.image), sample.question, predicted, expected, predicted == expected
+                )
+            )
 
 
 @torch.no_grad()
@@ -116,20 +151,33 @@ def evaluate(
     max_new_tokens: int = 32,
     indices: Sequence[int] | None = None,
     group=None,
+    prompt_format: PromptFormat | None = None,
+    on_prediction: Callable[[Prediction], None] | None = None,
+    show_progress: bool = False,
 ) -> EvaluationResult:
     """Score `indices` (default: the whole dataset); with `group`, each rank scores its share and the
     totals are summed over the group (every member must pass the same indices).
+
+    The loss is over the dataset's SAT-format training inputs; the greedy answers are asked in
+    `prompt_format` (default: `version` in the SAT style). `on_prediction` sees every sample this rank
+    scores; `show_progress` draws a bar on a terminal.
     """
+    prompt_format = prompt_format or PromptFormat(version)
     was_training = model.training
     model.eval()
     chosen = list(range(len(dataset)) if indices is None else indices)
     rank, size = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
     mine = chosen[rank::size]
     totals = _Totals()
-    for start in range(0, len(mine), batch_size):
-        _score_batch(
-            model, tokenizer, dataset, mine[start : start + batch_size], version, max_new_tokens, totals
-        )
+    with progress(
+        total=len(mine), desc="evaluate", unit="sample", enabled=None if show_progress else False
+    ) as bar:
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            _score_batch(
+                model, tokenizer, dataset, chunk, prompt_format, max_new_tokens, totals, on_prediction
+            )
+            bar.update(len(chunk))
     summed = totals.as_tensor()
     if group is not None:
         dist.all_reduce(summed, group=group)
@@ -152,6 +200,7 @@ class EvaluateConfig:
     data_path: str
     local_tokenizer: str | None = None
     version: str | None = None
+    prompt_style: str = "sat"  # greedy answers asked as the SAT code ("sat") or the HF port ("hf") writes it
     prompt: str = "CAPTCHA:"
     max_length: int = 1288
     max_new_tokens: int = 32
@@ -160,6 +209,13 @@ class EvaluateConfig:
     dtype: torch.dtype | None = None
     device: str | None = None  # None: this rank's GPU if there is one, else the CPU
     download: DownloadConfig | None = None  # how a catalog name or HF repo id is fetched
+    iteration: int | None = None  # a fine-tuning run's saved iteration (None: `latest`)
+    tp_size: int | None = (
+        None  # under a launcher: tensor-parallel size (None: all ranks), the rest data parallel
+    )
+    predictions_path: str | None = None  # JSONL of every scored sample (see `Prediction`)
+    show_predictions: bool = False  # print each sample's answer as it is scored
+    allow_outside_data: bool = False  # images may lie outside the data folder
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -170,24 +226,63 @@ class EvaluateConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
-def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
-    """Load the checkpoint and score the split; also return the samples skipped as too long, and whether
-    this is the rank that reports (under torchrun every rank holds a tensor-parallel shard)."""
-    from cogvlm.checkpoints.resolve import resolve_checkpoint
-    from cogvlm.launch.distributed import init_parallel_runtime
-    from cogvlm.text_processors.tokenizer import find_tokenizer
-    from cogvlm.train.checkpointing import load_finetuned_model
-    from cogvlm.train.data import read_samples
+def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
+    """The predictions as JSONL, one object per sample in split order (written atomically)."""
+    path = Path(path)
+    with atomic_file(path, "w") as handle:
+        for prediction in sorted(predictions, key=lambda p: p.id):
+            handle.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
+    return path
 
-    runtime = init_parallel_runtime()
+
+def _prediction_sink(config: EvaluateConfig, is_first_rank: bool, total: int):
+    """Collects the predictions (first rank) and prints each one when `show_predictions`."""
+    collected: list[Prediction] = []
+
+    def sink(prediction: Prediction) -> None:
+        collected.append(prediction)
+        if config.show_predictions:
+            verdict = "ok" if prediction.correct else "WRONG"
+            SilentProgress.write(
+                f"[{len(collected)}/{total}] {verdict} {prediction.image}: "
+                f"{prediction.prediction!r} (reference {prediction.reference!r})"
+            )
+
+    return collected, (sink if is_first_rank else None)
+
+
+def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool]:
+    """Load the checkpoint, check the split (every record and image), and score it; write the
+    predictions when `predictions_path` is set. Also return the samples skipped as too long, and whether
+    this is the rank that reports. Under a launcher, consecutive groups of `tp_size` ranks (default: all)
+    hold the model's tensor-parallel shards, and the replicas share out the samples."""
+    from cogvlm.checkpoints.resolve import resolve_checkpoint
+    from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
+    from cogvlm.launch.distributed import init_parallel_runtime
+    from cogvlm.train.checkpointing import load_finetuned_model
+    from cogvlm.train.validation import load_checked_samples
+
+    runtime = init_parallel_runtime(config.tp_size)
+    data_group = data_parallel_group(runtime.tp.rank, runtime.tp.size, runtime.data_parallel_size)
+    tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer, config.download)
     path = resolve_checkpoint(config.from_pretrained, config.download)
     device = config.device or runtime.device
-    model, info, _ = load_finetuned_model(path, dtype=config.dtype, device=device, tp=runtime.tp)
-    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
+    model, info, _ = load_finetuned_model(
+        path, dtype=config.dtype, device=device, tp=runtime.tp, iteration=config.iteration
+    )
     version = config.version or info.config.text_processor_version or "base"
-    samples = read_samples(config.data_path, config.prompt)
+    family = model_family(info.config.model_class).hf_prompts
+    prompt_format = PromptFormat(version, config.prompt_style, family)  # before the data is tokenized
+    samples = load_checked_samples(
+        config.data_path,
+        config.prompt,
+        allow_outside=config.allow_outside_data,
+        show_progress=runtime.is_first_rank,
+    )
     dataset = VisionTextDataset(samples, tokenizer, info.config, version, config.max_length)
     count = len(dataset) if config.limit is None else min(config.limit, len(dataset))
+    share = len(range(count)[runtime.data_parallel_rank :: runtime.data_parallel_size])
+    predictions, sink = _prediction_sink(config, runtime.tp.rank == 0, share)
     result = evaluate(
         model,
         tokenizer,
@@ -196,5 +291,25 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         indices=range(count),
+        group=data_group,
+        prompt_format=prompt_format,
+        on_prediction=sink,
+        show_progress=runtime.is_first_rank,
     )
+    if data_group is not None:
+        shares = [None] * runtime.data_parallel_size
+        dist.all_gather_object(shares, predictions, group=data_group)
+        predictions = [prediction for share in shares for prediction in share]
+    if config.predictions_path and runtime.is_first_rank:
+        write_predictions(predictions, config.predictions_path)
     return result, dataset.skipped, runtime.is_first_rank
+
+
+def data_parallel_group(tp_rank: int, tp_size: int, data_parallel_size: int):
+    """The (gloo) group of the ranks holding the same tensor-parallel slice in each data-parallel replica
+    (consecutive ranks form a tensor-parallel group), or None without data parallelism. Every rank calls."""
+    if data_parallel_size == 1:
+        return None
+    world = tp_size * data_parallel_size
+    groups = [dist.new_group(list(range(r, world, tp_size)), backend="gloo") for r in range(tp_size)]
+    return groups[tp_rank]

@@ -16,19 +16,20 @@ import torch.distributed as dist
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.resolve import resolve_checkpoint
 from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE
-from cogvlm.errors import ConfigError
+from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
+from cogvlm.errors import ConfigError, DatasetError
 from cogvlm.mixins.lora import add_lora
 from cogvlm.models import mixin_names
 from cogvlm.models.cogvlm import VisionLanguageModel
-from cogvlm.nn.quantized import quantize_
 from cogvlm.parallel.deepspeed_mpu import (
     ParallelLayout,
     build_parallel_layout,
     deepspeed_mpu,
     mark_tensor_parallel_parameters,
 )
-from cogvlm.text_processors.tokenizer import LlamaTokenizer, find_tokenizer
+from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.train.checkpointing import (
+    check_resume_layout,
     config_with_lora,
     latest_iteration,
     load_rng_state,
@@ -36,13 +37,14 @@ from cogvlm.train.checkpointing import (
     remove_stale_staging,
     save_training_checkpoint,
 )
-from cogvlm.train.config import FinetuneConfig, deepspeed_config, resolve_version
-from cogvlm.train.data import VisionTextDataset, collate, log_skipped, read_samples
+from cogvlm.train.config import DataConfig, FinetuneConfig, deepspeed_config, resolve_version
+from cogvlm.train.data import Sample, VisionTextDataset, collate, log_skipped, read_samples
 from cogvlm.train.distributed import init_distributed, is_rank_zero, resolve_device
 from cogvlm.train.evaluation import EvaluationResult, batch_context, evaluate, model_device_dtype
 from cogvlm.train.loss import answer_loss
 from cogvlm.train.metrics import MetricsLogger
 from cogvlm.train.order import DataOrder
+from cogvlm.train.plot import write_training_plot
 from cogvlm.train.qlora import (
     QLoraBase,
     check_resumable,
@@ -51,20 +53,23 @@ from cogvlm.train.qlora import (
 )
 from cogvlm.train.schedule import LearningRateSchedule
 from cogvlm.train.trainable import TrainableReport, apply_trainable, parameter_groups, trainable_filter
+from cogvlm.train.validation import load_checked_samples
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """What a run did: the last iteration, this process's per-step losses, the trainable report, and
-    the final evaluation on the validation split (when one was given)."""
+    """What a run did: the last iteration, this process's per-step losses, the trainable report, the
+    final evaluation on the validation split and on the test split (when given), and the plot."""
 
     iteration: int
     losses: dict[int, float]
     report: TrainableReport
     final_evaluation: EvaluationResult | None
     save_dir: Path
+    test_evaluation: EvaluationResult | None = None
+    plot: Path | None = None  # the loss / accuracy curves (rank 0)
 
 
 @dataclass
@@ -81,6 +86,7 @@ class _Run:
     tokenizer_file: Path
     qlora: QLoraBase | None = None
     metrics: MetricsLogger | None = None
+    test_set: VisionTextDataset | None = None
 
 
 def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
@@ -92,9 +98,8 @@ def check_device_support(config: FinetuneConfig, device: torch.device) -> None:
 def _quantize_base(
     model: VisionLanguageModel, config: FinetuneConfig, path: Path, layout: ParallelLayout
 ) -> QLoraBase:
-    """Quantize the loaded base in place (QLoRA) and describe it for the run's checkpoints."""
+    """Describe the base, quantized as it loaded (QLoRA), for the run's checkpoints."""
     quantization = config.quantization
-    quantize_(model, quantization.bits, quantization.group_size)
     return QLoraBase(
         base=config.from_pretrained,
         base_path=str(path.resolve()),
@@ -105,8 +110,11 @@ def _quantize_base(
 
 def _load_base_model(config: FinetuneConfig, device: torch.device, layout: ParallelLayout):
     # Weights load in float32: DeepSpeed keeps float32 master copies and casts the module for bf16/fp16.
+    # QLoRA: the frozen base is quantized tensor by tensor as it streams in, never whole in float32.
     path = resolve_checkpoint(config.from_pretrained)
-    model, info = load_model(path, dtype=torch.float32, device=device, tp=layout.tp)
+    model, info = load_model(
+        path, dtype=torch.float32, device=device, tp=layout.tp, quant=config.quantization, progress=True
+    )
     qlora = _quantize_base(model, config, path, layout) if config.quantization is not None else None
     if config.lora is not None:
         add_lora(model, config.lora)
@@ -119,15 +127,44 @@ def _load_base_model(config: FinetuneConfig, device: torch.device, layout: Paral
     return model.train(), info, report, qlora
 
 
-def _dataset(path: str | None, config: FinetuneConfig, tokenizer, model_config, what: str):
-    if path is None:
+def _checked_samples(path: str, data: DataConfig, what: str) -> list[Sample]:
+    """Rank 0 checks every record and image (with progress) before any step; every rank gets its verdict."""
+    verdict, samples = [None], None
+    if is_rank_zero():
+        try:
+            samples = load_checked_samples(
+                path,
+                data.prompt,
+                allow_outside=data.allow_outside_data,
+                max_pixels=data.max_image_pixels,
+                what=what,
+            )
+        except (ValueError, FileNotFoundError) as error:  # DatasetError is a ValueError
+            verdict = [str(error)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise DatasetError(verdict[0])
+    return samples if samples is not None else read_samples(path, data.prompt)
+
+
+def _split_paths(data: DataConfig) -> dict[str, str | None]:
+    return {"training": data.train_path, "validation": data.valid_path, "test": data.test_path}
+
+
+def _checked_splits(data: DataConfig) -> dict[str, list[Sample]]:
+    """Every split's samples, each checked whole before the model loads (a bad record costs no load)."""
+    paths = _split_paths(data)
+    return {what: _checked_samples(path, data, what) for what, path in paths.items() if path is not None}
+
+
+def _dataset(samples: list[Sample] | None, config: FinetuneConfig, tokenizer, model_config, what: str):
+    if samples is None:
         return None
     data = config.data
-    dataset = VisionTextDataset(
-        read_samples(path, data.prompt), tokenizer, model_config, data.version, data.max_length
-    )
+    dataset = VisionTextDataset(samples, tokenizer, model_config, data.version, data.max_length)
     if is_rank_zero():
-        log_skipped(dataset.skipped, f"{what} data {path}")
+        log_skipped(dataset.skipped, f"{what} data {_split_paths(data)[what]}")
     return dataset
 
 
@@ -250,16 +287,22 @@ def _train_step(run: _Run, batches) -> dict[str, float]:
     }
 
 
-def _evaluate(run: _Run) -> EvaluationResult | None:
-    if run.valid_set is None:
+def _evaluate(run: _Run, dataset: VisionTextDataset | None = None) -> EvaluationResult | None:
+    """Score `eval_iters` batches of `eval_batch_size` of the validation set (or `dataset`); the whole
+    set with `strict_eval` (SAT's --strict-eval)."""
+    dataset = run.valid_set if dataset is None else dataset
+    if dataset is None:
         return None
-    count = min(len(run.valid_set), max(1, run.config.eval_iters) * run.config.micro_batch_size)
+    batch_size = run.config.eval_batch_size or run.config.micro_batch_size
+    count = len(dataset)
+    if not run.config.strict_eval:
+        count = min(count, max(1, run.config.eval_iters) * batch_size)
     return evaluate(
         run.engine.module,
         run.tokenizer,
-        run.valid_set,
+        dataset,
         version=run.config.data.version,
-        batch_size=run.config.micro_batch_size,
+        batch_size=batch_size,
         max_new_tokens=run.config.max_new_tokens,
         indices=range(count),
         group=run.layout.data_group if run.layout.data_size > 1 else None,
@@ -269,12 +312,16 @@ def _evaluate(run: _Run) -> EvaluationResult | None:
 def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
     device = resolve_device(config.device)
     check_device_support(config, device)
-    init_distributed(device)
+    init_distributed(device, config.distributed_backend)
     layout = build_parallel_layout(config.tp_size)
+    resume_from = latest_iteration(config.save_dir) if config.resume else None
+    if resume_from is not None:
+        check_resume_layout(config.save_dir, resume_from, layout.tp.size, dist.get_world_size())
+    splits = _checked_splits(config.data)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer)  # before the weights
     model, info, report, qlora = _load_base_model(config, device, layout)
-    tokenizer = find_tokenizer(info.path, config.local_tokenizer)
     config = resolve_version(config, info.config.text_processor_version)
     if is_rank_zero():
         logger.info("%s", report.describe())
@@ -285,13 +332,16 @@ def _setup(config: FinetuneConfig) -> tuple[_Run, TrainableReport, object]:
                 qlora.quantization.describe(),
             )
         remove_stale_staging(config.save_dir)
-    train_set = _dataset(config.data.train_path, config, tokenizer, info.config, "training")
-    valid_set = _dataset(config.data.valid_path, config, tokenizer, info.config, "validation")
+    train_set, valid_set, test_set = (
+        _dataset(splits.get(what), config, tokenizer, info.config, what)
+        for what in ("training", "validation", "test")
+    )
     order = DataOrder(
         len(train_set), config.micro_batch_size, layout.data_rank, layout.data_size, config.seed
     )
     engine = _engine(model, config, layout)
     run = _Run(config, layout, engine, tokenizer, train_set, valid_set, order, Path(tokenizer.source), qlora)
+    run.test_set = test_set
     return run, report, config_with_lora(info.config, config.lora, config.data.version, qlora)
 
 
@@ -327,6 +377,10 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         final = _evaluate(run)
         if final is not None:
             run.metrics.log(config.train_iters, final.to_json(), prefix="final")
+        test = None if run.test_set is None else _evaluate(run, run.test_set)
+        if test is not None:
+            run.metrics.log(config.train_iters, test.to_json(), prefix="test")
     finally:
         run.metrics.close()
-    return FinetuneResult(config.train_iters, losses, report, final, Path(config.save_dir))
+    plot = write_training_plot(Path(config.save_dir)) if is_rank_zero() else None
+    return FinetuneResult(config.train_iters, losses, report, final, Path(config.save_dir), test, plot)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -275,13 +275,27 @@ def corpus(directory: str | Path) -> list[str]:
     return lines
 
 
+def _training_entry(record: dict, directory: Path, output: Path) -> str:
+    """One fine-tuning JSONL line for a scoring record, its image path made relative to `output`."""
+    entry = {"image": os.path.relpath(directory / record["image"], output.parent)}
+    entry |= {"question": record["question"], "answer": record["answer"]}
+    if record.get("history"):
+        entry["history"] = record["history"]
+    return json.dumps(entry)
+
+
 def mix_tasks(
-    directory: str | Path, weights: dict[str, float], output: str | Path, seed: int = 0
+    directory: str | Path,
+    weights: dict[str, float],
+    output: str | Path,
+    seed: int = 0,
+    extra: Sequence[dict] = (),
 ) -> tuple[Path, dict[str, int]]:
     """Write a training JSONL that repeats each task's samples `weights[task]` times (default 1), shuffled.
 
     A fractional weight keeps each further copy with that probability (0.5: about half the samples).
-    Image paths are rewritten relative to `output`. Returns the file and the samples written per task.
+    `extra` records (tasks.jsonl's form, optionally with a `history`) are added once each. Image paths
+    are rewritten relative to `output`. Returns the file and the samples written per task.
     """
     directory, output = Path(directory), Path(output)
     unknown = sorted(set(weights) - set(TASKS))
@@ -296,10 +310,12 @@ def mix_tasks(
         record = json.loads(line)
         weight = weights.get(record["task"], 1.0)
         copies = int(weight) + (rng.random() < weight - int(weight))
-        image = os.path.relpath(directory / record["image"], output.parent)
-        entry = json.dumps({"image": image, "question": record["question"], "answer": record["answer"]})
-        records += [entry] * copies
+        records += [_training_entry(record, directory, output)] * copies
         counts[record["task"]] += copies
+    for record in extra:
+        records.append(_training_entry(record, directory, output))
+        kind = "multi_turn" if record.get("history") and record["task"] in TASKS else record["task"]
+        counts[kind] = counts.get(kind, 0) + 1
     rng.shuffle(records)
     with atomic_file(output, "w") as handle:  # an interrupted run leaves no truncated training file
         handle.write("\n".join(records) + "\n")

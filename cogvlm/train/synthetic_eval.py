@@ -11,7 +11,8 @@ from cogvlm.text_processors.grounding import PixelBox, parse_boxes, to_pixels
 from cogvlm.train.synthetic import TASKS_FILE
 
 IOU_THRESHOLD = 0.5
-BatchAnswerer = Callable[[list[tuple[Path, str]]], list[str]]
+# answer([(image, question, history), ...]); history: earlier [question, answer] pairs, oldest first.
+BatchAnswerer = Callable[[list[tuple[Path, str, list]]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,13 @@ def evaluate(
     per_task: int | None = None,
     batch_size: int = 16,
 ) -> dict[str, TaskScore]:
-    """Ask `answer([(image_path, question), ...])` every question, in batches, and score replies per task."""
+    """Ask `answer([(image_path, question, history), ...])` every question, in batches; score per task."""
     dataset = Path(dataset)
     records = read_records(dataset, per_task)
     totals: dict[str, list[int]] = {}
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        replies = answer([(dataset / record["image"], record["question"]) for record in chunk])
+        replies = answer([(dataset / r["image"], r["question"], r.get("history", [])) for r in chunk])
         for record, reply in zip(chunk, replies, strict=True):
             counts = totals.setdefault(record["task"], [0, 0])
             counts[0] += 1
@@ -81,13 +82,16 @@ def evaluate(
 
 
 def session_answerer(session, max_new_tokens: int = 32) -> BatchAnswerer:
-    """Greedy batched answers of a loaded `cogvlm.api.CogVLM` (no history)."""
+    """Greedy batched answers of a loaded `cogvlm.api.CogVLM`; a question's history is optional."""
     generation = session.generation_config(
         max_new_tokens=max_new_tokens, top_k=1
     )  # the card's scores: greedy
 
-    def answer(questions: list[tuple[Path, str]]) -> list[str]:
-        turns = [(str(image), question, ()) for image, question in questions]
+    def answer(questions: list[tuple]) -> list[str]:
+        turns = [
+            (str(image), question, tuple(map(tuple, rest[0])) if rest else ())
+            for image, question, *rest in questions
+        ]
         return [result.response for result in session.chat_batch(turns, generation)]
 
     return answer

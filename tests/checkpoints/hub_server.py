@@ -3,9 +3,10 @@
 `/<repo>/resolve/<revision>/<file>` answers like the Hub for an LFS file (X-Repo-Commit, X-Linked-Etag =
 SHA-256, X-Linked-Size) and, by default, redirects to `/blobs/<sha256>`, which serves the bytes with Range
 support. `/api/models/<repo>/revision/<rev>` and `/api/models/<repo>/tree/<rev>` list a repository for
-huggingface_hub. Faults can be injected: cut a transfer after N bytes, ignore Range, hold a body until a
-gate opens, advertise a wrong checksum or size (or any header value), send no Content-Length, keep sending
-past the end, or redirect anywhere. Every GET, Range header and body byte sent is counted per path.
+huggingface_hub; a missing repository or file is a 404 with the Hub's `X-Error-Code`. Faults can be
+injected: cut a transfer after N bytes, ignore Range, hold a body until a gate opens, advertise a wrong
+checksum or size (or any header value), send no Content-Length, keep sending past the end, or redirect
+anywhere. Every GET (also in arrival order), Range header and body byte sent is counted per path.
 A `tls` context serves HTTPS instead of HTTP.
 """
 
@@ -51,6 +52,7 @@ class HubServer:
         self.redirect, self.ignore_range = redirect, ignore_range
         self.gets: collections.Counter = collections.Counter()
         self.sent: collections.Counter = collections.Counter()  # body bytes written per path
+        self.order: list[str] = []  # the path of every GET that served bytes, in the order they came
         self.ranges: dict[str, list[str | None]] = collections.defaultdict(list)
         self.gate = threading.Event()
         self.gate.set()
@@ -127,10 +129,20 @@ def _handler_for(hub: HubServer):
             parts = path.strip("/").split("/")
             if len(parts) >= 5 and parts[2] == "resolve":
                 served = hub.files.get(("/".join(parts[:2]), "/".join(parts[4:])))
+                if served is None:
+                    return self._not_found("/".join(parts[:2]))
                 if served is not None and (hub.redirect or served.redirect_location is not None):
                     return self._redirect(served)
                 return self._bytes(path, served, send_body)
             self.send_error(404)
+
+        def _not_found(self, repo_id: str) -> None:
+            """A 404 with the Hub's error code: RepoNotFound, or EntryNotFound in a repository it serves."""
+            known = any(repo == repo_id for repo, _ in hub.files)
+            self.send_response(404, "Entry not found" if known else "Repository not found")
+            self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def _hub_headers(self, served: ServedFile) -> dict[str, str]:
             headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{served.sha256}"'}
@@ -163,6 +175,7 @@ def _handler_for(hub: HubServer):
             if send_body:
                 with hub.lock:
                     hub.gets[path] += 1
+                    hub.order.append(path)
                     hub.ranges[path].append(header)
                     cut = served.cut_after.pop(0) if served.cut_after else None
             headers = {"Accept-Ranges": "bytes"}

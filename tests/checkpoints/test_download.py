@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from cogvlm.checkpoints.download import DownloadConfig, fetch_file, probe_remote, verified_record
+from cogvlm.checkpoints.download import DownloadConfig, fetch_file, verified_record
+from cogvlm.checkpoints.http_client import probe_remote
 from cogvlm.errors import ConfigError, DownloadError
 from tests.checkpoints.bundles import corrupt
 from tests.checkpoints.hub_server import ENDLESS_CAP, HubServer
@@ -48,7 +49,7 @@ def test_download_follows_the_redirect_verifies_and_shows_progress(tmp_path, cap
 def test_probe_reads_the_hub_checksum_and_size_from_the_redirect(tmp_path):
     with HubServer() as hub:
         served = hub.add_file(REPO, FILE, DATA)
-        remote = probe_remote(_url(hub), _config(tmp_path, hub))
+        remote = probe_remote(_url(hub), _config(tmp_path, hub).timeout_s)
     assert remote.sha256 == hashlib.sha256(DATA).hexdigest()
     assert remote.size_bytes == len(DATA)
     assert remote.location.endswith(hub.blob_path(served))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +53,13 @@ def test_bench_prints_the_figures_of_the_tiny_config_as_json():
         "prefill_ms",
         "decode_ms_per_token_batch_1",
         "bare_linears_ms_per_token",
+        "prefill_linears_ms",
     ):
         assert figures[name] > 0, name
+    floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
+    assert figures["first_token_over_encoding_plus_prefill_linears"] == pytest.approx(
+        figures["first_token_ms"] / floor
+    )
     ratio = figures["decode_ms_per_token_batch_1"] / figures["bare_linears_ms_per_token"]
     assert figures["decode_over_bare_linears"] == pytest.approx(ratio)
 
@@ -107,3 +113,48 @@ def test_compare_quant_with_a_quant_flag_is_refused():
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--compare_quant measures unquantized, int8 and int4 itself: drop --quant" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvlm", "tiny-cogagent"])
+def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
+    """Every LLM linear of a real prompt pass, with the rows it received, is in the floor's work list."""
+    from cogvlm.checkpoints.loading import reset_computed_buffers
+    from cogvlm.frontends.bench import _prefill_linear_tokens, _requests, init_random_weights
+    from cogvlm.inference.generate import GenerationConfig, generate_batch
+    from cogvlm.models.builders import build_model
+
+    model = build_model(preset(name), device="meta").to_empty(device="cpu")
+    reset_computed_buffers(model)
+    init_random_weights(model, seed=0)
+    config = BenchConfig(name="tiny", image=IMAGE, tokenizer=TOKENIZER)
+    protocol = {"version": "chat_old", "query": "What colors are in the image?", "history": []}
+    request = _requests(model.eval(), config, protocol, 1)[0]
+    expected = {id(module): tokens for module, tokens in _prefill_linear_tokens(model, request)}
+    seen: dict[int, int] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda m, args, out: seen.__setitem__(id(m), seen.get(id(m), 0) + args[0].shape[-2])
+        )
+        for module in model.modules()
+        if id(module) in expected
+    ]
+    generate_batch(model, [request], GenerationConfig(max_new_tokens=1))  # the prefill only
+    for hook in hooks:
+        hook.remove()
+    assert seen == expected
+
+
+def test_bench_without_a_golden_set_uses_the_embedded_tokenizer_and_image(tmp_path):
+    from cogvlm.embedded import embedded_checkpoint, example_image
+
+    env = {**os.environ, "COGVLM_GOLDEN": str(tmp_path / "empty"), "PYTHONPATH": str(Path.cwd())}
+    command = [sys.executable, "-m", "cogvlm.cli", "bench", "tiny", "--repeats", "1", "--new_tokens", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    tokenizer = embedded_checkpoint() / "tokenizer.model"
+    assert (figures["tokenizer"], figures["image"]) == (str(tokenizer), str(example_image()))
+    tiny, _ = model_config("tiny")
+    prompt = build_prompt("chat_old", "What colors are in the image?")
+    expected = build_inference_inputs(LlamaTokenizer.from_file(tokenizer), prompt, tiny.image_length).seq_len
+    assert figures["prefill_tokens"] == expected and figures["decode_ms_per_token_batch_1"] > 0

@@ -177,3 +177,20 @@ def test_resolve_of_missing_tokenizer_lists_the_paths_tried(tmp_path):
         resolve_tokenizer_path("org/missing", hf_home=tmp_path)
     with pytest.raises(TokenizerError, match=re.escape(f"tried: {tmp_path}, {tmp_path / 'tokenizer.model'}")):
         resolve_tokenizer_path(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("caf\udce9 au lait", "caf\ufffd au lait"),  # an undecodable byte kept by `surrogateescape`
+        ("a\ud800b", "a\ufffdb"),  # a lone high surrogate, as JSON's "\ud800" gives
+        ("end \udfff", "end \ufffd"),
+    ],
+)
+def test_lone_surrogates_encode_as_the_replacement_character(text, clean):
+    tokenizer = golden_tokenizer()
+    plain = sentencepiece.SentencePieceProcessor(model_file=str(golden_dir() / "tokenizer.model"))
+    with pytest.raises(RuntimeError):  # what sentencepiece itself does with them
+        plain.encode(text)
+    assert tokenizer.encode(text) == tokenizer.encode(clean) == plain.encode(clean)
+    assert tokenizer.encode("ok é 中 😀") == plain.encode("ok é 中 😀")  # valid text is untouched

@@ -66,12 +66,15 @@ def test_the_trainable_report_names_exactly_the_chosen_lora_targets(lora_run):
     assert "trainable parameters: 38,912 of 397,536" in lora_run.stderr
 
 
-def test_evaluate_command_reproduces_the_runs_final_accuracy(lora_run, captcha_data):
+def test_evaluate_command_reproduces_the_runs_final_accuracy(lora_run, captcha_data, tmp_path):
     result = run_cli(
         ["evaluate", "--from_pretrained", str(lora_run.save_dir), "--data", str(captcha_data.root / "valid")]
-        + ["--max_new_tokens", "8", "--batch_size", "16"]
+        + ["--max_new_tokens", "8", "--batch_size", "16", "--predictions", str(tmp_path / "p.jsonl")]
     )
     scored = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == scored["samples"] == 64
+    assert sum(row["correct"] for row in rows) / 64 == scored["accuracy"]
     final = _final_evaluation(lora_run.stdout)
     assert scored["accuracy"] == final["accuracy"]
     assert scored["accuracy_ignore_case"] == final["accuracy_ignore_case"]

@@ -40,7 +40,7 @@ def test_perfect_and_wrong_answerers_score_one_and_zero(dataset):
         (str(dataset / r["image"]), r["question"]): r["answer"]
         for r in map(json.loads, (dataset / "tasks.jsonl").read_text().splitlines())
     }
-    perfect = evaluate(lambda qs: [truth[(str(i), q)] for i, q in qs], dataset, 112, batch_size=5)
+    perfect = evaluate(lambda qs: [truth[(str(i), q)] for i, q, _ in qs], dataset, 112, batch_size=5)
     assert perfect and all(score.accuracy == 1.0 for score in perfect.values())
     wrong = evaluate(lambda qs: ["nothing"] * len(qs), dataset, 112)
     assert all(score.correct == 0 for score in wrong.values())

@@ -59,7 +59,7 @@ def _usage(finished: Finished) -> dict:
 class ChatService:
     """Turns requests into scheduler jobs and jobs into OpenAI responses."""
 
-    def __init__(self, session: CogVLM, config: ServerConfig) -> None:
+    def __init__(self, session: CogVLM, config: ServerConfig, batch=None) -> None:
         self.session = session
         self.config = config
         self.body_budget = BodyBudget(config.max_buffered_bytes)
@@ -70,13 +70,16 @@ class ChatService:
             max_queue=config.max_queue,
             timeout_s=config.request_timeout_s,
             compiled=config.compiled_decode,
+            batch=batch,
         )
 
     def warm_up(self) -> None:
         """Decode a short greedy answer about a blank image, then one without an image, before serving."""
         blank = Image.new("RGB", (32, 32), "white")
         for image in (blank, None):
-            chat = ChatRequest(model=self.config.model_id, query="Hi", history=(), image=image, temperature=0)
+            chat = ChatRequest(
+                model=self.config.model_id, query="Hi", history=(), image=image, temperature=0, max_tokens=8
+            )
             self.scheduler.warm_up(prepare_job(self.session, self.config, chat))
 
     async def read_request(self, request: Request) -> ChatRequest:
@@ -173,9 +176,9 @@ def _check_api_key(request: Request, api_key: str | None) -> None:
         )
 
 
-def create_app(session: CogVLM, config: ServerConfig) -> FastAPI:
-    """The application serving `session` under `config`."""
-    service = ChatService(session, config)
+def create_app(session: CogVLM, config: ServerConfig, batch=None) -> FastAPI:
+    """The application serving `session` under `config` (with `batch` as its decode batch, if given)."""
+    service = ChatService(session, config, batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -16,7 +16,7 @@ class ServerConfig:
     max_active: int = 4
     max_queue: int = 32
     request_timeout_s: float = 300.0
-    default_max_tokens: int = 512
+    default_max_tokens: int | None = None  # None: the model's answer budget, else up to its context
     max_request_bytes: int = 32 << 20
     max_buffered_bytes: int = 256 << 20  # bodies of all requests being read and parsed at once
     body_timeout_s: float = 60.0  # a body must arrive within this
@@ -40,7 +40,7 @@ class ServerConfig:
             "max_image_pixels",
         )
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("request_timeout_s", "body_timeout_s", "remote_image_timeout_s"):
             if not getattr(self, name) > 0:

@@ -12,17 +12,27 @@ from cogvlm.frontends.text_checks import check_prompt_fits
 
 
 def sampling_for(request: ChatRequest, vocab_size: int) -> dict:
-    """The request's sampling settings: temperature 0 is greedy, else nucleus sampling over the vocabulary."""
+    """The sampling fields a request sets over the model's defaults, the ones `chat` and `web` start from.
+
+    Neither `temperature` nor `top_p`: the model's sampling (its generation_config.json, else the reference
+    CLI's greedy decoding). `temperature` 0: greedy. Else nucleus sampling over the whole vocabulary, with
+    OpenAI's 1.0 for whichever of the two is not given.
+    """
+    fields = {} if request.repetition_penalty is None else {"repetition_penalty": request.repetition_penalty}
+    if request.temperature is None and request.top_p is None:
+        return fields
     if request.temperature == 0:
-        return dict(top_k=1, repetition_penalty=request.repetition_penalty, semantics="standard")
+        return {**fields, "top_k": 1, "semantics": "standard"}
     # The reference sampler applies top-p only together with top-k, so top-k spans the vocabulary.
-    return dict(
-        temperature=request.temperature,
-        top_k=vocab_size,
-        top_p=request.top_p,
-        repetition_penalty=request.repetition_penalty,
-        semantics="standard",
-    )
+    temperature = 1.0 if request.temperature is None else request.temperature
+    top_p = 1.0 if request.top_p is None else request.top_p
+    return {
+        **fields,
+        "temperature": temperature,
+        "top_k": vocab_size,
+        "top_p": top_p,
+        "semantics": "standard",
+    }
 
 
 def prepare_job(session: CogVLM, config: ServerConfig, request: ChatRequest) -> PreparedJob:

@@ -30,17 +30,19 @@ class ChatRequest:
     query: str
     history: tuple[tuple[str, str], ...]
     image: Image.Image | None
-    temperature: float = 0.8
-    top_p: float = 0.8
+    temperature: float | None = None  # None: the model's default sampling (`CogVLM.generation_config`)
+    top_p: float | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    repetition_penalty: float = 1.0
+    repetition_penalty: float | None = None
     stream: bool = False
     include_usage: bool = False
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+def _number(
+    body: dict, name: str, default: float | None, low: float, high: float, low_open: bool = False
+) -> float | None:
     value = body.get(name, default)
     if value is None:
         return default
@@ -54,9 +56,9 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
     return float(value)
 
 
-def _temperature(body: dict) -> float:
-    temperature = _number(body, "temperature", 0.8, 0.0, 2.0)
-    if 0 < temperature < MIN_TEMPERATURE:
+def _temperature(body: dict) -> float | None:
+    temperature = _number(body, "temperature", None, 0.0, 2.0)
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
         raise invalid(
             f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2.0], got {temperature}", "temperature"
         )
@@ -131,8 +133,8 @@ def parse_chat_request(body: object, config: ServerConfig) -> ChatRequest:
         max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)
     sampling = dict(
         temperature=_temperature(body),
-        top_p=_number(body, "top_p", 0.8, 0.0, 1.0, True),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, MIN_REPETITION_PENALTY, 10.0),
+        top_p=_number(body, "top_p", None, 0.0, 1.0, True),
+        repetition_penalty=_number(body, "repetition_penalty", None, MIN_REPETITION_PENALTY, 10.0),
         seed=_integer(body, "seed", *SEED_RANGE),
     )
     stop = _stop(body)

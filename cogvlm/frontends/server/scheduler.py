@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
+from cogvlm.errors import TensorParallelFailure
 from cogvlm.frontends.server.errors import APIError
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.decode_batch import DecodeBatch, RowToken
@@ -53,19 +55,23 @@ class PreparedJob:
 
 @dataclass
 class Job:
-    """One request on its way through the scheduler; events go to `events` on the client's event loop."""
+    """One request on its way through the scheduler; events go to `events`: an asyncio queue on the
+    client's event loop, or a `queue.Queue` (`loop` None) for a caller outside any event loop."""
 
     prepared: PreparedJob
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
+    loop: asyncio.AbstractEventLoop | None
+    events: asyncio.Queue | queue.Queue
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
     text: TextStream | None = None
     completion_tokens: int = 0
 
     def emit(self, event) -> None:
-        """Hand an event to the client's coroutine."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        """Hand an event to the client's coroutine (or thread)."""
+        if self.loop is None:
+            self.events.put_nowait(event)
+        else:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     def cancel(self) -> None:
         """Stop working on this job (its client is gone)."""
@@ -73,7 +79,11 @@ class Job:
 
 
 class Scheduler:
-    """Queues jobs and runs up to `max_active` of them as rows of one continuous decode batch."""
+    """Queues jobs and runs up to `max_active` of them as rows of one continuous decode batch.
+
+    `batch` replaces the scheduler's own `DecodeBatch` (a tensor-parallel `LeaderBatch`, whose
+    `TensorParallelFailure` fails every job and stops the scheduler for good).
+    """
 
     def __init__(
         self,
@@ -84,8 +94,11 @@ class Scheduler:
         max_queue: int,
         timeout_s: float,
         compiled: bool = False,
+        batch=None,
     ) -> None:
-        self._batch = DecodeBatch(model, max_rows=max_active, compiled=compiled)
+        self._batch = (
+            batch if batch is not None else DecodeBatch(model, max_rows=max_active, compiled=compiled)
+        )
         self._tokenizer = tokenizer
         self._max_active = max_active
         self._max_queue = max_queue
@@ -95,6 +108,7 @@ class Scheduler:
         self._joining = 0  # jobs taken from the queue whose prefill is running
         self._condition = threading.Condition()
         self._stopping = False
+        self._failure: TensorParallelFailure | None = None
         self._largest_step = 0  # most rows one forward pass has advanced
         self._thread = threading.Thread(target=self._run, name="cogvlm-generation", daemon=True)
 
@@ -126,10 +140,15 @@ class Scheduler:
             }
 
     def submit(self, prepared: PreparedJob) -> Job:
-        """Queue a job for the calling coroutine's event loop; a full queue is a 429."""
-        loop = asyncio.get_running_loop()
-        job = Job(prepared, loop, asyncio.Queue(), time.monotonic() + self._timeout_s)
+        """Queue a job for the calling coroutine's event loop (or thread); a full queue is a 429."""
+        try:
+            loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        except RuntimeError:
+            loop, events = None, queue.Queue()
+        job = Job(prepared, loop, events, time.monotonic() + self._timeout_s)
         with self._condition:
+            if self._failure is not None:
+                raise _failure_error(self._failure)
             if self._stopping:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
             if self._queued() >= self._max_queue:
@@ -155,10 +174,23 @@ class Scheduler:
         return max(0, len(self._waiting) + self._joining + len(self._active) - self._max_active)
 
     def _run(self) -> None:
-        while self._wait_for_work():
-            self._drop_gone_rows()
-            self._admit()
-            self._step()
+        try:
+            while self._wait_for_work():
+                self._drop_gone_rows()
+                self._admit()
+                self._step()
+        except TensorParallelFailure as failure:
+            self._fail_all(failure)
+
+    def _fail_all(self, failure: TensorParallelFailure) -> None:
+        """The batch is lost: every running and waiting job fails, and so does every later one."""
+        with self._condition:
+            self._failure = failure
+            jobs = [*self._active.values(), *self._waiting]
+            self._active.clear()
+            self._waiting.clear()
+        for job in jobs:
+            job.emit(Failed(_failure_error(failure)))
 
     def _wait_for_work(self) -> bool:
         """Block while there is nothing to do; False once the scheduler stops."""
@@ -182,6 +214,11 @@ class Scheduler:
         while (job := self._next_waiting()) is not None:
             try:
                 first = self._batch.join(job.prepared.request, job.prepared.config)
+            except TensorParallelFailure:
+                with self._condition:
+                    self._joining -= 1
+                    self._waiting.appendleft(job)  # it fails with the others
+                raise
             except Exception as error:  # a bug must fail one request, not the server
                 with self._condition:
                     self._joining -= 1
@@ -200,6 +237,8 @@ class Scheduler:
             return
         try:
             results = self._batch.step()
+        except TensorParallelFailure:
+            raise
         except Exception as error:  # the whole batch failed: fail its jobs, keep serving
             for row_id in list(self._active):
                 self._release(row_id).emit(Failed(_generation_error(error)))
@@ -259,6 +298,10 @@ class Scheduler:
         if text:
             job.emit(Delta(text))
         job.emit(Finished(reason, job.prepared.prompt_tokens, job.completion_tokens))
+
+
+def _failure_error(failure: TensorParallelFailure) -> APIError:
+    return APIError(503, str(failure), type="server_error", code="tensor_parallel_failure")
 
 
 def _generation_error(error: Exception) -> APIError:
