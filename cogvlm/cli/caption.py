@@ -5,26 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cogvlm.cli.common import QUANT_BITS, add_model_arguments, download_config, flag_dtype
+from cogvlm.cli.common import QUANT_BITS, add_model_arguments, download_config, flag_dtype, sampling_settings
 from cogvlm.embedded import EMBEDDED_NAME
 
 
 def run_caption(args: argparse.Namespace) -> int:
     """Caption every input not yet in --output."""
     from cogvlm.frontends import caption
-    from cogvlm.inference.settings import GenerationSettings
 
-    generation = GenerationSettings(
-        max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens,
-        stop_strings=tuple(args.stop),
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        semantics=args.sampler,
-        seed=args.seed,
-    )
+    generation = sampling_settings(args)
     config = caption.CaptionConfig(
         source=args.input,
         output=Path(args.output),
@@ -34,6 +23,7 @@ def run_caption(args: argparse.Namespace) -> int:
         tp_size=args.tp_size,
         local_tokenizer=args.local_tokenizer,
         version=args.version,
+        prompt_style=args.prompt_style,
         dtype=flag_dtype(args),
         device=args.device,
         download=download_config(args),

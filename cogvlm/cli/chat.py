@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cogvlm.cli.common import DECODE_STEPS, QUANT_BITS, add_model_arguments, download_config, flag_dtype
+from cogvlm.cli.common import (
+    DECODE_STEPS,
+    QUANT_BITS,
+    add_model_arguments,
+    download_config,
+    flag_dtype,
+    sampling_settings,
+)
 from cogvlm.embedded import EMBEDDED_NAME
 from cogvlm.errors import CogVLMError, ConfigError
 
@@ -25,20 +32,8 @@ def _query(args: argparse.Namespace) -> str | None:
 def run_chat(args: argparse.Namespace) -> int:
     """Interactive chat about images, or one answer with --image/--query."""
     from cogvlm.frontends import chat
-    from cogvlm.inference.settings import GenerationSettings
 
-    generation = GenerationSettings(
-        max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens,
-        stop_strings=tuple(args.stop),
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        semantics=args.sampler,
-        seed=args.seed,
-        decode_step=args.decode_step,
-    )
+    generation = sampling_settings(args, decode_step=args.decode_step)
     config = chat.ChatConfig(
         checkpoint=args.from_pretrained,
         local_tokenizer=args.local_tokenizer,

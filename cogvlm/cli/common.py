@@ -100,6 +100,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     add_download_arguments(parser)
 
 
+def sampling_settings(args: argparse.Namespace, **extra):
+    """`GenerationSettings` of the sampling flags `chat` and `caption` share (None: the model's default)."""
+    from cogvlm.inference.settings import GenerationSettings
+
+    return GenerationSettings(
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        stop_strings=tuple(args.stop),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        semantics=args.sampler,
+        seed=args.seed,
+        **extra,
+    )
+
+
 def load_session(
     args: argparse.Namespace,
     dtype: torch.dtype | None,

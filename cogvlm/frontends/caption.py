@@ -47,6 +47,7 @@ class CaptionConfig:
     tp_size: int = 1
     local_tokenizer: str | None = None
     version: str | None = None
+    prompt_style: str = "sat"  # or "hf": the HF port's prompt texts (see `cogvlm chat`)
     dtype: torch.dtype | None = None
     device: str = "auto"  # cuda:LOCAL_RANK when available, else cpu
     download: DownloadConfig | None = None
@@ -130,6 +131,7 @@ def _load_session(config: CaptionConfig, runtime: ParallelRuntime) -> CogVLM:
         device=runtime.device if config.device == "auto" else config.device,
         local_tokenizer=config.local_tokenizer,
         version=config.version,
+        prompt_style=config.prompt_style,
         download=config.download,
         tp=runtime.tp,
         quant_bits=config.quant_bits,

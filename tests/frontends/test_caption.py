@@ -272,3 +272,16 @@ def test_infer_defaults_to_the_embedded_model_and_its_caption_query(tmp_path):
     assert record["query"] == EMBEDDED_QUERY
     embedded = api.load()
     assert record["answer"] == embedded.chat(image, EMBEDDED_QUERY, (), embedded.generation_config()).response
+
+
+def test_the_cli_hands_prompt_style_and_sampling_flags_to_the_caption_run(monkeypatch, tmp_path):
+    from cogvlm import cli
+    from cogvlm.frontends import caption
+
+    seen = []
+    monkeypatch.setattr(caption, "run_caption", seen.append)
+    argv = ["caption", str(tmp_path), "--output", str(tmp_path / "out.jsonl"), "--prompt_style", "hf"]
+    cli.main([*argv, "--top_k", "3", "--stop", "END"])
+    (config,) = seen
+    assert config.prompt_style == "hf"
+    assert (config.generation.top_k, config.generation.stop_strings) == (3, ("END",))
