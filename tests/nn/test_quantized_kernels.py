@@ -159,3 +159,26 @@ def test_compiled_decoding_runs_the_kernels_and_matches_eager_decoding(bits, gro
         assert compiled.token_ids == eager.token_ids
         # The same aten kernels on the same inputs; fused casts round alike: float32 noise at most.
         torch.testing.assert_close(compiled.step_logits, eager.step_logits, atol=1e-4, rtol=0)
+
+
+def test_choosing_a_kernel_never_builds_a_float_copy_of_the_whole_weight():
+    """The probe compares a few rows: a 17B load must not hold a float32 copy of its LM head."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestFloatOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    self.largest = max(self.largest, tensor.numel())
+            return out
+
+    rows, columns = 4096, 512
+    integers = torch.randint(-127, 128, (rows, columns), dtype=torch.int8)
+    scale = torch.rand(rows, dtype=torch.bfloat16) / 100
+    with LargestFloatOutput() as mode:
+        kernel = select_fused_kernel(integers, integers, scale, 8, None)
+    assert kernel is not None  # the probe still compared and accepted the kernel
+    assert mode.largest < rows * columns // 4
