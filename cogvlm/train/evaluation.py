@@ -256,13 +256,21 @@ def run_evaluation(config: EvaluateConfig) -> tuple[EvaluationResult, list, bool
     predictions when `predictions_path` is set. Also return the samples skipped as too long, and whether
     this is the rank that reports. Under a launcher, consecutive groups of `tp_size` ranks (default: all)
     hold the model's tensor-parallel shards, and the replicas share out the samples."""
+    from cogvlm.launch.distributed import init_parallel_runtime, shutdown
+
+    runtime = init_parallel_runtime(config.tp_size)
+    try:
+        return _evaluate_on_ranks(config, runtime)
+    finally:
+        shutdown(runtime)  # gloo's threads left to interpreter exit can abort the process
+
+
+def _evaluate_on_ranks(config: EvaluateConfig, runtime) -> tuple[EvaluationResult, list, bool]:
     from cogvlm.checkpoints.resolve import resolve_checkpoint
     from cogvlm.checkpoints.tokenizer_fetch import checkpoint_tokenizer
-    from cogvlm.launch.distributed import init_parallel_runtime
     from cogvlm.train.checkpointing import load_finetuned_model
     from cogvlm.train.validation import load_checked_samples
 
-    runtime = init_parallel_runtime(config.tp_size)
     data_group = data_parallel_group(runtime.tp.rank, runtime.tp.size, runtime.data_parallel_size)
     tokenizer = checkpoint_tokenizer(config.from_pretrained, config.local_tokenizer, config.download)
     path = resolve_checkpoint(config.from_pretrained, config.download)
