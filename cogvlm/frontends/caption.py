@@ -89,8 +89,11 @@ def default_query(checkpoint: str) -> str:
     return DEFAULT_QUERY
 
 
-def run_caption(config: CaptionConfig, log: TextIO = sys.stderr) -> CaptionSummary | None:
-    """Caption every input not yet in `config.output`; rank 0 returns the summary (other ranks None)."""
+def run_caption(config: CaptionConfig, log: TextIO | None = None) -> CaptionSummary | None:
+    """Caption every input not yet in `config.output`; rank 0 returns the summary (other ranks None).
+
+    `log` defaults to the `sys.stderr` of the call."""
+    log = sys.stderr if log is None else log
     runtime = init_parallel_runtime(config.tp_size)
     try:
         start = time.monotonic()

@@ -224,12 +224,15 @@ class ChatLoop:
         return 0
 
 
-def run_chat(config: ChatConfig, output: TextIO = sys.stdout, read_line: Callable[[str], str] = input) -> int:
+def run_chat(
+    config: ChatConfig, output: TextIO | None = None, read_line: Callable[[str], str] = input
+) -> int:
     """Load the model, then answer one query (`image`/`query` given) or chat interactively.
 
     Under torchrun every rank holds its shard of the model; rank 0 reads the input and broadcasts it, and
-    only rank 0 prints.
+    only rank 0 prints. `output` defaults to the `sys.stdout` of the call (not of the import).
     """
+    output = sys.stdout if output is None else output
     runtime = init_parallel_runtime()
     session = load(
         config.checkpoint,
