@@ -22,13 +22,17 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_on_every_rank(args: argparse.Namespace):
-    """(runtime, session): under torchrun every rank joins the job and loads its shard of the model."""
-    from cogvlm.launch.distributed import init_parallel_runtime
+def run_on_every_rank(args: argparse.Namespace, run) -> None:
+    """`run(session, runtime)` after every rank (under torchrun) joined the job and loaded its shard of the
+    model; the process group is left however `run` ends."""
+    from cogvlm.launch.distributed import init_parallel_runtime, shutdown
 
+    announce_embedded(args)
     runtime = init_parallel_runtime()
-    session = load_session(args, flag_dtype(args), args.quant, args.quant_group_size, runtime)
-    return runtime, session
+    try:
+        run(load_session(args, flag_dtype(args), args.quant, args.quant_group_size, runtime), runtime)
+    finally:
+        shutdown(runtime)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -37,7 +41,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from cogvlm.frontends.server.config import ServerConfig
     from cogvlm.frontends.server.run import serve
-    from cogvlm.launch.distributed import shutdown
 
     config = ServerConfig(
         host=args.host,
@@ -57,12 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
         remote_image_timeout_s=args.remote_image_timeout,
         compiled_decode=args.compile,
     )
-    announce_embedded(args)
-    runtime, session = load_on_every_rank(args)
-    try:
-        serve(session, config, runtime)
-    finally:
-        shutdown(runtime)
+    run_on_every_rank(args, lambda session, runtime: serve(session, config, runtime))
     return 0
 
 
@@ -115,7 +113,6 @@ def add_serve_parser(commands) -> None:
 def run_web(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo."""
     from cogvlm.frontends import web
-    from cogvlm.launch.distributed import shutdown
 
     config = web.WebConfig(
         host=args.host,
@@ -124,12 +121,7 @@ def run_web(args: argparse.Namespace) -> int:
         max_active=args.max_active,
         max_queue=args.max_queue,
     )
-    announce_embedded(args)
-    runtime, session = load_on_every_rank(args)
-    try:
-        web.run_web(session, config, runtime)
-    finally:
-        shutdown(runtime)
+    run_on_every_rank(args, lambda session, runtime: web.run_web(session, config, runtime))
     return 0
 
 
