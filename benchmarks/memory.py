@@ -132,8 +132,11 @@ def _tensor_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def measure_case(checkpoint: Path, spec: str, device: str, dtype_name: str, quant: int | None) -> dict:
-    """Load and generate in this (fresh) process; the figures of one case."""
+def measure_case(
+    checkpoint: Path, spec: str, device: str, dtype_name: str, quant: int | None, trace: bool = False
+) -> dict:
+    """Load and generate in this (fresh) process; the figures of one case (`trace`: CUDA only, also the
+    largest allocations alive at the load's peak, with where they were made)."""
     import torch
 
     import cogvlm
@@ -145,6 +148,8 @@ def measure_case(checkpoint: Path, spec: str, device: str, dtype_name: str, quan
     if device.startswith("cuda"):
         torch.cuda.init()
         torch.zeros(1, device=device)  # the CUDA context belongs to the baseline
+    if trace:
+        torch.cuda.memory._record_memory_history(stacks="python", max_entries=2_000_000)
     host = HostPeak()
     baseline = _rss_anon_bytes()
     host.reset()
@@ -157,6 +162,9 @@ def measure_case(checkpoint: Path, spec: str, device: str, dtype_name: str, quan
     load_host_peak = host.peak
     figures = {"model_bytes": _tensor_bytes(model.model), "load_seconds": load_s}
     figures.update(_device_peak(device, "load", load_host_peak - baseline))
+    if trace:
+        figures["load_peak_allocations"] = _allocations_at_peak(torch.cuda.memory._snapshot())
+        torch.cuda.memory._record_memory_history(enabled=None)
     host.reset()
     generation = model.generation_config(max_new_tokens=GENERATED_TOKENS, end_token_ids=())
     # Token ids only: random weights pick ids beyond the stand-in tokenizer's vocabulary.
@@ -164,6 +172,34 @@ def measure_case(checkpoint: Path, spec: str, device: str, dtype_name: str, quan
     figures.update(_device_peak(device, "generate", host.stop() - baseline))
     figures["load_host_peak_above_baseline_bytes"] = load_host_peak - baseline
     return _with_targets(figures, spec, device, quant)
+
+
+def _allocations_at_peak(snapshot: dict, shown: int = 8) -> list[dict]:
+    """Replay the allocator's trace: the `shown` largest blocks alive when the most bytes were, each with
+    the innermost cogvlm/torch frames that made it."""
+    live: dict[int, dict] = {}
+    total = peak = 0
+    at_peak: list[dict] = []
+    for event in snapshot["device_traces"][0]:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, list(live.values())
+        elif event["action"] == "free_completed" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+    largest = sorted(at_peak, key=lambda event: -event["size"])[:shown]
+    return [
+        {
+            "bytes": event["size"],
+            "where": [
+                f"{Path(frame['filename']).name}:{frame['line']} {frame['name']}"
+                for frame in event.get("frames", [])
+                if "cogvlm" in frame["filename"] or "benchmarks" in frame["filename"]
+            ][:4],
+        }
+        for event in largest
+    ]
 
 
 def _device_peak(device: str, phase: str, host_growth: int) -> dict:
@@ -192,9 +228,12 @@ def _with_targets(figures: dict, spec: str, device: str, quant: int | None) -> d
     return figures
 
 
-def run_case(checkpoint: Path, spec: str, device: str, dtype_name: str, quant: int | None) -> dict:
+def run_case(
+    checkpoint: Path, spec: str, device: str, dtype_name: str, quant: int | None, trace: bool = False
+) -> dict:
     """`measure_case` in a fresh interpreter, so that each case starts from the same baseline."""
     command = [sys.executable, __file__, "--child", str(checkpoint), "--models", spec, "--device", device]
+    command += ["--trace_peak"] if trace else []
     command += ["--dtypes", dtype_name, "--quants", "none" if quant is None else str(quant)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -215,11 +254,15 @@ def main() -> None:
     parser.add_argument("--quants", nargs="+", default=["none", "8", "4"], help="none, 8, 4")
     parser.add_argument("--checkpoint_dtype", default=None, help="on disk (CUDA: bfloat16)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cogvlm-memory-bench"))
+    parser.add_argument(
+        "--trace_peak", action="store_true", help="CUDA: list the allocations alive at each load's peak"
+    )
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtypes = args.dtypes or (["bfloat16"] if args.device.startswith("cuda") else ["float32", "bfloat16"])
     if args.child is not None:
-        figures = measure_case(args.child, args.models[0], args.device, dtypes[0], _quant(args.quants[0]))
+        quant = _quant(args.quants[0])
+        figures = measure_case(args.child, args.models[0], args.device, dtypes[0], quant, args.trace_peak)
         print(json.dumps(figures))
         return
     stored = args.checkpoint_dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -229,7 +272,8 @@ def main() -> None:
         for dtype_name in dtypes:
             for quant in map(_quant, args.quants):
                 case = {"model": spec, "device": args.device, "dtype": dtype_name, "quant": quant}
-                runs.append({**case, **run_case(checkpoint, spec, args.device, dtype_name, quant)})
+                figures = run_case(checkpoint, spec, args.device, dtype_name, quant, args.trace_peak)
+                runs.append({**case, **figures})
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     print(json.dumps({"checkpoint_dtype": stored, "runs": runs}, indent=1))
 

@@ -15,6 +15,7 @@ BENCH_FLAGS=${BENCH_FLAGS-}  # e.g. --compare_quant (three models: minutes longe
 MEMORY_MODELS=${MEMORY_MODELS:-cogvlm-17b-490:6:8 cogagent-18b:6:8}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
 MEMORY_TIMEOUT=${MEMORY_TIMEOUT:-330}  # writes two ~10 GB checkpoints, then 6 loads
+MEMORY_FLAGS=${MEMORY_FLAGS-}  # e.g. --trace_peak (the allocations alive at each load peak)
 REPEATS=${REPEATS:-3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -45,5 +46,5 @@ for config in $BENCH_CONFIGS; do
 done
 # shellcheck disable=SC2086 # one word per model
 step memory "$MEMORY_TIMEOUT" python3 benchmarks/memory.py --device "$DEVICE" --dtypes "$DTYPE" --quants none 8 4 \
-    --workdir "${TMPDIR:-/tmp}/cogvlm-memory-bench" --models $MEMORY_MODELS
+    --workdir "${TMPDIR:-/tmp}/cogvlm-memory-bench" --models $MEMORY_MODELS $MEMORY_FLAGS
 exit $failed

@@ -111,6 +111,11 @@ class QuantizedProjection:
         """The weight as int8 [out, in]."""
         return unpack_int4(self.weight) if self.bits == 4 else self.weight
 
+    def integer_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Output rows `start:stop` of the weight as int8 [rows, in], unpacking only those."""
+        rows = self.weight[start:stop]
+        return unpack_int4(rows) if self.bits == 4 else rows
+
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """This rank's weight [local out, local in] in `dtype`."""
         return dequantize(self.integers(), self.weight_scale, dtype)
@@ -121,7 +126,7 @@ class QuantizedProjection:
             self.fused_kernel = None
             return
         self.fused_kernel = select_fused_kernel(
-            self.weight, self.integers(), self.weight_scale, self.bits, self.group_size
+            self.weight, self.integer_rows, self.weight_scale, self.bits, self.group_size
         )
 
     def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -21,6 +21,7 @@ weight is as fast, and keeps float32, so above `max_rows` input rows the layer d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,12 @@ CPU_INT4_MAX_ROWS = 1024
 # layout or scale is off by the size of the output itself, bfloat16 rounding by ~2^-8 of it.
 PROBE_RELATIVE_TOLERANCE = 2e-2
 PROBE_ROWS = 256  # output rows the probe compares (all of them in small layers)
+# tinygemm's layouts are made of independent blocks of output rows (8 on CUDA, at most 64 on CPU), so a layout
+# is prepared this many rows at a time: its int32 and int8 intermediates stay a fraction of the weight.
+PREPARE_ROWS = 1024
+
+# `integer_rows(start, stop)`: the layer's integers int8 [stop - start, in] for those output rows.
+IntegerRows = Callable[[int, int], torch.Tensor]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,18 +82,18 @@ class FusedKernel:
 
 
 def select_fused_kernel(
-    weight: torch.Tensor, integers: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None
+    weight: torch.Tensor, integer_rows: IntegerRows, scale: torch.Tensor, bits: int, group_size: int | None
 ) -> FusedKernel | None:
-    """The fused kernel for a layer (stored `weight`, its int8 `integers` [out, in] and scales), or None.
-
-    A candidate is kept only if it runs and agrees with the dequantize-matmul on a random probe.
+    """The fused kernel for a layer (stored `weight`, its integers by rows, scales [out] or [out, groups]),
+    or None. A candidate is kept only if it runs and agrees with the dequantize-matmul on a random probe.
     """
     if weight.device.type not in ("cpu", "cuda"):
         return None
+    out_features, in_features = scale.shape[0], integer_rows(0, 1).shape[1]
     generator = torch.Generator(device=weight.device).manual_seed(0)
-    probe = torch.randn(2, integers.shape[1], generator=generator, device=weight.device, dtype=scale.dtype)
+    probe = torch.randn(2, in_features, generator=generator, device=weight.device, dtype=scale.dtype)
     try:  # preparing the layout checks shapes too (the CPU int4 packing wants outputs in blocks of 16)
-        candidate = _candidate(integers, scale, bits, group_size)
+        candidate = _candidate(integer_rows, out_features, scale, bits, group_size, weight.device.type)
         if candidate is None:
             return None
         got = candidate.matmul(probe, weight).float()[:, :PROBE_ROWS]
@@ -94,21 +101,26 @@ def select_fused_kernel(
         return None
     # The reference product on the first rows only: a float32 copy of a whole weight would be a load's
     # largest device allocation (0.5 GB for a 17B model's LM head).
-    rows, row_scale = integers[:PROBE_ROWS], scale[:PROBE_ROWS]
-    expected = F.linear(probe.float(), rows.float() * _per_input_scale(row_scale, integers.shape[1]).float())
+    rows, row_scale = integer_rows(0, PROBE_ROWS), scale[:PROBE_ROWS]
+    expected = F.linear(probe.float(), rows.float() * _per_input_scale(row_scale, in_features).float())
     tolerance = PROBE_RELATIVE_TOLERANCE * float(expected.abs().max().clamp_min(1e-12))
     return candidate if torch.allclose(got, expected, rtol=0, atol=tolerance) else None
 
 
 def _candidate(
-    integers: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None
+    integer_rows: IntegerRows,
+    out_features: int,
+    scale: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    device_type: str,
 ) -> FusedKernel | None:
-    device_type, dtype = integers.device.type, scale.dtype
+    dtype = scale.dtype
     if device_type == "cuda":
         if bits == 8 and group_size is None:
             return FusedKernel(8, "cuda", dtype, scales=scale)
         if bits == 4 and dtype == torch.bfloat16 and group_size in INT4_KERNEL_GROUP_SIZES:
-            return _int4_kernel(integers, scale, group_size, "cuda", None)
+            return _int4_kernel(integer_rows, out_features, scale, group_size, "cuda", None)
         return None
     if device_type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
         return None
@@ -116,8 +128,11 @@ def _candidate(
         if group_size is not None:
             return None
         return FusedKernel(8, "cpu", torch.bfloat16, CPU_INT8_MAX_ROWS, scale.to(torch.bfloat16).contiguous())
-    kernel_group = _kernel_group_size(group_size or integers.shape[1])
-    return _int4_kernel(integers, scale, kernel_group, "cpu", CPU_INT4_MAX_ROWS) if kernel_group else None
+    in_features = integer_rows(0, 1).shape[1]
+    kernel_group = _kernel_group_size(group_size or in_features)
+    if kernel_group is None:
+        return None
+    return _int4_kernel(integer_rows, out_features, scale, kernel_group, "cpu", CPU_INT4_MAX_ROWS)
 
 
 def _kernel_group_size(group_size: int) -> int | None:
@@ -132,21 +147,33 @@ def _per_input_scale(scale: torch.Tensor, in_features: int) -> torch.Tensor:
 
 
 def _int4_kernel(
-    integers: torch.Tensor, scale: torch.Tensor, group_size: int, device_type: str, max_rows: int | None
+    integer_rows: IntegerRows,
+    out_features: int,
+    scale: torch.Tensor,
+    group_size: int,
+    device_type: str,
+    max_rows: int | None,
 ) -> FusedKernel:
     """tinygemm's layout: unsigned nibbles q + 8, (scale, zero = 0) per group of `group_size` inputs."""
-    in_features = integers.shape[1]
-    unsigned = (integers.to(torch.int32) + 8).contiguous()  # [out, in], values in [1, 15]
-    if device_type == "cpu":
-        packed = torch._convert_weight_to_int4pack_for_cpu(unsigned, 1)
-    else:
-        nibbles = unsigned.to(torch.uint8)
-        packed = torch._convert_weight_to_int4pack(
-            ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).contiguous(), 8
-        )
+    blocks = [
+        _int4_layout(integer_rows(start, min(start + PREPARE_ROWS, out_features)), device_type)
+        for start in range(0, out_features, PREPARE_ROWS)
+    ]
+    packed = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+    del blocks
+    in_features = integer_rows(0, 1).shape[1]
     per_row = scale[:, None] if scale.dim() == 1 else scale  # [out, our groups]
     kernel_groups_per_group = in_features // per_row.shape[1] // group_size
     scales = per_row.repeat_interleave(kernel_groups_per_group, dim=1)  # [out, kernel groups]
     scales = scales.t().to(torch.bfloat16).contiguous()  # [kernel groups, out]
     scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1)  # [groups, out, 2]
     return FusedKernel(4, device_type, torch.bfloat16, max_rows, scales_and_zeros, group_size, packed)
+
+
+def _int4_layout(integers: torch.Tensor, device_type: str) -> torch.Tensor:
+    """tinygemm's packed weight for integers int8 [rows, in] (rows: a whole number of its row blocks)."""
+    unsigned = (integers.to(torch.int32) + 8).contiguous()  # [rows, in], values in [1, 15]
+    if device_type == "cpu":
+        return torch._convert_weight_to_int4pack_for_cpu(unsigned, 1)
+    nibbles = unsigned.to(torch.uint8)
+    return torch._convert_weight_to_int4pack(((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).contiguous(), 8)

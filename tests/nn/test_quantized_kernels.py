@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cogvlm.inference.generate import generate_batch
 from cogvlm.nn.quantized import dequantize, pack_int4, quantize_, quantize_weight
-from cogvlm.nn.quantized_kernels import CPU_INT4_MAX_ROWS, CPU_INT8_MAX_ROWS, select_fused_kernel
+from cogvlm.nn.quantized_kernels import (
+    CPU_INT4_MAX_ROWS,
+    CPU_INT8_MAX_ROWS,
+    PREPARE_ROWS,
+    select_fused_kernel,
+)
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from tests.inference.test_engine import _config, _golden_cases, _request
 from tests.nn.test_quantized import _quantized
@@ -35,6 +41,10 @@ def _reference(layer, hidden: torch.Tensor) -> torch.Tensor:
     """The dequantize-matmul in float32."""
     weight = dequantize(layer.integers(), layer.weight_scale.float(), torch.float32)
     return hidden.float() @ weight.t() + layer.bias.detach().float()
+
+
+def _rows_of(integers: torch.Tensor):
+    return lambda start, stop: integers[start:stop]
 
 
 def _inputs(rows: int, in_features: int, dtype=torch.float32) -> torch.Tensor:
@@ -121,9 +131,9 @@ def test_schemes_without_a_kernel_fall_back_to_the_dequantize_matmul(bits, group
 def test_the_probe_refuses_a_kernel_that_disagrees_with_the_reference():
     weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
     integers, scale = quantize_weight(weight, 8, None)
-    assert select_fused_kernel(integers, integers, scale, 8, None) is not None
+    assert select_fused_kernel(integers, _rows_of(integers), scale, 8, None) is not None
     # The int8 kernel reads the stored weight; a stored weight other than the integers must not pass.
-    assert select_fused_kernel(integers.flip(1).contiguous(), integers, scale, 8, None) is None
+    assert select_fused_kernel(integers.flip(1).contiguous(), _rows_of(integers), scale, 8, None) is None
 
 
 @pytest.mark.parametrize(
@@ -161,24 +171,51 @@ def test_compiled_decoding_runs_the_kernels_and_matches_eager_decoding(bits, gro
         torch.testing.assert_close(compiled.step_logits, eager.step_logits, atol=1e-4, rtol=0)
 
 
+class LargestOutput(TorchDispatchMode):
+    """The most elements of any (floating, or of any dtype) tensor an op returned while active."""
+
+    largest = largest_bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                if tensor.is_floating_point():
+                    self.largest = max(self.largest, tensor.numel())
+                self.largest_bytes = max(self.largest_bytes, tensor.numel() * tensor.element_size())
+        return out
+
+
 def test_choosing_a_kernel_never_builds_a_float_copy_of_the_whole_weight():
     """The probe compares a few rows: a 17B load must not hold a float32 copy of its LM head."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class LargestFloatOutput(TorchDispatchMode):
-        largest = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for tensor in out if isinstance(out, tuple | list) else (out,):
-                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                    self.largest = max(self.largest, tensor.numel())
-            return out
+    LargestFloatOutput = LargestOutput
 
     rows, columns = 4096, 512
     integers = torch.randint(-127, 128, (rows, columns), dtype=torch.int8)
     scale = torch.rand(rows, dtype=torch.bfloat16) / 100
     with LargestFloatOutput() as mode:
-        kernel = select_fused_kernel(integers, integers, scale, 8, None)
+        kernel = select_fused_kernel(integers, _rows_of(integers), scale, 8, None)
     assert kernel is not None  # the probe still compared and accepted the kernel
     assert mode.largest < rows * columns // 4
+
+
+def test_int4_layouts_are_prepared_in_row_blocks_equal_to_the_whole_layers_and_small():
+    """tinygemm's layout of a big layer is made PREPARE_ROWS rows at a time: the same bytes as the whole
+    layer's, with no int32 or int8 copy of the whole weight (a load's peak would hold it beside the model)."""
+    out_features, in_features = 2 * PREPARE_ROWS + 64, 256
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3))
+    layer = quantize_(_layer(ColumnParallelLinear, in_features, out_features), 4, 64)["proj"]
+    layer.weight_scale.data = layer.weight_scale.to(torch.bfloat16)
+    integers, _ = quantize_weight(weight, 4, 64)
+    layer.weight.copy_(pack_int4(integers))
+    with LargestOutput() as mode:
+        layer.select_kernel()
+    kernel = layer.fused_kernel
+    assert kernel is not None and kernel.packed_weight is not None
+    whole = torch._convert_weight_to_int4pack_for_cpu((integers.to(torch.int32) + 8).contiguous(), 1)
+    assert torch.equal(kernel.packed_weight, whole)
+    packed_bytes = layer.weight.numel()  # uint8, two weights a byte
+    # Only the kernel's own packed copy (the size of the stored weight) is as big as the weight; every
+    # intermediate covers PREPARE_ROWS rows at most (int32: 8 bytes per stored byte).
+    assert mode.largest_bytes <= max(packed_bytes, 8 * PREPARE_ROWS * in_features // 2)
+    assert mode.largest_bytes < 8 * packed_bytes // 2
