@@ -22,9 +22,15 @@ def route_tokens(
     """
     if vision_token_mask is None:
         return language(hidden_states)
-    vision_out = vision(hidden_states[vision_token_mask])  # [vision tokens, out]
-    language_out = language(hidden_states[~vision_token_mask])  # [language tokens, out]
-    output = vision_out.new_empty(*vision_token_mask.shape, vision_out.shape[-1])  # [batch, seq, out]
-    output[vision_token_mask] = vision_out
-    output[~vision_token_mask] = language_out
-    return output
+    # Row indices into [batch * seq, hidden]: index_select / index_copy_ move whole rows (memcpy), several
+    # times faster on CPU than boolean-mask indexing, and gather exactly the same matrices.
+    flat_mask = vision_token_mask.reshape(-1)
+    vision_rows = flat_mask.nonzero().squeeze(1)
+    language_rows = (~flat_mask).nonzero().squeeze(1)
+    flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+    vision_out = vision(flat.index_select(0, vision_rows))  # [vision tokens, out]
+    language_out = language(flat.index_select(0, language_rows))  # [language tokens, out]
+    output = vision_out.new_empty(flat_mask.shape[0], vision_out.shape[-1])  # [batch * seq, out]
+    output.index_copy_(0, vision_rows, vision_out)
+    output.index_copy_(0, language_rows, language_out)
+    return output.view(*vision_token_mask.shape, -1)  # [batch, seq, out]
