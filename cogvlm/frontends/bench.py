@@ -362,9 +362,9 @@ def _prepare(config: BenchConfig) -> _Prepared:
         _requests(model, config, protocol, 1),
         _requests(model, config, protocol, config.batch_size),
     )
-    # Warm-ups: allocator, and with decode_step="compiled" the compilation of each batch size's step.
+    # Warm-up: allocator, and with decode_step="compiled" the compilation of the batch-1 step (the batch-N
+    # run warms up its own, after every batch-1 figure: see `_batch_figures`).
     _time_generation(model, prepared.single, prepared.generation, torch.device(config.device))
-    _time_generation(model, prepared.batch, prepared.generation, torch.device(config.device))
     _progress("warmed up", started)
     return prepared
 
@@ -382,15 +382,28 @@ def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
         "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, 1),
         "prefill_ms": _time_prefill(model, request, device, 1),
         "prefill_linears_ms": _time_prefill_linears(model, request, device, DTYPES[prepared.config.dtype]),
-        "batch_decode_ms": _time_generation(model, prepared.batch, prepared.generation, device)[1],
     }
 
 
-def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
-    """The JSON figures of a prepared model from its repeats (medians)."""
+def _batch_figures(prepared: _Prepared, repeats: int) -> dict[str, float]:
+    """The batch-N decode (warm-up, then the median of `repeats` runs), taken after every batch-1 figure:
+    the peak memory up to here is the reference protocol's (batch 1), reported apart from the overall one."""
+    device = torch.device(prepared.config.device)
+    figures = {f"{name}_batch_1": value for name, value in _peak_memory(device).items()}
+    _time_generation(prepared.model, prepared.batch, prepared.generation, device)
+    runs = [
+        _time_generation(prepared.model, prepared.batch, prepared.generation, device)[1]
+        for _ in range(repeats)
+    ]
+    return {"batch_decode_ms": statistics.median(runs), **figures}
+
+
+def _result(prepared: _Prepared, repeats: list[dict[str, float]], batch: dict[str, float]) -> dict:
+    """The JSON figures of a prepared model from its batch-1 repeats (medians) and its batch-N figures."""
     config, model, device = prepared.config, prepared.model, torch.device(prepared.config.device)
     figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
-    batch_ms = figures.pop("batch_decode_ms")
+    batch = dict(batch)
+    batch_ms = batch.pop("batch_decode_ms")
     # The first token's floor: the towers (measured as they run) plus the prompt's bare linears.
     first_token_floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
     result = {
@@ -413,6 +426,7 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]]) -> dict:
         "batch_size": config.batch_size,
         "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,
         "repeats": config.repeats,
+        **batch,
         **_peak_memory(device),
     }
     if device.type == "cuda":
@@ -429,7 +443,9 @@ def run_bench(config: BenchConfig) -> dict:
     for index in range(config.repeats):
         repeats.append(_measure_repeat(prepared))
         _progress(f"repeat {index + 1}/{config.repeats}", started)
-    return _result(prepared, repeats)
+    batch = _batch_figures(prepared, config.repeats)
+    _progress(f"batch of {config.batch_size}", started)
+    return _result(prepared, repeats, batch)
 
 
 def run_quant_comparison(config: BenchConfig) -> dict:
@@ -448,7 +464,8 @@ def run_quant_comparison(config: BenchConfig) -> dict:
         for runs, model in zip(repeats, prepared, strict=True):
             runs.append(_measure_repeat(model))
         _progress(f"repeat {index + 1}/{config.repeats}", started)
-    results = [_result(model, runs) for model, runs in zip(prepared, repeats, strict=True)]
+    batches = [_batch_figures(model, config.repeats) for model in prepared]
+    results = [_result(*parts) for parts in zip(prepared, repeats, batches, strict=True)]
     labels = [config.dtype if bits is None else f"int{bits}" for bits in COMPARED_QUANT_BITS]
     comparison = {
         f"{figure}_{label}": result[figure]

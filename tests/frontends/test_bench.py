@@ -65,6 +65,8 @@ def test_bench_prints_the_figures_of_the_tiny_config_as_json():
     )
     ratio = figures["decode_ms_per_token_batch_1"] / figures["bare_linears_ms_per_token"]
     assert figures["decode_over_bare_linears"] == pytest.approx(ratio)
+    # The batch-1 protocol's peak (the reference's) is taken before the batch-N run, which only adds.
+    assert 4 * parameters <= figures["peak_rss_bytes_batch_1"] <= figures["peak_rss_bytes"]
 
 
 @pytest.mark.parametrize(
