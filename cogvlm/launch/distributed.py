@@ -9,6 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from cogvlm.errors import ConfigError
 from cogvlm.parallel.groups import NO_PARALLEL, TensorParallel
 
 # Collectives of the model fail after this long instead of hanging on a dead peer.
@@ -57,11 +58,19 @@ class ParallelRuntime:
         return self.tp.rank == 0 and self.data_parallel_rank == 0
 
 
-def default_device(environment: LaunchEnvironment) -> torch.device:
-    """cuda:LOCAL_RANK when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", environment.local_rank)
-    return torch.device("cpu")
+def default_device(environment: LaunchEnvironment, gpu_count: int | None = None) -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is available, else the CPU. One rank per GPU: a LOCAL_RANK beyond the
+    visible GPUs (`--nproc 2` on a one-GPU machine) is refused, not left to fail on a missing device."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
+    if environment.local_rank >= gpu_count:
+        raise ConfigError(
+            f"local rank {environment.local_rank} has no GPU: this machine shows {gpu_count} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); each rank needs its "
+            f"own GPU, so start at most {gpu_count} processes per machine (--nproc {gpu_count})"
+        )
+    return torch.device("cuda", environment.local_rank)
 
 
 def init_parallel_runtime(
