@@ -208,6 +208,39 @@ class ChatStream:
         )
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Which checkpoint a front-end loads and how: `load`'s settings, shared by every command's model flags.
+
+    `device` "auto" is this rank's device (cuda:LOCAL_RANK when available, else the CPU), given to `load`.
+    """
+
+    checkpoint: str = EMBEDDED_NAME
+    local_tokenizer: str | None = None
+    version: str | None = None
+    prompt_style: str = "sat"  # or "hf": the HF port's prompt texts
+    dtype: torch.dtype | None = None
+    device: str = "auto"
+    download: DownloadConfig | None = None
+    quant_bits: int | None = None
+    quant_group_size: int | None = None
+
+    def load(self, rank_device: torch.device | str = "cpu", tp: TensorParallel = NO_PARALLEL) -> CogVLM:
+        """This rank's session: its shard (`tp`) on `device`, or on `rank_device` for "auto"."""
+        return load(
+            self.checkpoint,
+            dtype=self.dtype,
+            device=rank_device if self.device == "auto" else self.device,
+            local_tokenizer=self.local_tokenizer,
+            version=self.version,
+            prompt_style=self.prompt_style,
+            download=self.download,
+            tp=tp,
+            quant_bits=self.quant_bits,
+            quant_group_size=self.quant_group_size,
+        )
+
+
 def load(
     path: str | Path = EMBEDDED_NAME,
     *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cogvlm.cli.common import QUANT_BITS, add_model_arguments, download_config, flag_dtype, sampling_settings
+from cogvlm.cli.common import QUANT_BITS, add_model_arguments, flag_dtype, model_source, sampling_settings
 from cogvlm.embedded import EMBEDDED_NAME
 
 
@@ -17,18 +17,10 @@ def run_caption(args: argparse.Namespace) -> int:
     config = caption.CaptionConfig(
         source=args.input,
         output=Path(args.output),
-        checkpoint=args.from_pretrained,
+        model=model_source(args, flag_dtype(args), args.quant, args.quant_group_size),
         query=args.query,
         batch_size=args.batch_size,
         tp_size=args.tp_size,
-        local_tokenizer=args.local_tokenizer,
-        version=args.version,
-        prompt_style=args.prompt_style,
-        dtype=flag_dtype(args),
-        device=args.device,
-        download=download_config(args),
-        quant_bits=args.quant,
-        quant_group_size=args.quant_group_size,
         generation=generation,
         compiled=args.compile,
     )

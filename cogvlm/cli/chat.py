@@ -9,8 +9,8 @@ from cogvlm.cli.common import (
     DECODE_STEPS,
     QUANT_BITS,
     add_model_arguments,
-    download_config,
     flag_dtype,
+    model_source,
     sampling_settings,
 )
 from cogvlm.embedded import EMBEDDED_NAME
@@ -35,15 +35,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
     generation = sampling_settings(args, decode_step=args.decode_step)
     config = chat.ChatConfig(
-        checkpoint=args.from_pretrained,
-        local_tokenizer=args.local_tokenizer,
-        version=args.version,
-        prompt_style=args.prompt_style,
-        dtype=flag_dtype(args),
-        device=args.device,
-        download=download_config(args),
-        quant_bits=args.quant,
-        quant_group_size=args.quant_group_size,
+        model=model_source(args, flag_dtype(args), args.quant, args.quant_group_size),
         generation=generation,
         stream=args.stream_chat,
         chinese=args.chinese,

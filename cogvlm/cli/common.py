@@ -118,6 +118,29 @@ def sampling_settings(args: argparse.Namespace, **extra):
     )
 
 
+def model_source(
+    args: argparse.Namespace,
+    dtype: torch.dtype | None,
+    quant_bits: int | None = None,
+    quant_group_size: int | None = None,
+):
+    """The `cogvlm.api.ModelSource` of the model flags (`add_model_arguments`), in `dtype`, quantized to
+    `quant_bits` if given."""
+    from cogvlm.api import ModelSource
+
+    return ModelSource(
+        checkpoint=args.from_pretrained,
+        local_tokenizer=args.local_tokenizer,
+        version=args.version,
+        prompt_style=args.prompt_style,
+        dtype=dtype,
+        device=args.device,
+        download=download_config(args),
+        quant_bits=quant_bits,
+        quant_group_size=quant_group_size,
+    )
+
+
 def load_session(
     args: argparse.Namespace,
     dtype: torch.dtype | None,
@@ -125,25 +148,15 @@ def load_session(
     quant_group_size: int | None = None,
     runtime=None,
 ):
-    """The `cogvlm.api` session of the model flags (`add_model_arguments`), in `dtype`, quantized to
-    `quant_bits` if given. Under a tensor-parallel `runtime` (`cogvlm.launch.distributed`) this rank loads
-    its shard on its own device (cuda:LOCAL_RANK for `--device auto`)."""
-    from cogvlm.api import load
+    """The `cogvlm.api` session of the model flags. Under a tensor-parallel `runtime`
+    (`cogvlm.launch.distributed`) this rank loads its shard on its own device (cuda:LOCAL_RANK for
+    `--device auto`); without one, "auto" is `flag_device`'s choice."""
     from cogvlm.parallel.groups import NO_PARALLEL
 
-    device = runtime.device if runtime is not None and args.device == "auto" else flag_device(args)
-    return load(
-        args.from_pretrained,
-        dtype=dtype,
-        device=device,
-        local_tokenizer=args.local_tokenizer,
-        version=args.version,
-        prompt_style=args.prompt_style,
-        download=download_config(args),
-        tp=NO_PARALLEL if runtime is None else runtime.tp,
-        quant_bits=quant_bits,
-        quant_group_size=quant_group_size,
-    )
+    source = model_source(args, dtype, quant_bits, quant_group_size)
+    if runtime is None:
+        return source.load(flag_device(args), NO_PARALLEL)
+    return source.load(runtime.device, runtime.tp)
 
 
 def announce_embedded(args: argparse.Namespace) -> None:

@@ -21,8 +21,7 @@ from typing import TextIO
 import torch
 import torch.distributed as dist
 
-from cogvlm.api import CogVLM, load
-from cogvlm.checkpoints.download import DownloadConfig
+from cogvlm.api import ModelSource
 from cogvlm.embedded import EMBEDDED_NAME, embedded_checkpoint
 from cogvlm.frontends.caption_batch import Captioner
 from cogvlm.frontends.caption_inputs import CaptionInput, list_inputs
@@ -41,18 +40,10 @@ class CaptionConfig:
 
     source: str  # a folder, a .jsonl file or a glob pattern
     output: Path
-    checkpoint: str = EMBEDDED_NAME
+    model: ModelSource = field(default_factory=ModelSource)
     query: str | None = None  # for inputs without their own; None: the model's default
     batch_size: int = 8
     tp_size: int = 1
-    local_tokenizer: str | None = None
-    version: str | None = None
-    prompt_style: str = "sat"  # or "hf": the HF port's prompt texts (see `cogvlm chat`)
-    dtype: torch.dtype | None = None
-    device: str = "auto"  # cuda:LOCAL_RANK when available, else cpu
-    download: DownloadConfig | None = None
-    quant_bits: int | None = None
-    quant_group_size: int | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     compiled: bool = False
 
@@ -98,7 +89,7 @@ def run_caption(config: CaptionConfig, log: TextIO | None = None) -> CaptionSumm
     try:
         start = time.monotonic()
         inputs, my_slice = _plan(config, runtime)
-        session = _load_session(config, runtime)
+        session = config.model.load(runtime.device, runtime.tp)
         generation = session.generation_config(config.generation)
         captioner = Captioner(session, generation, batch_size=config.batch_size, compiled=config.compiled)
         _finish(runtime, 0)  # every rank loaded: the captioning time starts together
@@ -124,22 +115,6 @@ def run_caption(config: CaptionConfig, log: TextIO | None = None) -> CaptionSumm
         return summary
     finally:
         shutdown(runtime)
-
-
-def _load_session(config: CaptionConfig, runtime: ParallelRuntime) -> CogVLM:
-    """This rank's model (its tensor-parallel shard), tokenizer and prompt format, as chat loads them."""
-    return load(
-        config.checkpoint,
-        dtype=config.dtype,
-        device=runtime.device if config.device == "auto" else config.device,
-        local_tokenizer=config.local_tokenizer,
-        version=config.version,
-        prompt_style=config.prompt_style,
-        download=config.download,
-        tp=runtime.tp,
-        quant_bits=config.quant_bits,
-        quant_group_size=config.quant_group_size,
-    )
 
 
 def _writer_path(output: Path, runtime: ParallelRuntime) -> Path | None:
@@ -202,7 +177,7 @@ def _plan(config: CaptionConfig, runtime: ParallelRuntime) -> tuple[list[Caption
     slices: list = [None] * world
     if runtime.control_group is None or dist.get_rank() == 0:
         try:
-            inputs = list_inputs(config.source, config.query or default_query(config.checkpoint))
+            inputs = list_inputs(config.source, config.query or default_query(config.model.checkpoint))
             done = done_keys(config.output)
             pending = [item for item in inputs if item.key not in done]
             slices = [pending[(rank // tp_size) :: groups] for rank in range(world)]

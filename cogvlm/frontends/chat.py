@@ -15,10 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import torch
-
-from cogvlm.api import CogVLM, ImageInputs, load
-from cogvlm.checkpoints.download import DownloadConfig
+from cogvlm.api import CogVLM, ImageInputs, ModelSource
 from cogvlm.embedded import EMBEDDED_NOTICE, is_embedded
 from cogvlm.errors import CogVLMError, ImageError, PromptTooLongError
 from cogvlm.frontends.grounding_output import SESSION_FILE_NOTE, GroundingOutput
@@ -50,15 +47,7 @@ CHINESE_PROMPTS = Prompts(image="请输入图像路径或URL（回车进入纯�
 class ChatConfig:
     """Everything `cogvlm chat` needs: the checkpoint, how to run it, how to sample, and the mode."""
 
-    checkpoint: str
-    local_tokenizer: str | None = None
-    version: str | None = None
-    prompt_style: str = "sat"  # or "hf": the HF port's prompt texts
-    dtype: torch.dtype | None = None
-    device: str = "auto"  # cuda:LOCAL_RANK when available, else cpu
-    download: DownloadConfig | None = None
-    quant_bits: int | None = None
-    quant_group_size: int | None = None
+    model: ModelSource = field(default_factory=ModelSource)
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # over the model's defaults
     stream: bool = False
     chinese: bool = False
@@ -234,21 +223,10 @@ def run_chat(
     """
     output = sys.stdout if output is None else output
     runtime = init_parallel_runtime()
-    session = load(
-        config.checkpoint,
-        dtype=config.dtype,
-        device=runtime.device if config.device == "auto" else config.device,
-        local_tokenizer=config.local_tokenizer,
-        version=config.version,
-        prompt_style=config.prompt_style,
-        download=config.download,
-        tp=runtime.tp,
-        quant_bits=config.quant_bits,
-        quant_group_size=config.quant_group_size,
-    )
+    session = config.model.load(runtime.device, runtime.tp)
     if not runtime.is_first_rank:
         output = io.StringIO()
-    elif config.query is None and is_embedded(config.checkpoint):
+    elif config.query is None and is_embedded(config.model.checkpoint):
         print(EMBEDDED_NOTICE, file=sys.stderr)
     if read_line is input and hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # undecodable bytes get a message, not a crash

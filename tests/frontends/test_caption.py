@@ -48,7 +48,8 @@ def session(checkpoint: Path) -> api.CogVLM:
 def chat_answer(image: Path, query: str, checkpoint: Path = CHECKPOINT, stop: tuple[str, ...] = ()) -> str:
     """What `cogvlm chat --image IMAGE --query QUERY` prints with the same model flags."""
     generation = GenerationSettings(max_new_tokens=NEW_TOKENS, stop_strings=stop)
-    config = ChatConfig(str(checkpoint), generation=generation, image=str(image), query=query)
+    model = api.ModelSource(str(checkpoint), local_tokenizer=str(TOKENIZER), version=VERSION)
+    config = ChatConfig(model, generation=generation, image=str(image), query=query)
     output = io.StringIO()
     ChatLoop(session(checkpoint), config, output, input).answer_once(str(image), query)
     return output.getvalue().removesuffix("\n")
@@ -63,9 +64,7 @@ def caption(source, output: Path, checkpoint: Path = CHECKPOINT, log=None, stop=
     config = CaptionConfig(
         source=str(source),
         output=output,
-        checkpoint=str(checkpoint),
-        local_tokenizer=str(TOKENIZER),
-        version=VERSION,
+        model=api.ModelSource(str(checkpoint), local_tokenizer=str(TOKENIZER), version=VERSION),
         generation=GenerationSettings(max_new_tokens=NEW_TOKENS, stop_strings=stop),
         **{"query": QUERY, "batch_size": 3, **fields},
     )
@@ -283,5 +282,5 @@ def test_the_cli_hands_prompt_style_and_sampling_flags_to_the_caption_run(monkey
     argv = ["caption", str(tmp_path), "--output", str(tmp_path / "out.jsonl"), "--prompt_style", "hf"]
     cli.main([*argv, "--top_k", "3", "--stop", "END"])
     (config,) = seen
-    assert config.prompt_style == "hf"
+    assert config.model.prompt_style == "hf"
     assert (config.generation.top_k, config.generation.stop_strings) == (3, ("END",))

@@ -41,7 +41,7 @@ def _session(name: str) -> api.CogVLM:
 
 def _front_end_defaults(session: api.CogVLM) -> dict[str, GenerationConfig]:
     """What each front-end generates with when the user sets nothing."""
-    chat = ChatLoop(session, ChatConfig(checkpoint="x"), sys.stdout, input).generation
+    chat = ChatLoop(session, ChatConfig(api.ModelSource("x")), sys.stdout, input).generation
     body = {"messages": [{"role": "user", "content": "What color is the triangle?"}]}
     job = prepare_job(session, ServerConfig(), parse_chat_request(body, ServerConfig()))
     web = web_generation(session, WebConfig(), **slider_defaults(session))
