@@ -21,6 +21,10 @@ class ConfigError(CogVLMError, ValueError):
     """A configuration field has an invalid value."""
 
 
+class UserTextError(CogVLMError, ValueError):
+    """A user's text that cannot become a prompt (a lone surrogate, the reserved image marker)."""
+
+
 class PromptTooLongError(CogVLMError, ValueError):
     """A prompt does not fit in the context length."""
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cogvlm import api
-from cogvlm.errors import TokenizerError
+from cogvlm.errors import TokenizerError, UserTextError
 from cogvlm.inference.generate import GenerationConfig
 from tests.golden import find_case, generations, golden_dir, greedy_cases, prompts
 from tests.golden_models import end_tokens
@@ -41,6 +41,20 @@ def test_text_only_chat_produces_a_reply_without_image_slots():
     session = api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version="chat")
     result = session.chat(None, "Hello there", generation=GenerationConfig(max_new_tokens=5))
     assert 1 <= len(result.token_ids) <= 5
+
+
+@pytest.mark.parametrize(
+    ("query", "history", "where"),
+    [
+        ("What is <EOI> here?", (), "the query"),
+        ("And now?", (("Look: <EOI>", "A box."),), "history turn 0's query"),
+        ("And now?", (("Hi", "x<EOI>"),), "history turn 0's response"),
+    ],
+)
+def test_text_holding_the_image_marker_is_refused_not_turned_into_image_slots(query, history, where):
+    session = api.load(CHECKPOINT, local_tokenizer=str(TOKENIZER), version="chat_old")
+    with pytest.raises(UserTextError, match=f"{where}: the text contains '<EOI>'"):
+        session.request(IMAGE, query, history)
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path):

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from cogvlm.api import CogVLM, ImageInputs, ModelSource
 from cogvlm.embedded import EMBEDDED_NOTICE, is_embedded
-from cogvlm.errors import CogVLMError, ImageError, PromptTooLongError
+from cogvlm.errors import CogVLMError, ImageError, PromptTooLongError, UserTextError
 from cogvlm.frontends.grounding_output import SESSION_FILE_NOTE, GroundingOutput
 from cogvlm.inference.generate import GenerationConfig
 from cogvlm.inference.settings import GenerationSettings
@@ -159,6 +159,9 @@ class ChatLoop:
                 response = self.answer(None if image is None else image[0], query, history)
             except PromptTooLongError:
                 self.say(TOO_LONG_MESSAGE)
+                continue
+            except UserTextError as error:
+                self.say(f"{error}; ask again without it.")
                 continue
             except KeyboardInterrupt:
                 self.say("")

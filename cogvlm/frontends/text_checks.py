@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cogvlm.errors import CogVLMError, PromptTooLongError
-from cogvlm.text_processors.prompts import IMAGE_MARKER
+from cogvlm.errors import PromptTooLongError, UserTextError
+from cogvlm.text_processors.inference import check_no_image_marker
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 
 # The most characters one normalization rule writes (NFKC's longest expansion is 18).
 PREFIX_SLACK_CHARS = 64
-
-
-class UserTextError(CogVLMError, ValueError):
-    """A user's text that cannot become a prompt."""
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -44,9 +40,7 @@ def check_user_text(text: str, where: str) -> None:
             f"{where}: the text holds a lone UTF-16 surrogate (U+{ord(text[index]):04X} at index "
             f"{index}), which is not a Unicode character"
         )
-    if IMAGE_MARKER in text:
-        # The prompt builder turns this marker into image slots: text must not forge them.
-        raise UserTextError(f"{where}: the text contains {IMAGE_MARKER!r}, which is reserved for the image")
+    check_no_image_marker(text, where)
 
 
 def check_prompt_fits(tokenizer: LlamaTokenizer, texts: Sequence[str], max_length: int) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cogvlm.errors import UserTextError
 from cogvlm.text_processors.image_slots import (
     MARKER_ID,
     TextEncoder,
@@ -15,7 +16,7 @@ from cogvlm.text_processors.image_slots import (
     image_masks,
     position_ids_from_rope_mask,
 )
-from cogvlm.text_processors.prompts import History, PromptFormat
+from cogvlm.text_processors.prompts import IMAGE_MARKER, History, PromptFormat
 
 __all__ = [
     "TextInputs",
@@ -74,6 +75,12 @@ def build_hf_inference_inputs(
     return _inputs([tokenizer.bos_id, *slots, *tokenizer.encode(text)], image_length)
 
 
+def check_no_image_marker(text: str, where: str) -> None:
+    """Refuse user text holding the image marker, which the prompt builder would turn into image slots."""
+    if IMAGE_MARKER in text:
+        raise UserTextError(f"{where}: the text contains {IMAGE_MARKER!r}, which is reserved for the image")
+
+
 def build_turn_inputs(
     tokenizer: TextEncoder,
     prompt_format: PromptFormat,
@@ -83,6 +90,10 @@ def build_turn_inputs(
     has_image: bool = True,
 ) -> TextInputs:
     """The inputs of one turn (`query` after `history`) in `prompt_format`'s version and style."""
+    check_no_image_marker(query, "the query")
+    for turn, (past_query, past_response) in enumerate(history):
+        check_no_image_marker(past_query, f"history turn {turn}'s query")
+        check_no_image_marker(past_response, f"history turn {turn}'s response")
     text = prompt_format.text(query, history, has_image)
     if prompt_format.style == "hf":
         return build_hf_inference_inputs(tokenizer, text, image_length, has_image)

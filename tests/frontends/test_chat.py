@@ -91,6 +91,8 @@ def test_an_interactive_session_chats_clears_survives_bad_input_and_stops():
     assert _reply(child) == second_reply  # the first turn is in the history
     _ask(child, "User: ", "word " * MAX_LENGTH)
     child.expect_exact("The prompt exceeds the context length limit, please try again.")
+    _ask(child, "User: ", "Is <EOI> a token?")  # typed text must not forge image slots
+    child.expect_exact("the query: the text contains '<EOI>', which is reserved for the image; ask again")
     _ask(child, "User: ", "clear")
     _ask(child, image_prompt, "/no/such/image.png")
     child.expect_exact("image file not found")
