@@ -239,6 +239,9 @@ def create_app(session: CogVLM, config: ServerConfig, batch=None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        failure = service.scheduler.failure
+        if failure is not None:  # the server is about to stop: say so, not "ok"
+            raise failure
         return {"status": "ok", "model": config.model_id, **service.scheduler.load}
 
     return app

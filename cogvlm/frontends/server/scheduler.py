@@ -130,6 +130,18 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     @property
+    def failure(self) -> APIError | None:
+        """The error every request gets once the batch is lost (a tensor-parallel rank failed), else None:
+        set by a failed step, or by the batch's own watch of the other ranks while the server is idle."""
+        with self._condition:
+            failure = self._lost()
+        return None if failure is None else _failure_error(failure)
+
+    def _lost(self) -> TensorParallelFailure | None:
+        """Why the batch is lost, if it is. Called with the lock held."""
+        return self._failure or getattr(self._batch, "failure", None)
+
+    @property
     def load(self) -> dict[str, int]:
         """How many jobs run and wait, and the most that one decoding step has advanced together."""
         with self._condition:
@@ -147,8 +159,8 @@ class Scheduler:
             loop, events = None, queue.Queue()
         job = Job(prepared, loop, events, time.monotonic() + self._timeout_s)
         with self._condition:
-            if self._failure is not None:
-                raise _failure_error(self._failure)
+            if self._lost() is not None:
+                raise _failure_error(self._lost())
             if self._stopping:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
             if self._queued() >= self._max_queue:
