@@ -18,6 +18,7 @@ Over-long samples (the official code drops the first kind and silently truncates
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,7 +80,17 @@ def _template(prompt: str, caption: str, version: str) -> tuple[str, str]:
     return build_prompt(version, _TAGS.sub("", prompt)), _TAGS.sub("", caption)
 
 
-def build_training_inputs(
+@dataclass(frozen=True)
+class TrainingTokens:
+    """A sample's unpadded ids (BOS first, image slots expanded, EOS last) and where its images end."""
+
+    ids: list[int]
+    eoi_positions: tuple[int, ...]
+    context_length: int  # tokens before the caption, image slots expanded
+    was_truncated: bool
+
+
+def training_tokens(
     tokenizer: TextEncoder,
     caption: str,
     prompt: str,
@@ -88,11 +99,8 @@ def build_training_inputs(
     image_length: int,
     max_target_length: int,
     on_overflow: OverflowPolicy = "skip",
-) -> TrainingInputs | SampleTooLong:
-    """Training inputs for `caption` answering `prompt`, or `SampleTooLong` (see the module docstring).
-
-    A prompt without `<EOI>` is wrapped in the `version` template with an empty history, as officially.
-    """
+) -> TrainingTokens | SampleTooLong:
+    """The ids `build_training_inputs` pads, or `SampleTooLong` (see the module docstring)."""
     check_image_length(image_length)
     check_version(version)
     if on_overflow not in ("skip", "truncate"):
@@ -110,29 +118,52 @@ def build_training_inputs(
     ids, eoi_positions = expand_markers([*ids[:limit], tokenizer.eos_id], image_length)
     if len(ids) > max_target_length:
         return SampleTooLong("sequence", len(ids), max_target_length, max_target_length)
-    return _pack(
-        ids, eoi_positions, context_length, image_length, max_target_length, tokenizer.pad_id, was_truncated
-    )
+    return TrainingTokens(ids, eoi_positions, context_length, was_truncated)
 
 
-def _pack(
-    ids: list[int],
-    eoi_positions: tuple[int, ...],
-    context_length: int,
+def token_labels(ids: Sequence[int], context_length: int, image_embed_mask: Sequence[bool]) -> list[int]:
+    """The labels of unpadded `ids`: IGNORE_INDEX over the context and over image slots in the caption."""
+    labels = [IGNORE_INDEX] * context_length + list(ids[context_length:])
+    return [
+        IGNORE_INDEX if in_image else label
+        for label, in_image in zip(labels, image_embed_mask[: len(labels)], strict=True)
+    ]
+
+
+def build_training_inputs(
+    tokenizer: TextEncoder,
+    caption: str,
+    prompt: str,
+    *,
+    version: str,
     image_length: int,
     max_target_length: int,
-    pad_id: int,
-    was_truncated: bool,
-) -> TrainingInputs:
+    on_overflow: OverflowPolicy = "skip",
+) -> TrainingInputs | SampleTooLong:
+    """Training inputs for `caption` answering `prompt`, or `SampleTooLong` (see the module docstring).
+
+    A prompt without `<EOI>` is wrapped in the `version` template with an empty history, as officially.
+    """
+    tokens = training_tokens(
+        tokenizer,
+        caption,
+        prompt,
+        version=version,
+        image_length=image_length,
+        max_target_length=max_target_length,
+        on_overflow=on_overflow,
+    )
+    if isinstance(tokens, SampleTooLong):
+        return tokens
+    return _pack(tokens, image_length, max_target_length, tokenizer.pad_id)
+
+
+def _pack(tokens: TrainingTokens, image_length: int, max_target_length: int, pad_id: int) -> TrainingInputs:
     """Pad to `max_target_length` and build labels, masks and positions."""
+    ids, context_length, eoi_positions = tokens.ids, tokens.context_length, tokens.eoi_positions
     pad = max_target_length - len(ids)
     masks = image_masks(max_target_length, eoi_positions, image_length)
-    labels = [IGNORE_INDEX] * context_length + ids[context_length:] + [IGNORE_INDEX] * pad
-    # Image slots inside the caption are never targets.
-    labels = [
-        IGNORE_INDEX if in_image else label
-        for label, in_image in zip(labels, masks.image_embed_mask, strict=True)
-    ]
+    labels = token_labels(ids, context_length, masks.image_embed_mask) + [IGNORE_INDEX] * pad
     rope = torch.tensor([masks.image_rope_mask], dtype=torch.bool)  # [1, T]
     causal = torch.tril(torch.ones(max_target_length, max_target_length))  # [T, T]
     return TrainingInputs(
@@ -145,5 +176,5 @@ def _pack(
         image_rope_mask=rope,
         context_length=context_length,
         image_positions=eoi_positions,
-        was_truncated=was_truncated,
+        was_truncated=tokens.was_truncated,
     )

@@ -11,8 +11,8 @@ from PIL import Image
 
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
-from cogvlm.text_processors.training import IGNORE_INDEX
-from cogvlm.train.data import VisionTextDataset, collate, read_samples
+from cogvlm.text_processors.training import IGNORE_INDEX, build_training_inputs
+from cogvlm.train.data import VisionTextDataset, collate, read_samples, sample_prompt
 from cogvlm.train.evaluation import batch_context
 from cogvlm.train.loss import answer_token_losses
 from tests.golden import golden_dir
@@ -97,6 +97,34 @@ def test_labels_cover_the_answer_and_eos_only(tmp_path):
     targets = item.labels[item.labels != IGNORE_INDEX].tolist()
     assert targets == answer_ids + [tokenizer().eos_id]
     assert item.input_ids[-1] == tokenizer().eos_id and item.length == item.context_length + len(targets)
+
+
+@pytest.mark.parametrize("version", ["base", "chat_old", "chat"])
+def test_items_hold_only_their_ids_and_derive_the_reference_inputs_cut_at_their_length(tmp_path, version):
+    _image(tmp_path / "a.png")
+    records = [
+        {"image": "a.png", "question": "Colour?", "answer": "red"},
+        {"image": "a.png", "question": "And?", "answer": "a square", "history": [["Shape?", "a box"]]},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    config = model_and_config()[1]
+    for item in _dataset(read_samples(tmp_path / "d.jsonl"), version=version).items:
+        reference = build_training_inputs(
+            tokenizer(),
+            item.sample.answer,
+            sample_prompt(item.sample, version),
+            version=version,
+            image_length=config.image_length,
+            max_target_length=_max_length(),
+        )
+        cut = slice(0, item.length)
+        for name in ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask"):
+            assert torch.equal(getattr(item, name), getattr(reference, name)[0, cut]), name
+        assert (reference.labels[0, item.length :] == IGNORE_INDEX).all()  # only padding was cut
+        assert item.context_length == reference.context_length
+        # Compact: 4 bytes a token, no padded tensors kept per sample.
+        assert item.ids.itemsize == 4 and len(item.ids) == item.length
+        assert not any(isinstance(value, torch.Tensor) for value in vars(item).values())
 
 
 def test_multi_turn_history_is_context_and_only_the_last_answer_is_scored(tmp_path):
