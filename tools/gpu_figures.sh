@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU figure in one run, in under 8 minutes on one H100/H200: `cogvlm bench` of both full-size
-# architectures (bf16 against int8 and int4, random weights) and benchmarks/memory.py (peak device and host
-# memory while loading and generating, full widths at reduced depth, bf16/int8/int4).
+# Every GPU figure in one run, in under 8 minutes on one H100/H200: the CUDA-only tests, `cogvlm bench` of
+# both full-size architectures (bf16 against int8 and int4, random weights) and benchmarks/memory.py (peak
+# device and host memory while loading and generating, full widths at reduced depth, bf16/int8/int4).
 # Writes JSON and logs to $OUT (default /tmp/cogvlm-gpu-figures); needs torch, sentencepiece, safetensors,
-# pillow, filelock and tqdm, nothing else. The variables below make a CPU dry run of the same steps possible
+# pillow, filelock, tqdm and pytest, nothing else. The variables below make a CPU dry run of the same steps possible
 # (tests/test_gpu_figures_script.py): DEVICE=cpu DTYPE=float32 BENCH_CONFIGS=tiny MEMORY_MODELS=tiny.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,12 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.lo
 
 if [[ $DEVICE == cuda* ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+    echo "== CUDA-only tests (the int4 kernel layout)"
+    if ! timeout 120 python3 -m pytest -q -p no:cacheprovider tests/nn/test_quantized_kernels_cuda.py \
+        >"$OUT/cuda-tests.log" 2>&1; then
+        failed=1
+        tail -n 5 "$OUT/cuda-tests.log"
+    fi
 fi
 # shellcheck disable=SC2086 # BENCH_FLAGS: words
 for config in $BENCH_CONFIGS; do
