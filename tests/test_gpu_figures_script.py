@@ -37,3 +37,21 @@ def test_the_gpu_figures_script_runs_every_step_on_the_cpu(tmp_path):
         assert run["host_transient_within_budget"] is True
     assert runs[2]["model_bytes"] < runs[1]["model_bytes"] < runs[0]["model_bytes"]
     assert not (out / "cuda-tests.log").exists()  # CUDA-only steps are skipped on the CPU
+
+
+def test_the_load_peak_trace_lists_the_blocks_alive_at_the_peak_largest_first():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_bench", SCRIPT.parents[1] / "benchmarks" / "memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    frame = {"filename": "/x/cogvlm/checkpoints/streaming.py", "line": 153, "name": "_to_device"}
+    events = [
+        {"action": "alloc", "addr": 1, "size": 10, "frames": [frame]},
+        {"action": "alloc", "addr": 2, "size": 30, "frames": []},  # a temporary, freed before the end
+        {"action": "free_requested", "addr": 2, "size": 30},
+        {"action": "free_completed", "addr": 2, "size": 30},
+        {"action": "alloc", "addr": 3, "size": 5, "frames": []},  # after the peak (40 bytes): not listed
+    ]
+    found = memory._allocations_at_peak({"device_traces": [events]})
+    assert found == [{"bytes": 30, "where": []}, {"bytes": 10, "where": ["streaming.py:153 _to_device"]}]
