@@ -42,7 +42,8 @@ def test_the_gpu_figures_script_runs_every_step_on_the_cpu(tmp_path):
 def test_the_load_peak_trace_lists_the_blocks_alive_at_the_peak_largest_first():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("memory_bench", SCRIPT.parents[1] / "benchmarks" / "memory.py")
+    path = SCRIPT.parents[1] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("memory_bench", path)
     memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(memory)
     frame = {"filename": "/x/cogvlm/checkpoints/streaming.py", "line": 153, "name": "_to_device"}
