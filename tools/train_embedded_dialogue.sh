@@ -18,14 +18,16 @@
 # CI set (seed 20261123) grounding fell 17->7 of 150, under its 0.07 threshold. 5a alone (1,600 steps)
 # got colour 169, count 269, grounding 34; 5b's checkpoints at 600/1200 steps and weight averages did no
 # better. The replies' many tokens outweigh one-word answers and boxes in the token-averaged loss.
+# A third try, 5a's data from the phase-4 weights with the image side frozen (`--freeze_params
+# 'mixins.eva.*' '*vision*'`, 500 steps at peak lr 5e-5 of a 1,000-step cosine), still lost grounding
+# (36->28 held-out, 17->8 CI) and colour (180->172) while learning the reply (189/200): the boxes depend on
+# the language side too. Next to try: a per-sample loss average, a shorter reply, grounding-only tuning.
 set -euo pipefail
 work=${1:?usage: $0 WORK_DIR [PHASE4_WEIGHTS]}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$work"
 phase4=${2:-run}
 export OMP_NUM_THREADS=1
-# Tokenizing every sample up front fragments glibc's heap (9 GB per rank on 171k samples): mmap big blocks.
-export MALLOC_MMAP_THRESHOLD_=65536
 common=(--nproc 2 --version chat_old --micro_batch_size 8 --weight_decay 0.01 --gradient_clipping 1.0
         --lr_decay_style cosine --min_lr_ratio 0.1 --zero_stage 0 --fp32 --full --no_lora
         --log_interval 25 --no_progress_bar)
