@@ -31,7 +31,7 @@ from cogvlm.models import mixin_names
 from cogvlm.models.builders import build_model
 from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
-from cogvlm.models.context import ForwardContext
+from cogvlm.models.context import CrossMemory, ForwardContext
 from cogvlm.models.presets import preset
 from cogvlm.nn.quantized import VISION_TOWER_PREFIXES, decode_linears, quantize_, weight_bytes
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -287,22 +287,34 @@ def _encode_image(model: VisionLanguageModel, request: GenerationRequest, device
 
 
 def _time_prefill(model: VisionLanguageModel, request: GenerationRequest, device, repeats: int) -> float:
-    """ms of the prompt's forward pass alone (image slots hold token embeddings: no tower)."""
+    """ms of the prompt's forward pass alone: no tower (image slots hold token embeddings), but CogAgent's
+    cross-attention runs, on the cross tower's output encoded beforehand, its keys and values computed in
+    the pass as generation does."""
+    prefill_pass = _prefill_pass(model, request, device)
+    with torch.inference_mode():
+        prefill_pass()
+        return _median_ms(prefill_pass, device, repeats)
+
+
+def _prefill_pass(model: VisionLanguageModel, request: GenerationRequest, device) -> Callable[[], object]:
     text = request.text
     inputs = {name: getattr(text, name).to(device) for name in ("input_ids", "position_ids")}
+    encoded = None
+    if request.cross_pixel_values is not None:
+        with torch.inference_mode():
+            encoded = model.encode_cross(request.cross_pixel_values.to(device)).encoder_outputs
 
     def forward():
         cache = new_kv_cache(model, 1, text.seq_len)
         ctx = ForwardContext(
             position_ids=inputs["position_ids"],
             vision_token_mask=text.vision_expert_mask.to(device),
+            cross_memory=None if encoded is None else CrossMemory(encoded),
             kv_cache=cache,
         )
-        model(inputs["input_ids"], ctx, last_position_only=True)
+        return model(inputs["input_ids"], ctx, last_position_only=True)
 
-    with torch.inference_mode():
-        forward()
-        return _median_ms(forward, device, repeats)
+    return forward
 
 
 def _bandwidth_gb_s(device: torch.device) -> float:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cogvlm.frontends.bench import BenchConfig, bench_config_names, model_config
 from cogvlm.models.presets import preset
@@ -124,7 +125,7 @@ def test_compare_quant_with_a_quant_flag_is_refused():
 def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
     """Every LLM linear of a real prompt pass, with the rows it received, is in the floor's work list."""
     from cogvlm.checkpoints.loading import reset_computed_buffers
-    from cogvlm.frontends.bench import _prefill_linear_tokens, _requests, init_random_weights
+    from cogvlm.frontends.bench import _prefill_linear_tokens, _prefill_pass, _requests, init_random_weights
     from cogvlm.inference.generate import GenerationConfig, generate_batch
     from cogvlm.models.builders import build_model
 
@@ -144,6 +145,12 @@ def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
         if id(module) in expected
     ]
     generate_batch(model, [request], GenerationConfig(max_new_tokens=1))  # the prefill only
+    assert seen == expected
+    # The bench's timed prompt pass (`prefill_ms`) runs the same linears on the same rows, CogAgent's
+    # cross-attention included.
+    seen.clear()
+    with torch.inference_mode():
+        _prefill_pass(model, request, torch.device("cpu"))()
     for hook in hooks:
         hook.remove()
     assert seen == expected
