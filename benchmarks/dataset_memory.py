@@ -18,13 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _rss_anon_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no RssAnon line (Linux only)")
+from process_memory import rss_anon_bytes  # beside this script
 
 
 def write_records(folder: Path, count: int, seed: int) -> Path:
@@ -60,7 +54,7 @@ def measure(data: Path, layout: str, max_length: int) -> dict:
     config = read_checkpoint_info(embedded_checkpoint()).config
     tokenizer = LlamaTokenizer.from_file(str(embedded_checkpoint() / "tokenizer.model"))
     samples = read_samples(data)
-    before, started = _rss_anon_bytes(), time.perf_counter()
+    before, started = rss_anon_bytes(), time.perf_counter()
     if layout == "compact":
         kept = VisionTextDataset(samples, tokenizer, config, "chat_old", max_length).items
     else:  # the earlier layout: padded inputs per sample, sliced to their length (views keep the storage)
@@ -78,7 +72,7 @@ def measure(data: Path, layout: str, max_length: int) -> dict:
             names = ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask")
             kept.append([getattr(inputs, name)[0, :length] for name in names])
     seconds = time.perf_counter() - started
-    growth = _rss_anon_bytes() - before
+    growth = rss_anon_bytes() - before
     torch.set_num_threads(1)
     return {
         "layout": layout,

@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from process_memory import rss_anon_bytes  # beside this script
+
 HOST_BUDGET_BYTES = 2 * 1024**3
 INT4_DEVICE_TARGET = 1.15
 # `deep-small-cogvlm`: small-cogvlm's widths with enough layers to be larger than the host budget in fp32.
@@ -40,35 +42,29 @@ DEEP_SMALL_LAYERS = 96
 GENERATED_TOKENS = 8
 
 
-def _rss_anon_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no RssAnon line (Linux only)")
 
 
 class HostPeak:
     """The largest anonymous resident size seen by a 2 ms sampler since the last `reset`."""
 
     def __init__(self) -> None:
-        self.peak = _rss_anon_bytes()
+        self.peak = rss_anon_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_anon_bytes())
+            self.peak = max(self.peak, rss_anon_bytes())
             time.sleep(0.002)
 
     def reset(self) -> None:
-        self.peak = _rss_anon_bytes()
+        self.peak = rss_anon_bytes()
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
-        return max(self.peak, _rss_anon_bytes())
+        return max(self.peak, rss_anon_bytes())
 
 
 def model_config(spec: str):
@@ -151,7 +147,7 @@ def measure_case(
     if trace:
         torch.cuda.memory._record_memory_history(stacks="python", max_entries=2_000_000)
     host = HostPeak()
-    baseline = _rss_anon_bytes()
+    baseline = rss_anon_bytes()
     host.reset()
     started = time.perf_counter()
     tokenizer = str(embedded_checkpoint() / "tokenizer.model")
