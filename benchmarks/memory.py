@@ -42,8 +42,6 @@ DEEP_SMALL_LAYERS = 96
 GENERATED_TOKENS = 8
 
 
-
-
 class HostPeak:
     """The largest anonymous resident size seen by a 2 ms sampler since the last `reset`."""
 
