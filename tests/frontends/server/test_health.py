@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
-
-import uvicorn
 
 from cogvlm.api import CogVLM
 from cogvlm.errors import TensorParallelFailure
@@ -15,7 +11,7 @@ from cogvlm.frontends.server import app as server_app
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.inference.decode_batch import DecodeBatch
 from cogvlm.text_processors import LlamaTokenizer
-from tests.frontends.server.conftest import free_port
+from tests.frontends.server.conftest import free_port, serving_in_thread
 from tests.golden import golden_dir
 from tests.golden_models import golden_model, tokenizer_file
 
@@ -44,14 +40,7 @@ def test_health_and_new_requests_report_the_lost_batch_before_the_server_stops()
     )
     batch = WatchedBatch(session.model, max_rows=2)
     port = free_port()
-    app = server_app.create_app(session, ServerConfig(port=port), batch=batch)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with serving_in_thread(server_app.create_app(session, ServerConfig(port=port), batch=batch), port):
         status, payload = _get(port, "GET", "/health")
         assert status == 200 and payload["status"] == "ok"
         batch.failure = TensorParallelFailure(LOST)  # what the watch sets while the server idles
@@ -61,6 +50,3 @@ def test_health_and_new_requests_report_the_lost_batch_before_the_server_stops()
         request = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         status, payload = _get(port, "POST", "/v1/chat/completions", request)
         assert status == 503 and payload["error"]["message"] == LOST
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from cogvlm.api import CogVLM
 from cogvlm.frontends.server import app as server_app
 from cogvlm.frontends.server.config import ServerConfig
 from cogvlm.text_processors import LlamaTokenizer
-from tests.frontends.server.conftest import free_port
+from tests.frontends.server.conftest import free_port, serving_in_thread
 from tests.golden import golden_dir
 from tests.golden_models import golden_model, tokenizer_file
 
@@ -34,17 +31,8 @@ def failing_server(monkeypatch):
         golden_model(golden_dir() / "cogvlm"), LlamaTokenizer.from_file(tokenizer_file()), "chat_old"
     )
     port = free_port()
-    app = server_app.create_app(session, ServerConfig(port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield port
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(server_app.create_app(session, ServerConfig(port=port)), port):
+        yield port
 
 
 def _post(conn: http.client.HTTPConnection, query: str) -> tuple[int, dict]:
