@@ -3,13 +3,9 @@ stderr when it is a terminal, and nothing in a log or pipe. Real processes, stde
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 import textwrap
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import pytest
 
 from tests.checkpoints.bundles import zip_directory
 from tests.golden import golden_dir
+from tests.terminal import run_on_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,22 +40,9 @@ def _run(work: Path, progress: str, on_terminal: bool) -> str:
     if not on_terminal:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
         return done.stderr
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # the child closed its end
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(leader)
-    assert process.wait(timeout=120) == 0
-    return b"".join(chunks).decode(errors="replace")
+    code, shown = run_on_terminal(command, env, columns=120, timeout=120)
+    assert code == 0
+    return shown
 
 
 @pytest.fixture

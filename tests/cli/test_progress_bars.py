@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import struct
 import subprocess
 import sys
-import termios
 
+from tests.terminal import run_on_terminal
 from tests.train.conftest import REPO, base_checkpoint, subprocess_env
 
 
@@ -19,25 +16,7 @@ def _run(args: list[str], on_terminal: bool) -> tuple[int, str]:
         env, timeout = subprocess_env(), 300
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         return done.returncode, done.stderr
-    controller, terminal = os.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    try:
-        process = subprocess.Popen(
-            command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=terminal
-        )
-        os.close(terminal)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # the child closed its end
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return process.wait(timeout=300), b"".join(chunks).decode(errors="replace")
-    finally:
-        os.close(controller)
+    return run_on_terminal(command, subprocess_env(), cwd=REPO, columns=100)
 
 
 def test_split_and_merge_show_bars_on_a_terminal_only(tmp_path):
