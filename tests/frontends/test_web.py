@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
-from tests.frontends.server.conftest import REPO, free_port
+from tests.frontends.web_demo import web_demo_process
 from tests.golden import find_case, generations, golden_dir, prompts
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,42 +41,9 @@ def web_demo():
         lambda p, g: p["version"] == "chat_old" and not p["history"],
     )
     prompt, expected = prompts(model_dir)[name], generations(model_dir)[name]
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cogvlm.cli",
-            "web",
-            "--port",
-            str(port),
-            "--from_pretrained",
-            str(golden_dir() / "cogvlm" / "sat_checkpoint"),
-            "--local_tokenizer",
-            str(golden_dir() / "tokenizer.model"),
-            "--version",
-            "chat_old",
-            "--max_length",
-            str(len(prompt["input_ids"]) + expected["max_new_tokens"]),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield url, prompt, expected
-    process.terminate()
-    process.wait(timeout=20)
+    max_length = len(prompt["input_ids"]) + expected["max_new_tokens"]
+    with web_demo_process(("--max_length", str(max_length)), start_timeout_s=120) as url:
+        yield url + "/", prompt, expected
 
 
 def test_upload_ask_and_read_the_answer_in_a_browser(web_demo):

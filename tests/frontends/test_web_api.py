@@ -4,16 +4,11 @@ error message in the chat, a multi-turn chat in Gradio's message format works, a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from tests.frontends.server.conftest import REPO, free_port
-from tests.golden import golden_dir
+from tests.frontends.web_demo import web_demo_process
 
 MAX_LENGTH = 200
 MAX_QUEUE = 2
@@ -22,35 +17,9 @@ MAX_QUEUE = 2
 @pytest.fixture(scope="module")
 def web_url():
     pytest.importorskip("gradio")
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "cogvlm.cli", "web", "--port", str(port)),
-            *("--from_pretrained", str(golden_dir() / "cogvlm" / "sat_checkpoint")),
-            *("--local_tokenizer", str(golden_dir() / "tokenizer.model")),
-            *("--version", "chat_old", "--max_length", str(MAX_LENGTH), "--max-queue", str(MAX_QUEUE)),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("the web demo did not start")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    extra = ("--max_length", str(MAX_LENGTH), "--max-queue", str(MAX_QUEUE))
+    with web_demo_process(extra, start_timeout_s=180) as url:
+        yield url
 
 
 def _respond(url: str, data_json: str) -> list:
