@@ -42,9 +42,9 @@ def finetune_args(data: Path, save: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_cli(args: list[str], timeout_s: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m cogvlm.cli ARGS`; fail the test with its output if it does not exit 0."""
-    result = subprocess.run(
+def cli(args: list[str], timeout_s: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m cogvlm.cli ARGS` from the repository root; its result, whatever its exit code."""
+    return subprocess.run(
         [sys.executable, "-m", "cogvlm.cli", *args],
         env=subprocess_env(),
         capture_output=True,
@@ -52,6 +52,11 @@ def run_cli(args: list[str], timeout_s: int = 300) -> subprocess.CompletedProces
         timeout=timeout_s,
         cwd=REPO,
     )
+
+
+def run_cli(args: list[str], timeout_s: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m cogvlm.cli ARGS`; fail the test with its output if it does not exit 0."""
+    result = cli(args, timeout_s)
     if result.returncode != 0:
         pytest.fail(
             f"cogvlm {args[0]} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"

@@ -15,24 +15,13 @@ from PIL import Image
 from cogvlm.checkpoints.sat_format import load_sat_weights, open_sat_checkpoint
 from cogvlm.train.metrics import read_metrics
 from cogvlm.train.plot import PLOT_FILE
-from tests.train.conftest import REPO, FinishedRun, finetune_args, run_cli, subprocess_env
+from tests.train.conftest import REPO, FinishedRun, cli, finetune_args, run_cli, subprocess_env
 
 SHORT_RUN = (
     "--fp32", "--zero_stage", "1", "--micro_batch_size", "4", "--train_iters", "2", "--lr", "1e-2",
     "--save_interval", "1", "--eval_interval", "1", "--eval-iters", "1", "--eval-batch-size", "2",
     "--max_new_tokens", "4", "--lora_rank", "4", "--lora_alpha", "8",
 )  # fmt: skip
-
-
-def _cli(args: list[str], timeout_s: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cogvlm.cli", *args],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        cwd=REPO,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +66,7 @@ def test_merge_lora_takes_an_iteration(short_run, tmp_path):
     assert all(torch.equal(latest[key], second[key]) for key in latest)
     adapted = "transformer.layers.0.attention.query_key_value.weight"
     assert not torch.equal(first[adapted], second[adapted])
-    refused = _cli(["merge-lora", "--from_pretrained", str(short_run.save_dir), "--save", str(tmp_path / "x"),
+    refused = cli(["merge-lora", "--from_pretrained", str(short_run.save_dir), "--save", str(tmp_path / "x"),
                     "--iteration", "7"])  # fmt: skip
     assert refused.returncode == 2
     assert "no iteration 7; saved iterations: ['1', '2']" in refused.stderr
@@ -115,7 +104,7 @@ def test_evaluate_writes_and_shows_its_predictions(short_run, small_captcha_data
 def test_resuming_with_another_tp_size_is_refused_before_anything_loads(short_run):
     args = finetune_args(short_run.save_dir.parent.parent, short_run.save_dir, *SHORT_RUN)
     args[args.index("--train_iters") + 1] = "3"
-    result = _cli([*args, "--nproc", "2", "--tp_size", "2"])
+    result = cli([*args, "--nproc", "2", "--tp_size", "2"])
     assert result.returncode != 0
     message = f"{short_run.save_dir}/2 was saved with tensor-parallel size 1 x data-parallel 1 (1 processes)"
     assert (
@@ -142,7 +131,7 @@ def test_a_bad_data_set_is_refused_before_the_first_step(tmp_path):
     save = tmp_path / "run"
     args = finetune_args(tmp_path, save, *SHORT_RUN)
     args[args.index("--train_data") + 1] = str(data / "train.jsonl")
-    result = _cli(args)
+    result = cli(args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"training data {data / 'train.jsonl'} (5 records): 2 problem(s):" in result.stderr
     assert f"train.jsonl:4: image {data / 'img' / 'missing.png'} not found" in result.stderr
