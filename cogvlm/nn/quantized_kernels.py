@@ -93,7 +93,8 @@ def select_fused_kernel(
     generator = torch.Generator(device=weight.device).manual_seed(0)
     probe = torch.randn(2, in_features, generator=generator, device=weight.device, dtype=scale.dtype)
     try:  # preparing the layout checks shapes too (the CPU int4 packing wants outputs in blocks of 16)
-        candidate = _candidate(integer_rows, out_features, scale, bits, group_size, weight.device.type)
+        shape = (out_features, in_features)
+        candidate = _candidate(integer_rows, shape, scale, bits, group_size, weight.device.type)
         if candidate is None:
             return None
         got = candidate.matmul(probe, weight).float()[:, :PROBE_ROWS]
@@ -109,7 +110,7 @@ def select_fused_kernel(
 
 def _candidate(
     integer_rows: IntegerRows,
-    out_features: int,
+    shape: tuple[int, int],
     scale: torch.Tensor,
     bits: int,
     group_size: int | None,
@@ -120,7 +121,7 @@ def _candidate(
         if bits == 8 and group_size is None:
             return FusedKernel(8, "cuda", dtype, scales=scale)
         if bits == 4 and dtype == torch.bfloat16 and group_size in INT4_KERNEL_GROUP_SIZES:
-            return _int4_kernel(integer_rows, out_features, scale, group_size, "cuda", None)
+            return _int4_kernel(integer_rows, shape, scale, group_size, "cuda", None)
         return None
     if device_type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
         return None
@@ -128,11 +129,10 @@ def _candidate(
         if group_size is not None:
             return None
         return FusedKernel(8, "cpu", torch.bfloat16, CPU_INT8_MAX_ROWS, scale.to(torch.bfloat16).contiguous())
-    in_features = integer_rows(0, 1).shape[1]
-    kernel_group = _kernel_group_size(group_size or in_features)
+    kernel_group = _kernel_group_size(group_size or shape[1])
     if kernel_group is None:
         return None
-    return _int4_kernel(integer_rows, out_features, scale, kernel_group, "cpu", CPU_INT4_MAX_ROWS)
+    return _int4_kernel(integer_rows, shape, scale, kernel_group, "cpu", CPU_INT4_MAX_ROWS)
 
 
 def _kernel_group_size(group_size: int) -> int | None:
@@ -148,20 +148,21 @@ def _per_input_scale(scale: torch.Tensor, in_features: int) -> torch.Tensor:
 
 def _int4_kernel(
     integer_rows: IntegerRows,
-    out_features: int,
+    shape: tuple[int, int],
     scale: torch.Tensor,
     group_size: int,
     device_type: str,
     max_rows: int | None,
 ) -> FusedKernel:
-    """tinygemm's layout: unsigned nibbles q + 8, (scale, zero = 0) per group of `group_size` inputs."""
+    """tinygemm's layout of a weight of `shape` [out, in]: unsigned nibbles q + 8, (scale, zero = 0) per group
+    of `group_size` inputs."""
+    out_features, in_features = shape
     blocks = [
         _int4_layout(integer_rows(start, min(start + PREPARE_ROWS, out_features)), device_type)
         for start in range(0, out_features, PREPARE_ROWS)
     ]
     packed = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
     del blocks
-    in_features = integer_rows(0, 1).shape[1]
     per_row = scale[:, None] if scale.dim() == 1 else scale  # [out, our groups]
     kernel_groups_per_group = in_features // per_row.shape[1] // group_size
     scales = per_row.repeat_interleave(kernel_groups_per_group, dim=1)  # [out, kernel groups]
