@@ -16,7 +16,7 @@ import torch
 
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor
 from cogvlm.models.config import CogVLMConfig
-from cogvlm.text_processors.image_slots import ImageMasks, image_masks, position_ids_from_rope_mask
+from cogvlm.text_processors.image_slots import image_masks, position_ids_from_rope_mask
 from cogvlm.text_processors.prompts import build_prompt
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.text_processors.training import IGNORE_INDEX, SampleTooLong, token_labels, training_tokens
@@ -159,29 +159,26 @@ class TokenizedSample:
         """Tokens before padding."""
         return len(self.ids)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """input_ids, labels, position_ids, image_embed_mask and vision_expert_mask, each [length]."""
+        masks = image_masks(self.length, self.eoi_positions, self.image_length)
+        labels = token_labels(self.ids, self.context_length, masks.image_embed_mask)
+        rope = torch.tensor(masks.image_rope_mask, dtype=torch.bool)
+        return {
+            "input_ids": torch.frombuffer(self.ids, dtype=torch.int32).long(),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": position_ids_from_rope_mask(rope),
+            "image_embed_mask": torch.tensor(masks.image_embed_mask, dtype=torch.bool),
+            "vision_expert_mask": torch.tensor(masks.vision_expert_mask, dtype=torch.bool),
+        }
+
     @property
     def input_ids(self) -> torch.Tensor:
-        return torch.frombuffer(self.ids, dtype=torch.int32).long()
-
-    def _masks(self) -> ImageMasks:
-        return image_masks(self.length, self.eoi_positions, self.image_length)
+        return self.tensors()["input_ids"]
 
     @property
     def labels(self) -> torch.Tensor:
-        labels = token_labels(self.ids, self.context_length, self._masks().image_embed_mask)
-        return torch.tensor(labels, dtype=torch.long)
-
-    @property
-    def position_ids(self) -> torch.Tensor:
-        return position_ids_from_rope_mask(torch.tensor(self._masks().image_rope_mask, dtype=torch.bool))
-
-    @property
-    def image_embed_mask(self) -> torch.Tensor:
-        return torch.tensor(self._masks().image_embed_mask, dtype=torch.bool)
-
-    @property
-    def vision_expert_mask(self) -> torch.Tensor:
-        return torch.tensor(self._masks().vision_expert_mask, dtype=torch.bool)
+        return self.tensors()["labels"]
 
 
 def sample_prompt(sample: Sample, version: str) -> str:
@@ -312,18 +309,19 @@ def collate(examples: Sequence[dict], pad_id: int) -> Batch:
     its logits, so padding less changes nothing but the cost. Positions continue through the padding.
     """
     items = [example["item"] for example in examples]
+    parts = [item.tensors() for item in items]
     longest = max(item.length for item in items)
     positions = [
-        torch.cat([item.position_ids, item.position_ids[-1] + torch.arange(1, longest - item.length + 1)])
-        for item in items
+        torch.cat([p["position_ids"], p["position_ids"][-1] + torch.arange(1, longest - item.length + 1)])
+        for item, p in zip(items, parts, strict=True)
     ]
     has_cross = "cross_pixel_values" in examples[0]
     return Batch(
-        input_ids=_pad([item.input_ids for item in items], longest, pad_id),
-        labels=_pad([item.labels for item in items], longest, IGNORE_INDEX),
+        input_ids=_pad([p["input_ids"] for p in parts], longest, pad_id),
+        labels=_pad([p["labels"] for p in parts], longest, IGNORE_INDEX),
         position_ids=torch.stack(positions),
-        image_embed_mask=_pad([item.image_embed_mask for item in items], longest, False),
-        vision_token_mask=_pad([item.vision_expert_mask for item in items], longest, False),
+        image_embed_mask=_pad([p["image_embed_mask"] for p in parts], longest, False),
+        vision_token_mask=_pad([p["vision_expert_mask"] for p in parts], longest, False),
         pixel_values=torch.stack([example["pixel_values"] for example in examples]),
         cross_pixel_values=torch.stack([e["cross_pixel_values"] for e in examples]) if has_cross else None,
         samples=tuple(item.sample for item in items),

@@ -119,7 +119,7 @@ def test_items_hold_only_their_ids_and_derive_the_reference_inputs_cut_at_their_
         )
         cut = slice(0, item.length)
         for name in ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask"):
-            assert torch.equal(getattr(item, name), getattr(reference, name)[0, cut]), name
+            assert torch.equal(item.tensors()[name], getattr(reference, name)[0, cut]), name
         assert (reference.labels[0, item.length :] == IGNORE_INDEX).all()  # only padding was cut
         assert item.context_length == reference.context_length
         # Compact: 4 bytes a token, no padded tensors kept per sample.
