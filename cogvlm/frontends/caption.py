@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from cogvlm.api import ModelSource
-from cogvlm.embedded import EMBEDDED_NAME, embedded_checkpoint
+from cogvlm.embedded import is_embedded
 from cogvlm.frontends.caption_batch import Captioner
 from cogvlm.frontends.caption_inputs import CaptionInput, list_inputs
 from cogvlm.frontends.caption_records import RecordWriter, done_keys, merge_records, part_path
@@ -75,7 +75,7 @@ class CaptionSummary:
 
 def default_query(checkpoint: str) -> str:
     """The query for inputs without one: the embedded model's caption prompt, else the usual one."""
-    if checkpoint == EMBEDDED_NAME or Path(checkpoint).resolve() == embedded_checkpoint().resolve():
+    if is_embedded(checkpoint):
         return EMBEDDED_QUERY
     return DEFAULT_QUERY
 

@@ -159,8 +159,9 @@ class Scheduler:
             loop, events = None, queue.Queue()
         job = Job(prepared, loop, events, time.monotonic() + self._timeout_s)
         with self._condition:
-            if self._lost() is not None:
-                raise _failure_error(self._lost())
+            lost = self._lost()
+            if lost is not None:
+                raise _failure_error(lost)
             if self._stopping:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
             if self._queued() >= self._max_queue:
