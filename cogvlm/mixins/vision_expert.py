@@ -64,7 +64,7 @@ class VisionExpertMLP(GatedMLP):
             self.vision_dense_h_to_4h_list[layer_index],
             self.vision_dense_4h_to_h_list[layer_index],
         )
-        return route_tokens(hidden_states, ctx.vision_token_mask, language, vision)
+        return route_tokens(hidden_states, ctx.token_routes, language, vision)
 
     @torch.no_grad()
     def init_from_base(self, model: nn.Module) -> None:
@@ -97,14 +97,14 @@ class VisionExpertAttention(Rotary):
     def qkv_projection(self, layer, layer_index: int, hidden_states: torch.Tensor, ctx: ForwardContext):
         return route_tokens(
             hidden_states,
-            ctx.vision_token_mask,
+            ctx.token_routes,
             layer.attention.query_key_value,
             self.vision_query_key_value_list[layer_index],
         )
 
     def attention_output(self, layer, layer_index: int, context: torch.Tensor, ctx: ForwardContext):
         return route_tokens(
-            context, ctx.vision_token_mask, layer.attention.dense, self.vision_dense_list[layer_index]
+            context, ctx.token_routes, layer.attention.dense, self.vision_dense_list[layer_index]
         )
 
     @torch.no_grad()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from cogvlm.mixins.routing import TokenRoutes
 from cogvlm.nn.attention import split_heads
 
 if TYPE_CHECKING:
@@ -60,3 +62,8 @@ class ForwardContext:
     cross_pixel_values: torch.Tensor | None = None  # [images, 3, cross_px, cross_px]
     cross_memory: CrossMemory | None = None
     kv_cache: KVCache | None = None
+
+    @functools.cached_property
+    def token_routes(self) -> TokenRoutes | None:
+        """The visual expert's routing of `vision_token_mask`, found once and shared by every layer."""
+        return None if self.vision_token_mask is None else TokenRoutes.from_mask(self.vision_token_mask)
