@@ -1,0 +1,57 @@
+"""tools/average_checkpoints.py, the weight average tools/train_embedded_dialogue.sh takes of a run's last
+checkpoints: run as a script on a run directory laid out as `cogvlm finetune --save` writes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cogvlm.checkpoints.sat_format import load_sat_weights
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "average_checkpoints.py"
+
+
+def _save_iteration(run: Path, iteration: int, state: dict[str, torch.Tensor]) -> None:
+    (run / str(iteration)).mkdir(parents=True)
+    torch.save({"module": state}, run / str(iteration) / "mp_rank_00_model_states.pt")
+
+
+def _run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_config.json").write_text(json.dumps({"model_class": "CogVLMModel", "num_layers": 1}))
+    (run / "tokenizer.model").write_bytes(b"tokenizer bytes")
+    for iteration, value in ((100, 1.0), (200, 2.0), (300, 6.0)):
+        _save_iteration(run, iteration, {"a": torch.full((2, 3), value), "b": torch.tensor([value, -value])})
+    return run
+
+
+def test_the_average_of_the_named_iterations_with_the_runs_config_and_tokenizer(run, tmp_path):
+    done = _run(run, tmp_path / "average", 200, 300)
+    assert done.returncode == 0, done.stderr
+    average = tmp_path / "average"
+    state = load_sat_weights(average / "1" / "mp_rank_00_model_states.pt")
+    assert torch.equal(state["a"], torch.full((2, 3), 4.0))
+    assert torch.equal(state["b"], torch.tensor([4.0, -4.0]))
+    assert (average / "latest").read_text() == "1"
+    written = json.loads((average / "model_config.json").read_text())
+    assert written == json.loads((run / "model_config.json").read_text())
+    assert (average / "tokenizer.model").read_bytes() == b"tokenizer bytes"
+
+
+def test_iterations_with_different_keys_are_refused_and_nothing_is_written(run, tmp_path):
+    _save_iteration(run, 400, {"a": torch.zeros(2, 3)})
+    done = _run(run, tmp_path / "average", 100, 400)
+    assert done.returncode != 0
+    assert "400" in done.stderr and "keys differ" in done.stderr
+    assert not (tmp_path / "average").exists()
