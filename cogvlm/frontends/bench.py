@@ -33,6 +33,7 @@ from cogvlm.models.cogvlm import VisionLanguageModel
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.models.context import CrossMemory, ForwardContext
 from cogvlm.models.presets import preset
+from cogvlm.nn.attention import attention
 from cogvlm.nn.quantized import VISION_TOWER_PREFIXES, decode_linears, quantize_, weight_bytes
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.text_processors import build_inference_inputs, build_prompt, load_tokenizer
@@ -263,6 +264,47 @@ def _time_prefill_linears(model: VisionLanguageModel, request: GenerationRequest
         return _median_ms(one_pass, device, 3)
 
 
+# An attention call of the prompt pass: query shape, key (and value) shape, causal.
+AttentionWork = tuple[tuple[int, ...], tuple[int, ...], bool]
+
+
+def prefill_attention_work(model: VisionLanguageModel, request: GenerationRequest) -> list[AttentionWork]:
+    """Each softmax attention of the LLM's prompt pass: per layer its causal self-attention over the prompt
+    and, for CogAgent, its cross-attention from every token to the cross tower's patches."""
+    length = request.text.seq_len
+    work = []
+    for layer in model.transformer.layers:
+        self_attention = layer.attention
+        query_heads = self_attention.local_qkv_widths[0] // self_attention.head_dim
+        key_shape = (1, self_attention.local_key_value_heads, length, self_attention.head_dim)
+        work.append(((1, query_heads, length, self_attention.head_dim), key_shape, True))
+        cross = layer.cross_attention
+        if cross is not None and model.config.has_cross_vision:
+            heads = cross.query.weight.shape[0] // cross.head_dim
+            patches = model.mixins[mixin_names.CROSS_VISION].pos_embed.shape[0]
+            work.append(((1, heads, length, cross.head_dim), (1, heads, patches, cross.head_dim), False))
+    return work
+
+
+def _time_prefill_attention(model: VisionLanguageModel, request: GenerationRequest, device, dtype) -> float:
+    """ms of the prompt pass's attention alone (SDPA on random tensors of its shapes): what the linears-only
+    floor leaves out."""
+
+    def random(shape):
+        return torch.randn(shape, device=device, dtype=dtype)
+
+    shapes = prefill_attention_work(model, request)
+    work = [(random(query), random(keys), causal) for query, keys, causal in shapes]
+
+    def one_pass():
+        for query, keys, causal in work:
+            attention(query, keys, keys, is_causal=causal)
+
+    with torch.inference_mode():
+        one_pass()
+        return _median_ms(one_pass, device, 3)
+
+
 def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, rows: int):
     tokenizer = load_tokenizer(str(config.tokenizer))
     prompt = build_prompt(protocol["version"], protocol["query"], protocol["history"])
@@ -384,8 +426,9 @@ def _prepare(config: BenchConfig) -> _Prepared:
 def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
     """One repeat of every figure, taken back to back so they share the machine's load."""
     model, request, device = prepared.model, prepared.single[0], torch.device(prepared.config.device)
+    dtype = DTYPES[prepared.config.dtype]
     first_ms, decode_ms = _time_generation(model, prepared.single, prepared.generation, device)
-    floor_ms = _time_bare_linears(model, 1, device, DTYPES[prepared.config.dtype], prepared.config.new_tokens)
+    floor_ms = _time_bare_linears(model, 1, device, dtype, prepared.config.new_tokens)
     return {
         "first_token_ms": first_ms,
         "decode_ms_per_token_batch_1": decode_ms,
@@ -393,7 +436,8 @@ def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
         "decode_over_bare_linears": decode_ms / floor_ms,
         "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, 1),
         "prefill_ms": _time_prefill(model, request, device, 1),
-        "prefill_linears_ms": _time_prefill_linears(model, request, device, DTYPES[prepared.config.dtype]),
+        "prefill_linears_ms": _time_prefill_linears(model, request, device, dtype),
+        "prefill_attention_ms": _time_prefill_attention(model, request, device, dtype),
     }
 
 
@@ -434,6 +478,9 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]], batch: dict[st
         "new_tokens": config.new_tokens,
         **figures,
         "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / first_token_floor,
+        # The same with the prompt's attention added to the floor (what the linears leave out).
+        "first_token_over_encoding_plus_prefill_linears_and_attention": figures["first_token_ms"]
+        / (first_token_floor + figures["prefill_attention_ms"]),
         "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
         "batch_size": config.batch_size,
         "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,

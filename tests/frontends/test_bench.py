@@ -58,11 +58,15 @@ def test_bench_prints_the_figures_of_the_tiny_config_as_json():
         "decode_ms_per_token_batch_1",
         "bare_linears_ms_per_token",
         "prefill_linears_ms",
+        "prefill_attention_ms",
     ):
         assert figures[name] > 0, name
     floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
     assert figures["first_token_over_encoding_plus_prefill_linears"] == pytest.approx(
         figures["first_token_ms"] / floor
+    )
+    assert figures["first_token_over_encoding_plus_prefill_linears_and_attention"] == pytest.approx(
+        figures["first_token_ms"] / (floor + figures["prefill_attention_ms"])
     )
     ratio = figures["decode_ms_per_token_batch_1"] / figures["bare_linears_ms_per_token"]
     assert figures["decode_over_bare_linears"] == pytest.approx(ratio)
@@ -154,6 +158,44 @@ def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
     for hook in hooks:
         hook.remove()
     assert seen == expected
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvlm", "tiny-cogagent"])
+def test_the_prefill_attention_figure_times_the_attention_of_the_real_prefill(name, monkeypatch):
+    """The shapes `prefill_attention_ms` times are exactly the timed pass's attention calls, and those of a
+    real prefill once the towers' own are left out."""
+    import torch.nn.functional as F
+
+    from cogvlm.checkpoints.loading import reset_computed_buffers
+    from cogvlm.frontends.bench import _prefill_pass, _requests, init_random_weights, prefill_attention_work
+    from cogvlm.inference.generate import GenerationConfig, generate_batch
+    from cogvlm.models.builders import build_model
+
+    model = build_model(preset(name), device="meta").to_empty(device="cpu")
+    reset_computed_buffers(model)
+    init_random_weights(model, seed=0)
+    config = BenchConfig(name="tiny", image=IMAGE, tokenizer=TOKENIZER)
+    protocol = {"version": "chat_old", "query": "What colors are in the image?", "history": []}
+    request = _requests(model.eval(), config, protocol, 1)[0]
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(query, key, value, *args, **kwargs):
+        calls.append((tuple(query.shape), tuple(key.shape), kwargs.get("is_causal", False)))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    expected = prefill_attention_work(model, request)
+    timed_pass = _prefill_pass(model, request, torch.device("cpu"))  # encodes CogAgent's cross image
+    calls.clear()
+    with torch.inference_mode():
+        timed_pass()
+    assert calls == expected
+    assert sum(causal for _, _, causal in expected) == model.config.llm.num_layers
+    assert len(expected) > model.config.llm.num_layers or not model.config.has_cross_vision
+    calls.clear()
+    generate_batch(model, [request], GenerationConfig(max_new_tokens=1))  # the prefill only
+    assert calls[-len(expected) :] == expected  # the towers run first, then the LLM's layers
 
 
 def test_bench_without_a_golden_set_uses_the_embedded_tokenizer_and_image(tmp_path):
