@@ -125,12 +125,10 @@ def test_compare_quant_with_a_quant_flag_is_refused():
     assert "--compare_quant measures unquantized, int8 and int4 itself: drop --quant" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["tiny-cogvlm", "tiny-cogagent"])
-def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
-    """Every LLM linear of a real prompt pass, with the rows it received, is in the floor's work list."""
+def _random_model_and_protocol_request(name: str):
+    """A preset's model with the bench's seeded random weights, and the protocol's one-image request."""
     from cogvlm.checkpoints.loading import reset_computed_buffers
-    from cogvlm.frontends.bench import _prefill_linear_tokens, _prefill_pass, _requests, init_random_weights
-    from cogvlm.inference.generate import GenerationConfig, generate_batch
+    from cogvlm.frontends.bench import _requests, init_random_weights
     from cogvlm.models.builders import build_model
 
     model = build_model(preset(name), device="meta").to_empty(device="cpu")
@@ -138,7 +136,16 @@ def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
     init_random_weights(model, seed=0)
     config = BenchConfig(name="tiny", image=IMAGE, tokenizer=TOKENIZER)
     protocol = {"version": "chat_old", "query": "What colors are in the image?", "history": []}
-    request = _requests(model.eval(), config, protocol, 1)[0]
+    return model, _requests(model.eval(), config, protocol, 1)[0]
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvlm", "tiny-cogagent"])
+def test_the_prefill_floor_multiplies_what_the_real_prefill_multiplies(name):
+    """Every LLM linear of a real prompt pass, with the rows it received, is in the floor's work list."""
+    from cogvlm.frontends.bench import _prefill_linear_tokens, _prefill_pass
+    from cogvlm.inference.generate import GenerationConfig, generate_batch
+
+    model, request = _random_model_and_protocol_request(name)
     expected = {id(module): tokens for module, tokens in _prefill_linear_tokens(model, request)}
     seen: dict[int, int] = {}
     hooks = [
@@ -166,17 +173,10 @@ def test_the_prefill_attention_figure_times_the_attention_of_the_real_prefill(na
     real prefill once the towers' own are left out."""
     import torch.nn.functional as F
 
-    from cogvlm.checkpoints.loading import reset_computed_buffers
-    from cogvlm.frontends.bench import _prefill_pass, _requests, init_random_weights, prefill_attention_work
+    from cogvlm.frontends.bench import _prefill_pass, prefill_attention_work
     from cogvlm.inference.generate import GenerationConfig, generate_batch
-    from cogvlm.models.builders import build_model
 
-    model = build_model(preset(name), device="meta").to_empty(device="cpu")
-    reset_computed_buffers(model)
-    init_random_weights(model, seed=0)
-    config = BenchConfig(name="tiny", image=IMAGE, tokenizer=TOKENIZER)
-    protocol = {"version": "chat_old", "query": "What colors are in the image?", "history": []}
-    request = _requests(model.eval(), config, protocol, 1)[0]
+    model, request = _random_model_and_protocol_request(name)
     calls = []
     sdpa = F.scaled_dot_product_attention
 

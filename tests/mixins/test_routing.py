@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cogvlm.mixins.routing import TokenRoutes, route_tokens
@@ -25,25 +26,22 @@ def _by_mask(states, mask, language, vision):
     return expected
 
 
-def test_one_image_in_one_row_is_a_contiguous_span_and_routes_exactly():
-    mask = torch.zeros(1, 12, dtype=torch.bool)
-    mask[0, 2:9] = True
+@pytest.mark.parametrize(
+    ("image_runs", "span"),
+    [
+        ([(0, 2, 9)], (2, 9)),  # one image in one row: a contiguous run, read as a view
+        ([(0, 1, 5), (1, 3, 7)], None),  # a batch of two rows: gathered by index
+    ],
+)
+def test_each_expert_gets_exactly_its_rows(image_runs, span):
+    rows = 1 + max(row for row, _, _ in image_runs)
+    mask = torch.zeros(rows, 12, dtype=torch.bool)
+    for row, start, stop in image_runs:
+        mask[row, start:stop] = True
     routes = TokenRoutes.from_mask(mask)
-    assert routes.vision_span == (2, 9)
-    states = torch.randn(1, 12, 16)
-    language, vision = _experts(16, 8)
-    routed = route_tokens(states, routes, language, vision)
-    assert torch.equal(routed, _by_mask(states, mask, language, vision))
-
-
-def test_rows_of_a_batch_are_gathered_and_route_exactly():
-    mask = torch.zeros(2, 10, dtype=torch.bool)
-    mask[0, 1:5] = True
-    mask[1, 3:7] = True
-    routes = TokenRoutes.from_mask(mask)
-    assert routes.vision_span is None
-    assert routes.vision_rows.tolist() == [1, 2, 3, 4, 13, 14, 15, 16]
-    states = torch.randn(2, 10, 16)
+    assert routes.vision_span == span
+    assert routes.vision_rows.tolist() == mask.reshape(-1).nonzero().squeeze(1).tolist()
+    states = torch.randn(rows, 12, 16)
     language, vision = _experts(16, 8)
     routed = route_tokens(states, routes, language, vision)
     assert torch.equal(routed, _by_mask(states, mask, language, vision))
