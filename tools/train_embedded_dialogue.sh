@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A fifth phase for the embedded model: an honest reply to what it cannot answer (other languages,
 # off-topic questions) and questions asked after earlier turns. Runs in the WORK_DIR of
-# tools/train_embedded.sh (its `train` and `heldout` sets) from the shipped phase-4 weights; writes
+# tools/train_embedded.sh (its `train` and `heldout` sets) from phase 4's weights; writes
 # `candidate` and its scores, and ships nothing: copy it into cogvlm/embedded/model only when the scores of
 # MODEL_CARD.md hold within their noise and tests/embedded passes. About 40 minutes on a quiet 2-core CPU.
-# Usage: tools/train_embedded_dialogue.sh WORK_DIR [PHASE4_WEIGHTS]; PHASE4_WEIGHTS defaults to the
-# shipped model (cogvlm/embedded/model at commit e5d88ed is phase 4's fp16 copy).
+# Usage: tools/train_embedded_dialogue.sh WORK_DIR [PHASE4_WEIGHTS]; PHASE4_WEIGHTS defaults to `run`,
+# tools/train_embedded.sh's phase 4. The shipped run started from its fp16 copy, cogvlm/embedded/model as
+# of commit 9236b4a (`git archive 9236b4a cogvlm/embedded/model | tar -x -C phase4`).
 #
 # The shipped model (the recipe below, run once on 2026-12-04). Scores against phase 4's, held-out set
 # (seed 3) then CI set (seed 20261123):
@@ -17,10 +18,10 @@
 # So three scores sit one to three answers under phase 4's (count and position held-out, grounding on the
 # CI set), within the noise below; example.png was re-picked for it (EXAMPLE_SEED 2014, see the card).
 # Why chasing each score is noise: a control run, 400 steps at lr 1.5e-5 on the phase 2-4 mix alone (no
-# new data) from the shipped weights, also lost colour 180->175, count 270->268, grounding 36->32 and
+# new data) from phase 4's weights, also lost colour 180->175, count 270->268, grounding 36->32 and
 # position 104->97 held-out, and grounding 17->13 on the CI set. One binomial standard deviation at these
 # rates is 5-6 answers of 300 (3-4 of 150); across the checkpoints of one run, grounding moves 27-39
-# held-out. The shipped weights sit at a lucky point of that noise, which a bar of "every score at least
+# held-out. Phase 4's weights sit at a lucky point of that noise, which a bar of "every score at least
 # as good" asks every retrained model to match.
 # History of earlier recipes, none shipped:
 # - 400 steps at peak lr 1e-4 on 8,000 samples (6% off-topic, 12% multi-turn): reply exact on 35/200.
@@ -35,7 +36,7 @@ set -euo pipefail
 work=${1:?usage: $0 WORK_DIR [PHASE4_WEIGHTS]}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$work"
-phase4=${2:-$repo/cogvlm/embedded/model}
+phase4=${2:-run}
 export OMP_NUM_THREADS=1
 common=(--nproc 2 --version chat_old --micro_batch_size 8 --weight_decay 0.01 --gradient_clipping 1.0
         --lr_decay_style cosine --min_lr_ratio 0.1 --zero_stage 0 --fp32 --full --no_lora
