@@ -6,7 +6,8 @@
 # MODEL_CARD.md hold within their noise and tests/embedded passes. About 40 minutes on a quiet 2-core CPU.
 # Usage: tools/train_embedded_dialogue.sh WORK_DIR [PHASE4_WEIGHTS]; PHASE4_WEIGHTS defaults to `run`,
 # tools/train_embedded.sh's phase 4. The shipped run started from its fp16 copy, cogvlm/embedded/model as
-# of commit 9236b4a (`git archive 9236b4a cogvlm/embedded/model | tar -x -C phase4`).
+# of commit 9236b4a (`mkdir phase4; git archive 9236b4a cogvlm/embedded/model | tar -x -C phase4
+# --strip-components=3`).
 #
 # The shipped model (the recipe below, run once on 2026-12-04). Scores against phase 4's, held-out set
 # (seed 3) then CI set (seed 20261123):
