@@ -213,12 +213,15 @@ def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> flo
         return _median_ms(lambda: [one_step() for _ in range(steps)], device, 1) / steps
 
 
+def _cross_patches(model: VisionLanguageModel) -> int:
+    """Patches of CogAgent's cross tower: the keys of every cross-attention."""
+    return model.mixins[mixin_names.CROSS_VISION].pos_embed.shape[0]
+
+
 _LinearWork = tuple[nn.Module, int]  # a linear and the number of tokens it multiplies
 
 
-def _prefill_linear_tokens(
-    model: VisionLanguageModel, request: GenerationRequest
-) -> list[tuple[nn.Module, int]]:
+def _prefill_linear_tokens(model: VisionLanguageModel, request: GenerationRequest) -> list[_LinearWork]:
     """Each linear of the LLM's prompt pass with the number of tokens it multiplies.
 
     Text weights take the text tokens, vision experts the image tokens (boi included), cross-attention's
@@ -229,7 +232,7 @@ def _prefill_linear_tokens(
     image_tokens = int(mask.sum())
     counts = {"text": mask.numel() - image_tokens, "vision": image_tokens, "all": mask.numel()}
     if model.config.has_cross_vision:
-        counts["cross"] = model.mixins[mixin_names.CROSS_VISION].pos_embed.shape[0]
+        counts["cross"] = _cross_patches(model)
     found = []
     for name, module in model.named_modules():
         if not isinstance(module, ColumnParallelLinear | RowParallelLinear) or name.startswith(
@@ -272,6 +275,7 @@ def prefill_attention_work(model: VisionLanguageModel, request: GenerationReques
     """Each softmax attention of the LLM's prompt pass: per layer its causal self-attention over the prompt
     and, for CogAgent, its cross-attention from every token to the cross tower's patches."""
     length = request.text.seq_len
+    patches = _cross_patches(model) if model.config.has_cross_vision else 0
     work = []
     for layer in model.transformer.layers:
         self_attention = layer.attention
@@ -279,9 +283,8 @@ def prefill_attention_work(model: VisionLanguageModel, request: GenerationReques
         key_shape = (1, self_attention.local_key_value_heads, length, self_attention.head_dim)
         work.append(((1, query_heads, length, self_attention.head_dim), key_shape, True))
         cross = layer.cross_attention
-        if cross is not None and model.config.has_cross_vision:
+        if cross is not None and patches:
             heads = cross.query.weight.shape[0] // cross.head_dim
-            patches = model.mixins[mixin_names.CROSS_VISION].pos_embed.shape[0]
             work.append(((1, heads, length, cross.head_dim), (1, heads, patches, cross.head_dim), False))
     return work
 

@@ -30,7 +30,7 @@ class TokenRoutes:
         language_rows = (~flat_mask).nonzero().squeeze(1)
         span = None
         if vision_rows.numel():
-            start, last = (int(value) for value in vision_rows[[0, -1]].tolist())
+            start, last = vision_rows[[0, -1]].tolist()
             if last - start + 1 == vision_rows.numel():
                 span = (start, last + 1)
         return cls(vision_token_mask.shape, vision_rows, language_rows, span)
@@ -53,14 +53,12 @@ def route_tokens(
     # index_select / index_copy_ move whole rows (memcpy), several times faster on CPU than boolean-mask
     # indexing, and give exactly the same matrices; a contiguous run needs no gather at all.
     if routes.vision_span is None:
-        vision_out = vision(flat.index_select(0, routes.vision_rows))  # [vision tokens, out]
+        vision_in = flat.index_select(0, routes.vision_rows)
     else:
-        vision_out = vision(flat[slice(*routes.vision_span)])
+        vision_in = flat[slice(*routes.vision_span)]
+    vision_out = vision(vision_in)  # [vision tokens, out]
     language_out = language(flat.index_select(0, routes.language_rows))  # [language tokens, out]
     output = vision_out.new_empty(flat.shape[0], vision_out.shape[-1])  # [batch * seq, out]
-    if routes.vision_span is None:
-        output.index_copy_(0, routes.vision_rows, vision_out)
-    else:
-        output[slice(*routes.vision_span)] = vision_out
+    output.index_copy_(0, routes.vision_rows, vision_out)
     output.index_copy_(0, routes.language_rows, language_out)
     return output.view(*routes.shape, -1)  # [batch, seq, out]
