@@ -55,3 +55,18 @@ def test_iterations_with_different_keys_are_refused_and_nothing_is_written(run, 
     assert done.returncode != 0
     assert "400" in done.stderr and "keys differ" in done.stderr
     assert not (tmp_path / "average").exists()
+
+
+def test_iterations_with_different_shapes_are_refused_and_nothing_is_written(run, tmp_path):
+    _save_iteration(run, 400, {"a": torch.zeros(3), "b": torch.zeros(2)})
+    done = _run(run, tmp_path / "average", 100, 400)
+    assert done.returncode != 0
+    assert "a has shape [3], [2, 3] at iteration 100" in done.stderr
+    assert not (tmp_path / "average").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_named(tmp_path):
+    done = _run(tmp_path / "nowhere", tmp_path / "average", 100)
+    assert done.returncode != 0
+    assert f"{tmp_path / 'nowhere' / 'model_config.json'}: not found" in done.stderr
+    assert not (tmp_path / "average").exists()

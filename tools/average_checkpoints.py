@@ -27,6 +27,11 @@ def average_iterations(run: Path, iterations: list[int]) -> dict[str, torch.Tens
         if total and state.keys() != total.keys():
             raise ValueError(f"{run / str(iteration)}: its keys differ from iteration {iterations[0]}'s")
         for key, value in state.items():
+            if key in total and total[key].shape != value.shape:
+                raise ValueError(
+                    f"{run / str(iteration)}: {key} has shape {list(value.shape)}, "
+                    f"{list(total[key].shape)} at iteration {iterations[0]}"
+                )
             total[key] = total.get(key, 0) + value.float()
     return {key: value / len(iterations) for key, value in total.items()}
 
@@ -37,7 +42,10 @@ def main() -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("iterations", type=int, nargs="+")
     args = parser.parse_args()
-    raw_config = json.loads((args.run / MODEL_CONFIG_FILE).read_text())
+    config_file = args.run / MODEL_CONFIG_FILE
+    if not config_file.is_file():
+        raise SystemExit(f"{config_file}: not found; RUN_DIR must be a `cogvlm finetune --save` directory")
+    raw_config = json.loads(config_file.read_text())
     if raw_config.get("model_parallel_size", 1) != 1:
         raise SystemExit(f"{args.run}: model_parallel_size {raw_config['model_parallel_size']}, expected 1")
     tokenizer = args.run / "tokenizer.model"
