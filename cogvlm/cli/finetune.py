@@ -114,6 +114,7 @@ def finetune_config_from_args(args: argparse.Namespace):
         ),
         checkpoint_activations=args.checkpoint_activations,
         vision_checkpoint_activations=args.vision_checkpoint_activations,
+        shuffle_image_tokens=args.shuffle_image_tokens,
         tp_size=args.tp_size,
         seed=args.seed,
         save_interval=args.save_interval,
@@ -273,6 +274,12 @@ def add_finetune_parser(commands) -> None:
     )
     group.add_argument("--checkpoint_activations", "--checkpoint-activations", action="store_true")
     group.add_argument("--vision_checkpoint_activations", "--vit_checkpoint_activations", action="store_true")
+    group.add_argument(
+        "--shuffle_image_tokens",
+        action="store_true",
+        help="permute each training image's patch tokens at random (a model trained from scratch then learns "
+        "where patches are from the vision tower, not from the token order)",
+    )
     group.add_argument(
         "--save_interval", "--save-interval", type=int, default=200, help="steps between checkpoints"
     )

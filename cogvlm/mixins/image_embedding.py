@@ -74,6 +74,8 @@ class ImageMixin(Mixin):
         if ctx.image_embed_mask is None:
             raise ValueError("pixel_values were given without image_embed_mask marking the image slots")
         image_embeds = self.encode_images(ctx.pixel_values)
+        if ctx.image_token_shuffle is not None:
+            image_embeds = shuffle_patches(image_embeds, ctx.image_token_shuffle)
         count = image_embeds.shape[0]
         slots = torch.cat(
             [self.boi.expand(count, -1, -1), image_embeds, self.eoi.expand(count, -1, -1)], dim=1
@@ -85,3 +87,15 @@ class ImageMixin(Mixin):
                 f"fill {slots.shape[0] * slots.shape[1]}"
             )
         return embeddings.masked_scatter(ctx.image_embed_mask.unsqueeze(-1), slots.to(embeddings.dtype))
+
+
+def shuffle_patches(image_embeds: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image's patch embeddings [images, patches, hidden] in an order of its own, drawn from `generator`.
+
+    The LLM gives every image token one position, but causal attention still lets it count the tokens
+    before one: a model trained from scratch locates objects by that row-major order (rows well, columns
+    hardly) and never learns the tower's position features. Training on shuffled patches removes the cue.
+    """
+    images, patches, hidden = image_embeds.shape
+    order = torch.stack([torch.randperm(patches, generator=generator) for _ in range(images)])
+    return image_embeds.gather(1, order.to(image_embeds.device)[..., None].expand(-1, -1, hidden))

@@ -62,6 +62,9 @@ class ForwardContext:
     cross_pixel_values: torch.Tensor | None = None  # [images, 3, cross_px, cross_px]
     cross_memory: CrossMemory | None = None
     kv_cache: KVCache | None = None
+    # Training's patch-order augmentation: each image's patch embeddings are permuted with draws from this
+    # generator before they enter the LLM (see `FinetuneConfig.shuffle_image_tokens`).
+    image_token_shuffle: torch.Generator | None = None
 
     @functools.cached_property
     def token_routes(self) -> TokenRoutes | None:

@@ -129,6 +129,9 @@ class FinetuneConfig:
     precision: Precision = "bf16"
     checkpoint_activations: bool = False
     vision_checkpoint_activations: bool = False
+    # Permute each training image's patch embeddings at random, so that the model must read where a patch
+    # is from the vision tower's position features rather than from its place in the token order.
+    shuffle_image_tokens: bool = False
     tp_size: int = 1
     seed: int = 2023
     save_interval: int = 200

@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -262,16 +262,27 @@ def _batches(run: _Run, start_micro_step: int):
     return iter(loader)
 
 
-def _train_step(run: _Run, batches) -> dict[str, float]:
+def _patch_order_generator(run: _Run, step: int) -> torch.Generator | None:
+    """The generator of this step's patch orders (`shuffle_image_tokens`): a function of the seed, the step
+    and the data rank, so that a resumed run draws the orders the uninterrupted one would have."""
+    if not run.config.shuffle_image_tokens:
+        return None
+    seed = (run.config.seed * 1_000_003 + step) * 1_009 + run.layout.data_rank
+    return torch.Generator().manual_seed(seed)
+
+
+def _train_step(run: _Run, batches, step: int) -> dict[str, float]:
     """One optimizer step (all micro-steps); returns the loss averaged over micro-steps and DP ranks."""
     engine = run.engine
     device, dtype = model_device_dtype(engine.module)
     started = time.perf_counter()
     lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
     totals = torch.zeros(2, dtype=torch.float64)  # [loss sum over micro-steps, input tokens]
+    shuffle = _patch_order_generator(run, step)
     for _ in range(run.config.gradient_accumulation_steps):
         batch = next(batches).to(device, dtype)
-        loss = answer_loss(engine(batch.input_ids, batch_context(batch)).logits, batch.labels)
+        ctx = replace(batch_context(batch), image_token_shuffle=shuffle)
+        loss = answer_loss(engine(batch.input_ids, ctx).logits, batch.labels)
         engine.backward(loss)
         engine.step()
         totals += torch.tensor([float(loss.detach()), float(batch.num_tokens)])
@@ -362,7 +373,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     saved_at = start if start else None
     try:
         for step in range(start + 1, config.train_iters + 1):
-            scalars = _train_step(run, batches)
+            scalars = _train_step(run, batches, step)
             losses[step] = scalars["loss"]
             if config.log_interval and (step % config.log_interval == 0 or step == config.train_iters):
                 run.metrics.log(step, scalars)
