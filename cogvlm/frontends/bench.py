@@ -350,7 +350,7 @@ def _prefill_pass(model: VisionLanguageModel, request: GenerationRequest, device
             encoded = model.encode_cross(request.cross_pixel_values.to(device)).encoder_outputs
 
     def forward():
-        cache = new_kv_cache(model, 1, text.seq_len)
+        cache = new_kv_cache(model, 1, text.seq_len, zeroed=False)  # the pass writes every slot
         ctx = ForwardContext(
             position_ids=inputs["position_ids"],
             vision_token_mask=text.vision_expert_mask.to(device),

@@ -23,6 +23,7 @@ from cogvlm.nn.kv_cache import KVCache
 
 DecodeStepKind = Literal["eager", "compiled", "static", "cuda_graph"]
 DECODE_STEP_KINDS: tuple[str, ...] = ("eager", "compiled", "static", "cuda_graph")
+FIXED_SHAPE_KINDS: tuple[str, ...] = ("static", "cuda_graph")  # attend to the whole cache under a mask
 WARMUP_STEPS = 2
 
 

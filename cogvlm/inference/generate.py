@@ -14,7 +14,12 @@ import torch
 
 from cogvlm.errors import PromptTooLongError
 from cogvlm.inference.batching import GenerationRequest, PromptBatch, collate
-from cogvlm.inference.decode_step import DECODE_STEP_KINDS, DecodeStepKind, build_decode_step
+from cogvlm.inference.decode_step import (
+    DECODE_STEP_KINDS,
+    FIXED_SHAPE_KINDS,
+    DecodeStepKind,
+    build_decode_step,
+)
 from cogvlm.inference.sampling import SamplingConfig, sample
 from cogvlm.inference.stopping import StopStrings
 from cogvlm.inference.streaming import TextStream
@@ -120,8 +125,11 @@ def kv_cache_bytes(model: VisionLanguageModel, batch_size: int, max_length: int)
     return 2 * len(model.transformer.layers) * batch_size * max_length * width * element
 
 
-def new_kv_cache(model: VisionLanguageModel, batch_size: int, max_length: int) -> KVCache:
-    """A cache sized for this rank's key/value heads (the layer says how many it holds)."""
+def new_kv_cache(
+    model: VisionLanguageModel, batch_size: int, max_length: int, *, zeroed: bool = True
+) -> KVCache:
+    """A cache sized for this rank's key/value heads (the layer says how many it holds); `zeroed=False`
+    skips clearing it, for callers that read only the positions written (see `KVCache`)."""
     layer = model.transformer.layers[0].attention
     embedding = model.transformer.word_embeddings.weight
     return KVCache(
@@ -132,6 +140,7 @@ def new_kv_cache(model: VisionLanguageModel, batch_size: int, max_length: int) -
         max_length=max_length,
         dtype=embedding.dtype,
         device=embedding.device,
+        zeroed=zeroed,
     )
 
 
@@ -216,7 +225,9 @@ def iterate_batch(
     steps = max(budgets)
     stopping = _Stopping(budgets, config, tokenizer)
     generators = _generators(config, batch.size, device)
-    cache = new_kv_cache(model, batch.size, batch.seq_len + steps)
+    # Eager steps attend to the written positions only; the static ones read the whole buffer under a mask.
+    zeroed = config.decode_step in FIXED_SHAPE_KINDS
+    cache = new_kv_cache(model, batch.size, batch.seq_len + steps, zeroed=zeroed)
     reserve_rotary_positions(model, int(batch.position_ids.max()) + steps + 1)
     key_is_valid = None
     if batch.key_is_valid is not None:

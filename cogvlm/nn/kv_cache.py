@@ -25,10 +25,14 @@ class KVCache:
         max_length: int,
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        zeroed: bool = True,
     ) -> None:
         shape = (num_layers, batch_size, num_heads, max_length, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # Unwritten slots may stay uninitialised (`zeroed=False`) only when nothing reads past `length`:
+        # a masked read of garbage can still give NaN (0 x NaN) in attention.
+        allocate = torch.zeros if zeroed else torch.empty
+        self.keys = allocate(shape, dtype=dtype, device=device)
+        self.values = allocate(shape, dtype=dtype, device=device)
         # Per-layer views [batch, heads, max_length, head_dim], taken once: decoding writes every step.
         self._layer_keys = self.keys.unbind(0)
         self._layer_values = self.values.unbind(0)

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from cogvlm.inference.batching import GenerationRequest, collate
-from cogvlm.inference.generate import GenerationConfig, generate, generate_batch, stream_generation
+from cogvlm.inference.generate import (
+    GenerationConfig,
+    generate,
+    generate_batch,
+    new_kv_cache,
+    stream_generation,
+)
 from cogvlm.inference.sampling import SamplingConfig
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs, build_prompt
 from tests.golden import (
@@ -92,6 +98,33 @@ def test_a_batch_of_every_golden_prompt_reproduces_each_reference_continuation(d
         torch.testing.assert_close(
             output.step_logits, cases(MODEL_DIR)[name]["gen_step_logits"], **BATCH_LOGIT_TOLERANCE
         )
+
+
+@pytest.mark.parametrize("decode_step", ["eager", "compiled"])
+def test_eager_steps_never_read_the_cache_slots_left_uninitialised(decode_step, monkeypatch):
+    # Eager steps skip zeroing the cache: fill those slots with NaN, which any read would spread (0 x NaN).
+    from cogvlm.inference import generate as engine
+
+    allocated = []
+
+    def poisoned_cache(*args, zeroed=True, **kwargs):
+        cache = new_kv_cache(*args, zeroed=zeroed, **kwargs)
+        if not zeroed:
+            cache.keys.fill_(float("nan"))
+            cache.values.fill_(float("nan"))
+        allocated.append(zeroed)
+        return cache
+
+    monkeypatch.setattr(engine, "new_kv_cache", poisoned_cache)
+    names = _golden_cases()
+    requests = [_text_only_request("Hi"), *(_request(name) for name in names)]  # left padding included
+    outputs = generate_batch(
+        golden_model(MODEL_DIR), requests, _config(decode_step=decode_step), keep_step_logits=True
+    )
+    assert allocated == [False]
+    for name, output in zip(names, outputs[1:], strict=True):
+        assert output.token_ids == _golden(name)[1]["new_token_ids"], name
+    assert all(torch.isfinite(output.step_logits).all() for output in outputs)
 
 
 def test_a_mixed_batch_with_text_only_rows_equals_one_by_one_generation():
