@@ -212,3 +212,18 @@ def test_bench_without_a_golden_set_uses_the_embedded_tokenizer_and_image(tmp_pa
     prompt = build_prompt("chat_old", "What colors are in the image?")
     expected = build_inference_inputs(LlamaTokenizer.from_file(tokenizer), prompt, tiny.image_length).seq_len
     assert figures["prefill_tokens"] == expected and figures["decode_ms_per_token_batch_1"] > 0
+
+
+def test_a_first_token_sample_stops_the_generation_after_its_first_step(monkeypatch):
+    from cogvlm.frontends import bench
+
+    pulled = []
+
+    def counting_steps(model, requests, config):
+        for step in range(64):
+            pulled.append(step)
+            yield type("Step", (), {"tokens": torch.tensor([step])})()
+
+    monkeypatch.setattr(bench, "iterate_batch", counting_steps)
+    assert bench._time_first_token(None, [], None, torch.device("cpu")) >= 0
+    assert pulled == [0]
