@@ -10,20 +10,19 @@ of them, unlike averages with a model from another run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from cogvlm.checkpoints.convert import write_sat_directory
-from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE, load_sat_weights
+from cogvlm.checkpoints.sat_format import MODEL_CONFIG_FILE, load_sat_weights, open_sat_checkpoint
 
 
 def average_iterations(run: Path, iterations: list[int]) -> dict[str, torch.Tensor]:
     """The uniform average of the MP=1 weights saved at `iterations` of `run`."""
     total: dict[str, torch.Tensor] = {}
     for iteration in iterations:
-        state = load_sat_weights(run / str(iteration) / "mp_rank_00_model_states.pt")
+        state = load_sat_weights(open_sat_checkpoint(run, iteration).weight_files[0])
         if total and state.keys() != total.keys():
             raise ValueError(f"{run / str(iteration)}: its keys differ from iteration {iterations[0]}'s")
         for key, value in state.items():
@@ -45,12 +44,13 @@ def main() -> None:
     config_file = args.run / MODEL_CONFIG_FILE
     if not config_file.is_file():
         raise SystemExit(f"{config_file}: not found; RUN_DIR must be a `cogvlm finetune --save` directory")
-    raw_config = json.loads(config_file.read_text())
-    if raw_config.get("model_parallel_size", 1) != 1:
-        raise SystemExit(f"{args.run}: model_parallel_size {raw_config['model_parallel_size']}, expected 1")
+    checkpoint = open_sat_checkpoint(args.run, args.iterations[0])
+    if checkpoint.model_parallel_size != 1:
+        raise SystemExit(f"{args.run}: model_parallel_size {checkpoint.model_parallel_size}, expected 1")
     tokenizer = args.run / "tokenizer.model"
     extra = {"tokenizer.model": tokenizer} if tokenizer.is_file() else None
-    write_sat_directory(args.output, raw_config, average_iterations(args.run, args.iterations), extra)
+    average = average_iterations(args.run, args.iterations)
+    write_sat_directory(args.output, checkpoint.raw_config, average, extra)
     print(f"wrote the average of {args.run} iterations {args.iterations} to {args.output}")
 
 
