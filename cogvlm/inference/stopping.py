@@ -17,9 +17,14 @@ class StopStrings:
     def __bool__(self) -> bool:
         return bool(self.strings)
 
-    def find(self, text: str) -> int | None:
-        """Index where the earliest stop string starts in `text`, or None."""
-        found = [index for s in self.strings if (index := text.find(s)) >= 0]
+    @property
+    def longest(self) -> int:
+        """Length of the longest stop string (0 when there is none)."""
+        return max(map(len, self.strings), default=0)
+
+    def find(self, text: str, start: int = 0) -> int | None:
+        """Index where the earliest stop string starts in `text` at or after `start`, or None."""
+        found = [index for s in self.strings if (index := text.find(s, start)) >= 0]
         return min(found) if found else None
 
     def pending_length(self, text: str) -> int:

@@ -43,8 +43,11 @@ class TextStream:
         return self._emit(len(self._text))
 
     def _extend(self, piece: str) -> None:
+        # The text before `piece` held no stop string, so one can only end inside `piece`: search its tail
+        # alone, which keeps a long generation linear in its length.
+        start = max(0, len(self._text) - self._stops.longest + 1)
         self._text += piece
-        cut = self._stops.find(self._text)
+        cut = self._stops.find(self._text, start)
         if cut is not None:
             self._text = self._text[:cut]
             self.hit_stop_string = True

@@ -32,6 +32,25 @@ def test_stop_string_search_and_pending_tail():
     assert stops.pending_length("abc EN") == 2
     assert stops.pending_length("abc\n") == 1
     assert stops.pending_length("abc") == 0
+    assert stops.find("END abc END", start=1) == 8
+    assert stops.longest == 3
+
+
+def test_each_search_reads_only_the_tail_a_new_piece_can_complete(monkeypatch):
+    scanned = []
+    original = StopStrings.find
+
+    def recording_find(self, text, start=0):
+        scanned.append(len(text) - start)
+        return original(self, text, start)
+
+    monkeypatch.setattr(StopStrings, "find", recording_find)
+    ids = tokenizer().encode("a long answer " * 40)
+    pieces, stream = _pieces(ids, ["STOP", "answer!"])
+    assert "".join(pieces) == stream.text and len(stream.text) > 400
+    # Every search covers the new piece plus at most len("answer!") - 1 characters before it, however
+    # long the text has grown; the longest piece of this text is one token's few characters.
+    assert scanned and max(scanned) <= max(len(tokenizer().decode([i])) for i in ids) + 6 + 1
 
 
 def test_an_empty_stop_string_is_refused():
