@@ -17,6 +17,7 @@ import torch
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor
 from cogvlm.models.config import CogVLMConfig
 from cogvlm.text_processors.image_slots import image_masks, position_ids_from_rope_mask
+from cogvlm.text_processors.inference import check_no_image_marker
 from cogvlm.text_processors.prompts import build_prompt
 from cogvlm.text_processors.tokenizer import LlamaTokenizer
 from cogvlm.text_processors.training import IGNORE_INDEX, SampleTooLong, token_labels, training_tokens
@@ -81,9 +82,17 @@ def _jsonl_record(line: str, where: str, base: Path) -> Sample:
     unknown = set(record) - {"image", "question", "answer", "history"}
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    history = _history(record.get("history"), where)
+    # The marker would become a second run of image slots for the one image: refused here as chat and
+    # evaluation refuse it.
+    texts = {"'question'": record["question"], "'answer'": record["answer"]}
+    for turn, (question, answer) in enumerate(history):
+        texts |= {f"history turn {turn}'s question": question, f"history turn {turn}'s answer": answer}
+    for field, text in texts.items():
+        check_no_image_marker(text, f"{where}: {field}")
     image = Path(record["image"])
     image = image if image.is_absolute() else base / image
-    return Sample(image, record["question"], record["answer"], _history(record.get("history"), where), where)
+    return Sample(image, record["question"], record["answer"], history, where)
 
 
 def jsonl_records(path: Path) -> tuple[list[Sample], list[SkippedSample]]:

@@ -82,6 +82,14 @@ def test_jsonl_records_resolve_images_beside_the_file_and_keep_their_history(tmp
         ('{"image": "a.png", "question": "q", "answer": "a", "label": 1}', r"unknown field\(s\) \['label'\]"),
         ('{"image": "a.png", "question": "q", "answer": "a", "history": [["q"]]}', "history"),
         ("{not json", "data.jsonl:1: not valid JSON"),
+        (
+            '{"image": "a.png", "question": "What is <EOI> here?", "answer": "a"}',
+            r"data.jsonl:1: 'question': the text contains '<EOI>', which is reserved for the image",
+        ),
+        (
+            '{"image": "a.png", "question": "q", "answer": "a", "history": [["q", "x <EOI>"]]}',
+            r"data.jsonl:1: history turn 0's answer: the text contains '<EOI>'",
+        ),
     ],
 )
 def test_bad_jsonl_records_name_the_file_line_and_problem(tmp_path, line, message):
