@@ -114,7 +114,8 @@ def finetune_config_from_args(args: argparse.Namespace):
         ),
         checkpoint_activations=args.checkpoint_activations,
         vision_checkpoint_activations=args.vision_checkpoint_activations,
-        shuffle_image_tokens=args.shuffle_image_tokens,
+        shuffle_image_tokens=args.shuffle_image_tokens is not None,
+        shuffle_scope=args.shuffle_image_tokens or "all",
         tp_size=args.tp_size,
         seed=args.seed,
         save_interval=args.save_interval,
@@ -276,9 +277,12 @@ def add_finetune_parser(commands) -> None:
     group.add_argument("--vision_checkpoint_activations", "--vit_checkpoint_activations", action="store_true")
     group.add_argument(
         "--shuffle_image_tokens",
-        action="store_true",
-        help="permute each training image's patch tokens at random (a model trained from scratch then learns "
-        "where patches are from the vision tower, not from the token order)",
+        nargs="?",
+        const="all",
+        choices=("all", "within_rows"),  # FinetuneConfig's SHUFFLE_SCOPES (not imported: --help stays light)
+        help="permute each training image's patch tokens at random (the model must then read where a patch "
+        "is from the vision tower, not count its place in the token order); within_rows permutes only "
+        "inside each row of the patch grid, so the column must be read and the row may still be counted",
     )
     group.add_argument(
         "--save_interval", "--save-interval", type=int, default=200, help="steps between checkpoints"

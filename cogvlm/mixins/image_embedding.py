@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,7 +77,8 @@ class ImageMixin(Mixin):
             raise ValueError("pixel_values were given without image_embed_mask marking the image slots")
         image_embeds = self.encode_images(ctx.pixel_values)
         if ctx.image_token_shuffle is not None:
-            image_embeds = shuffle_patches(image_embeds, ctx.image_token_shuffle)
+            shuffle = ctx.image_token_shuffle
+            image_embeds = shuffle_patches(image_embeds, shuffle.generator, within_rows=shuffle.within_rows)
         count = image_embeds.shape[0]
         slots = torch.cat(
             [self.boi.expand(count, -1, -1), image_embeds, self.eoi.expand(count, -1, -1)], dim=1
@@ -89,13 +92,23 @@ class ImageMixin(Mixin):
         return embeddings.masked_scatter(ctx.image_embed_mask.unsqueeze(-1), slots.to(embeddings.dtype))
 
 
-def shuffle_patches(image_embeds: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def shuffle_patches(
+    image_embeds: torch.Tensor, generator: torch.Generator, *, within_rows: bool = False
+) -> torch.Tensor:
     """Each image's patch embeddings [images, patches, hidden] in an order of its own, drawn from `generator`.
 
     The LLM gives every image token one position, but causal attention still lets it count the tokens
     before one: a model trained from scratch locates objects by that row-major order (rows well, columns
-    hardly) and never learns the tower's position features. Training on shuffled patches removes the cue.
+    hardly) and does not learn to read the tower's position features. Training on shuffled patches removes
+    the cue; `within_rows` removes only its column part, keeping the rows of the (square) grid in order.
     """
     images, patches, hidden = image_embeds.shape
-    order = torch.stack([torch.randperm(patches, generator=generator) for _ in range(images)])
+    if within_rows:
+        grid = math.isqrt(patches)
+        if grid * grid != patches:
+            raise ValueError(f"within-row shuffling needs a square patch grid, got {patches} patches")
+        columns = torch.rand(images, grid, grid, generator=generator).argsort(dim=-1)
+        order = (columns + torch.arange(grid)[:, None] * grid).reshape(images, patches)
+    else:
+        order = torch.stack([torch.randperm(patches, generator=generator) for _ in range(images)])
     return image_embeds.gather(1, order.to(image_embeds.device)[..., None].expand(-1, -1, hidden))

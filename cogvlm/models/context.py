@@ -15,6 +15,16 @@ if TYPE_CHECKING:
     from cogvlm.nn.kv_cache import KVCache
 
 
+@dataclass(frozen=True)
+class PatchShuffle:
+    """Training's patch-order augmentation: each image's patch embeddings are permuted with draws from
+    `generator` before they enter the LLM; `within_rows` keeps each row of the patch grid in place and
+    permutes the patches inside it (see `FinetuneConfig.shuffle_image_tokens`)."""
+
+    generator: torch.Generator
+    within_rows: bool = False
+
+
 @dataclass
 class CrossMemory:
     """Encoder outputs for cross-attention and, per layer, their keys and values once computed.
@@ -62,9 +72,7 @@ class ForwardContext:
     cross_pixel_values: torch.Tensor | None = None  # [images, 3, cross_px, cross_px]
     cross_memory: CrossMemory | None = None
     kv_cache: KVCache | None = None
-    # Training's patch-order augmentation: each image's patch embeddings are permuted with draws from this
-    # generator before they enter the LLM (see `FinetuneConfig.shuffle_image_tokens`).
-    image_token_shuffle: torch.Generator | None = None
+    image_token_shuffle: PatchShuffle | None = None  # training's patch-order augmentation
 
     @functools.cached_property
     def token_routes(self) -> TokenRoutes | None:

@@ -16,6 +16,8 @@ from cogvlm.text_processors.prompts import check_version
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DecayStyle = Literal["cosine", "linear", "constant"]
+ShuffleScope = Literal["all", "within_rows"]
+SHUFFLE_SCOPES = ("all", "within_rows")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DECAY_STYLES: tuple[str, ...] = ("cosine", "linear", "constant")
 
@@ -130,8 +132,11 @@ class FinetuneConfig:
     checkpoint_activations: bool = False
     vision_checkpoint_activations: bool = False
     # Permute each training image's patch embeddings at random, so that the model must read where a patch
-    # is from the vision tower's position features rather than from its place in the token order.
+    # is from the vision tower's position features rather than from its place in the token order;
+    # scope "within_rows" permutes only inside each row of the patch grid (the column must be read, the row
+    # may still be counted).
     shuffle_image_tokens: bool = False
+    shuffle_scope: ShuffleScope = "all"
     tp_size: int = 1
     seed: int = 2023
     save_interval: int = 200
@@ -157,6 +162,8 @@ class FinetuneConfig:
         _require(self.zero_stage in (0, 1, 2), owner, f"zero_stage={self.zero_stage}, expected 0, 1 or 2")
         _require(self.precision in PRECISIONS, owner, f"precision={self.precision!r}, expected {PRECISIONS}")
         _require(self.gradient_clipping >= 0, owner, f"gradient_clipping={self.gradient_clipping} < 0")
+        scope = self.shuffle_scope
+        _require(scope in SHUFFLE_SCOPES, owner, f"shuffle_scope={scope!r}, expected one of {SHUFFLE_SCOPES}")
         for name in ("save_interval", "eval_interval", "log_interval", "eval_iters"):
             _require(getattr(self, name) >= 0, owner, f"{name}={getattr(self, name)} must be >= 0")
         has_trainable = self.lora is not None or self.trainable.full or self.trainable.train_patterns

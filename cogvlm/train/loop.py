@@ -21,6 +21,7 @@ from cogvlm.errors import ConfigError, DatasetError
 from cogvlm.mixins.lora import add_lora
 from cogvlm.models import mixin_names
 from cogvlm.models.cogvlm import VisionLanguageModel
+from cogvlm.models.context import PatchShuffle
 from cogvlm.parallel.deepspeed_mpu import (
     ParallelLayout,
     build_parallel_layout,
@@ -262,13 +263,14 @@ def _batches(run: _Run, start_micro_step: int):
     return iter(loader)
 
 
-def _patch_order_generator(run: _Run, step: int) -> torch.Generator | None:
-    """The generator of this step's patch orders (`shuffle_image_tokens`): a function of the seed, the step
-    and the data rank, so that a resumed run draws the orders the uninterrupted one would have."""
+def _patch_shuffle(run: _Run, step: int) -> PatchShuffle | None:
+    """This step's patch-order augmentation (`shuffle_image_tokens`): its draws are a function of the seed,
+    the step and the data rank, so that a resumed run draws the orders the uninterrupted one would have."""
     if not run.config.shuffle_image_tokens:
         return None
     seed = (run.config.seed * 1_000_003 + step) * 1_009 + run.layout.data_rank
-    return torch.Generator().manual_seed(seed)
+    within_rows = run.config.shuffle_scope == "within_rows"
+    return PatchShuffle(torch.Generator().manual_seed(seed), within_rows=within_rows)
 
 
 def _train_step(run: _Run, batches, step: int) -> dict[str, float]:
@@ -278,7 +280,7 @@ def _train_step(run: _Run, batches, step: int) -> dict[str, float]:
     started = time.perf_counter()
     lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
     totals = torch.zeros(2, dtype=torch.float64)  # [loss sum over micro-steps, input tokens]
-    shuffle = _patch_order_generator(run, step)
+    shuffle = _patch_shuffle(run, step)
     for _ in range(run.config.gradient_accumulation_steps):
         batch = next(batches).to(device, dtype)
         ctx = replace(batch_context(batch), image_token_shuffle=shuffle)
