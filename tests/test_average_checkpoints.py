@@ -61,7 +61,7 @@ def test_iterations_with_different_shapes_are_refused_and_nothing_is_written(run
     _save_iteration(run, 400, {"a": torch.zeros(3), "b": torch.zeros(2)})
     done = _run(run, tmp_path / "average", 100, 400)
     assert done.returncode != 0
-    assert "a has shape [3], [2, 3] at iteration 100" in done.stderr
+    assert f"a has shape [3], [2, 3] at {run} iteration 100" in done.stderr
     assert not (tmp_path / "average").exists()
 
 
@@ -70,3 +70,31 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path):
     assert done.returncode != 0
     assert f"{tmp_path / 'nowhere' / 'model_config.json'}: not found" in done.stderr
     assert not (tmp_path / "average").exists()
+
+
+def test_a_weighted_blend_with_another_checkpoint_folder(run, tmp_path):
+    start = tmp_path / "start"  # e.g. the fp16 SAT model a fine-tune started from
+    _save_iteration(start, 1, {"a": torch.full((2, 3), 10.0), "b": torch.tensor([10.0, -10.0])})
+    (start / "model_config.json").write_text(json.dumps({"model_class": "CogVLMModel", "num_layers": 1}))
+    done = _run(run, tmp_path / "blend", 300, f"{start}:1", "--weights", 0.35, 0.65)
+    assert done.returncode == 0, done.stderr
+    state = load_sat_weights(tmp_path / "blend" / "1" / "mp_rank_00_model_states.pt")
+    assert torch.allclose(state["a"], torch.full((2, 3), 0.35 * 6.0 + 0.65 * 10.0))
+    # RUN_DIR gives the config and tokenizer, whatever the other sources are.
+    assert json.loads((tmp_path / "blend" / "model_config.json").read_text())["model_class"] == "CogVLMModel"
+    assert (tmp_path / "blend" / "tokenizer.model").read_bytes() == b"tokenizer bytes"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["100", "--weights", "1"], "need one positive weight per source: 2 sources, weights [1.0]"),
+        (["--weights", "1", "-1"], "need one positive weight per source"),
+        (["x:y"], "'x:y': expected ITERATION or DIR:ITERATION"),
+    ],
+)
+def test_bad_sources_or_weights_are_named_and_nothing_is_written(run, tmp_path, extra, message):
+    done = _run(run, tmp_path / "blend", 200, *extra)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not (tmp_path / "blend").exists()
