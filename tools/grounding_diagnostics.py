@@ -151,7 +151,7 @@ def box_figures(session, dataset: Path, questions: int, orders: list[str]) -> di
                     true.append(list(record["boxes"][0]))
             figures[name] = box_statistics(predicted, true, unparsed)
     finally:
-        del image_mixin.encode_images  # back to the class's method
+        vars(image_mixin).pop("encode_images", None)  # back to the class's method
     return figures
 
 
