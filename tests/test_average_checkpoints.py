@@ -98,3 +98,15 @@ def test_bad_sources_or_weights_are_named_and_nothing_is_written(run, tmp_path, 
     assert done.returncode != 0
     assert message in done.stderr
     assert not (tmp_path / "blend").exists()
+
+
+def test_a_model_parallel_source_is_refused_before_any_weight_is_read(run, tmp_path):
+    split = tmp_path / "split"
+    _save_iteration(split, 1, {"a": torch.zeros(1, 3), "b": torch.zeros(1)})
+    torch.save({"module": {}}, split / "1" / "mp_rank_01_model_states.pt")
+    config = {"model_class": "CogVLMModel", "num_layers": 1, "model_parallel_size": 2}
+    (split / "model_config.json").write_text(json.dumps(config))
+    done = _run(run, tmp_path / "blend", 300, f"{split}:1")
+    assert done.returncode != 0
+    assert f"{split}: model_parallel_size 2, expected 1" in done.stderr
+    assert not (tmp_path / "blend").exists()

@@ -32,15 +32,22 @@ def parse_source(text: str, run: Path) -> Source:
 
 
 def weighted_average(sources: list[Source], weights: list[float]) -> dict[str, torch.Tensor]:
-    """sum(weight * weights of source) over `sources` (MP=1), every source with the first one's keys and
-    shapes; `weights` are normalised to sum to 1."""
+    """sum(weight * weights of source) over `sources` (each MP=1), every source with the first one's keys
+    and shapes; `weights` are normalised to sum to 1."""
     if len(weights) != len(sources) or min(weights) <= 0:
         raise ValueError(f"need one positive weight per source: {len(sources)} sources, weights {weights}")
+    shares = [weight / sum(weights) for weight in weights]
     total: dict[str, torch.Tensor] = {}
     first = f"{sources[0][0]} iteration {sources[0][1]}"
-    for (folder, iteration), weight in zip(sources, weights, strict=True):
+    checkpoints = [open_sat_checkpoint(folder, iteration) for folder, iteration in sources]
+    for checkpoint in checkpoints:  # every source checked before any weight is read
+        if checkpoint.model_parallel_size != 1:
+            raise ValueError(
+                f"{checkpoint.directory}: model_parallel_size {checkpoint.model_parallel_size}, expected 1"
+            )
+    for (folder, iteration), checkpoint, share in zip(sources, checkpoints, shares, strict=True):
         where = folder / str(iteration)
-        state = load_sat_weights(open_sat_checkpoint(folder, iteration).weight_files[0])
+        state = load_sat_weights(checkpoint.weight_files[0])
         if total and state.keys() != total.keys():
             raise ValueError(f"{where}: its keys differ from {first}'s")
         for key, value in state.items():
@@ -48,7 +55,7 @@ def weighted_average(sources: list[Source], weights: list[float]) -> dict[str, t
                 raise ValueError(
                     f"{where}: {key} has shape {list(value.shape)}, {list(total[key].shape)} at {first}"
                 )
-            total[key] = total.get(key, 0) + value.float() * (weight / sum(weights))
+            total[key] = total.get(key, 0) + value.float() * share
     return total
 
 
@@ -64,10 +71,6 @@ def main() -> None:
         raise SystemExit(f"{config_file}: not found; RUN_DIR must be a `cogvlm finetune --save` directory")
     try:
         sources = [parse_source(text, args.run) for text in args.sources]
-        for folder, iteration in sources:
-            size = open_sat_checkpoint(folder, iteration).model_parallel_size
-            if size != 1:
-                raise ValueError(f"{folder}: model_parallel_size {size}, expected 1")
         average = weighted_average(sources, args.weights or [1.0] * len(sources))
     except ValueError as error:
         raise SystemExit(str(error)) from None
