@@ -122,7 +122,7 @@ def box_figures(session, dataset: Path, questions: int, orders: list[str]) -> di
     """`box_statistics` of the first `questions` grounding questions, once per token order."""
     from cogvlm.models import mixin_names
     from cogvlm.text_processors.grounding import parse_boxes, to_pixels
-    from cogvlm.train.synthetic_eval import read_records, session_answerer
+    from cogvlm.train.synthetic_eval import answer_records, read_records, session_answerer
 
     records = [record for record in read_records(dataset) if record["task"] == "grounding"][:questions]
     if not records:
@@ -138,17 +138,14 @@ def box_figures(session, dataset: Path, questions: int, orders: list[str]) -> di
             # Scoped to this loaded model: the instance's encoder is swapped, then restored.
             image_mixin.encode_images = _reordered(natural_encode, token_order(name, grid))
             predicted, true, unparsed = [], [], 0
-            for start in range(0, len(records), 16):
-                chunk = records[start : start + 16]
-                replies = answer([(dataset / r["image"], r["question"], []) for r in chunk])
-                for record, reply in zip(chunk, replies, strict=True):
-                    boxes = parse_boxes(reply)
-                    if not boxes:
-                        unparsed += 1
-                        continue
-                    box = to_pixels(boxes[0], image_px, image_px)
-                    predicted.append([box.x1, box.y1, box.x2, box.y2])
-                    true.append(list(record["boxes"][0]))
+            for record, reply in zip(records, answer_records(answer, dataset, records), strict=True):
+                boxes = parse_boxes(reply)
+                if not boxes:
+                    unparsed += 1
+                    continue
+                box = to_pixels(boxes[0], image_px, image_px)
+                predicted.append([box.x1, box.y1, box.x2, box.y2])
+                true.append(list(record["boxes"][0]))
             figures[name] = box_statistics(predicted, true, unparsed)
     finally:
         vars(image_mixin).pop("encode_images", None)  # back to the class's method

@@ -71,14 +71,22 @@ def evaluate(
     dataset = Path(dataset)
     records = read_records(dataset, per_task)
     totals: dict[str, list[int]] = {}
+    for record, reply in zip(records, answer_records(answer, dataset, records, batch_size), strict=True):
+        counts = totals.setdefault(record["task"], [0, 0])
+        counts[0] += 1
+        counts[1] += is_correct(record, reply, image_px)
+    return {task: TaskScore(task, total, correct) for task, (total, correct) in sorted(totals.items())}
+
+
+def answer_records(
+    answer: BatchAnswerer, dataset: Path, records: list[dict], batch_size: int = 16
+) -> list[str]:
+    """`answer`'s reply to each record of `dataset` (image, question, history), `batch_size` at a time."""
+    replies = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        replies = answer([(dataset / r["image"], r["question"], r.get("history", [])) for r in chunk])
-        for record, reply in zip(chunk, replies, strict=True):
-            counts = totals.setdefault(record["task"], [0, 0])
-            counts[0] += 1
-            counts[1] += is_correct(record, reply, image_px)
-    return {task: TaskScore(task, total, correct) for task, (total, correct) in sorted(totals.items())}
+        replies += answer([(dataset / r["image"], r["question"], r.get("history", [])) for r in chunk])
+    return replies
 
 
 def session_answerer(session, max_new_tokens: int = 32) -> BatchAnswerer:
