@@ -63,9 +63,11 @@ def test_box_figures_measure_offsets_and_name_constant_predictions():
 @pytest.fixture(scope="module")
 def embedded_figures(tmp_path_factory):
     data = tmp_path_factory.mktemp("grounding-set")
-    write_dataset(data, DatasetConfig(num_images=120, seed=DATA_SEED, scene=EMBEDDED_SCENE))
+    write_dataset(data, DatasetConfig(num_images=150, seed=DATA_SEED, scene=EMBEDDED_SCENE))
+    # The probes fit 257 weights per stage on 70% of the images' patches: 150 images (as the model card)
+    # keep that fit well determined; on 60 its held-out R² after the adapter swung 0.47-0.63 between models.
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "embedded", str(data), "--questions", "100", "--images", "60"],
+        [sys.executable, str(SCRIPT), "embedded", str(data), "--questions", "100", "--images", "150"],
         capture_output=True,
         text=True,
         timeout=600,
