@@ -94,15 +94,15 @@ cogvlm finetune "${common[@]}" --max_length 256 --save_interval 500 --from_pretr
 python "$repo/tools/average_checkpoints.py" run7a run7a_average 2000 2500 3000
 # Phase 7b: 600 steps at 3e-5 with grounding x3 and every other task x1; its step 400 goes on (the most
 # boxes right on the validation set: 250 of 2,000 against 226 and 230 at steps 200 and 600). 4 minutes.
-cogvlm mix-data train --output train/phase7b_all.jsonl --seed 13 --weight grounding=3 --weight count=1 \
-    --weight text=1 --weight color=1 --weight caption=1 --unanswerable 8000 --multi_turn 16000
+cogvlm mix-data train --output train/phase7b_all.jsonl --seed 13 --weight grounding=3 \
+    --unanswerable 8000 --multi_turn 16000
 head -9600 train/phase7b_all.jsonl > train/phase7b.jsonl
 cogvlm finetune "${common[@]}" --max_length 256 --save_interval 200 --from_pretrained run7a_average \
     --save run7b --train_data train/phase7b.jsonl --train_iters 600 --lr 3e-5 --warmup 0.03 --seed 2062
 python "$repo/tools/average_checkpoints.py" run7b run7b_step400 400
 # Phase 7c: 2,000 steps at 6e-5 with grounding x4, the last three checkpoints averaged. 12 minutes.
-cogvlm mix-data train --output train/phase7c_all.jsonl --seed 14 --weight grounding=4 --weight count=1 \
-    --weight text=1 --weight color=1 --weight caption=1 --unanswerable 8000 --multi_turn 16000
+cogvlm mix-data train --output train/phase7c_all.jsonl --seed 14 --weight grounding=4 \
+    --unanswerable 8000 --multi_turn 16000
 head -32000 train/phase7c_all.jsonl > train/phase7c.jsonl
 cogvlm finetune "${common[@]}" --max_length 256 --save_interval 250 --from_pretrained run7b_step400 \
     --save run7c --train_data train/phase7c.jsonl --train_iters 2000 --lr 6e-5 --warmup 0.02 --seed 2063

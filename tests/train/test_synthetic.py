@@ -112,3 +112,15 @@ def test_mixing_repeats_thins_and_drops_tasks_and_keeps_image_paths_valid(tmp_pa
         mix_tasks(dataset, {"colour": 2}, tmp_path / "x.jsonl")
     with pytest.raises(ValueError, match="weights must be >= 0"):
         mix_tasks(dataset, {"text": -1}, tmp_path / "x.jsonl")
+
+
+def test_an_explicit_weight_of_one_writes_the_same_file_as_the_default(tmp_path):
+    # The training recipe names only the weights that differ from 1; this keeps it reproducible.
+    dataset = tmp_path / "data"
+    write_dataset(dataset, DatasetConfig(num_images=30, seed=3, scene=SCENE))
+    implicit, _ = mix_tasks(dataset, {"grounding": 3}, tmp_path / "implicit.jsonl", seed=13)
+    explicit_weights = {task: 1 for task in TASKS} | {"grounding": 3}
+    explicit, _ = mix_tasks(dataset, explicit_weights, tmp_path / "explicit.jsonl", seed=13)
+    assert explicit.read_bytes() == implicit.read_bytes()
+    thinned, _ = mix_tasks(dataset, {"grounding": 3, "count": 0.5}, tmp_path / "thinned.jsonl", seed=13)
+    assert thinned.read_bytes() != implicit.read_bytes()
