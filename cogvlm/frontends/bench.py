@@ -449,15 +449,30 @@ def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
     more = [_time_first_token(model, prepared.single, prepared.generation, device) for _ in range(1, SAMPLES)]
     first_ms = statistics.median([first_ms, *more])
     floor_ms = _time_bare_linears(model, 1, device, dtype, prepared.config.new_tokens)
-    return {
+    figures = {
         "first_token_ms": first_ms,
         "decode_ms_per_token_batch_1": decode_ms,
         "bare_linears_ms_per_token": floor_ms,
-        "decode_over_bare_linears": decode_ms / floor_ms,
         "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, SAMPLES),
         "prefill_ms": _time_prefill(model, request, device, SAMPLES),
         "prefill_linears_ms": _time_prefill_linears(model, request, device, dtype),
         "prefill_attention_ms": _time_prefill_attention(model, request, device, dtype),
+    }
+    return figures | _floor_ratios(figures)
+
+
+def _floor_ratios(figures: dict[str, float]) -> dict[str, float]:
+    """Each time over its floor, from one repeat's figures: a ratio then compares figures taken under the
+    same load, and the reported ratio is the median of the repeats' (not a ratio of medians)."""
+    # The first token's floor: the towers (measured as they run) plus the prompt's bare linears.
+    first_token_floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
+    return {
+        "decode_over_bare_linears": figures["decode_ms_per_token_batch_1"]
+        / figures["bare_linears_ms_per_token"],
+        "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / first_token_floor,
+        # The same with the prompt's attention added to the floor (what the linears leave out).
+        "first_token_over_encoding_plus_prefill_linears_and_attention": figures["first_token_ms"]
+        / (first_token_floor + figures["prefill_attention_ms"]),
     }
 
 
@@ -480,8 +495,6 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]], batch: dict[st
     figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
     batch = dict(batch)
     batch_ms = batch.pop("batch_decode_ms")
-    # The first token's floor: the towers (measured as they run) plus the prompt's bare linears.
-    first_token_floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
     result = {
         "config": config.name,
         "model_class": model.config.model_class,
@@ -497,16 +510,13 @@ def _result(prepared: _Prepared, repeats: list[dict[str, float]], batch: dict[st
         "prefill_tokens": prepared.single[0].text.seq_len,
         "new_tokens": config.new_tokens,
         **figures,
-        "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / first_token_floor,
-        # The same with the prompt's attention added to the floor (what the linears leave out).
-        "first_token_over_encoding_plus_prefill_linears_and_attention": figures["first_token_ms"]
-        / (first_token_floor + figures["prefill_attention_ms"]),
         "decode_tokens_per_s_batch_1": 1e3 / figures["decode_ms_per_token_batch_1"],
         "batch_size": config.batch_size,
         "decode_tokens_per_s_batch_n": config.batch_size * 1e3 / batch_ms,
         "repeats": config.repeats,
         **batch,
         **_peak_memory(device),
+        "per_repeat": repeats,  # every repeat's figures, in order, for the spread behind the medians
     }
     if device.type == "cuda":
         result.update(_bandwidth_figures(model, result))
