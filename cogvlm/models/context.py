@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -73,8 +72,16 @@ class ForwardContext:
     cross_memory: CrossMemory | None = None
     kv_cache: KVCache | None = None
     image_token_shuffle: PatchShuffle | None = None  # training's patch-order augmentation
+    _found: dict[str, TokenRoutes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    @functools.cached_property
+    @property
     def token_routes(self) -> TokenRoutes | None:
         """The visual expert's routing of `vision_token_mask`, found once and shared by every layer."""
-        return None if self.vision_token_mask is None else TokenRoutes.from_mask(self.vision_token_mask)
+        # Not a functools.cached_property: on Python 3.11 its lock breaks a torch.compile graph at every
+        # read, which made each compiled decoding step some 40 graphs.
+        if self.vision_token_mask is None:
+            return None
+        routes = self._found.get("token_routes")
+        if routes is None:
+            routes = self._found["token_routes"] = TokenRoutes.from_mask(self.vision_token_mask)
+        return routes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -96,7 +98,7 @@ def test_zeroing_the_image_changes_the_logits_as_much_as_in_the_reference(model_
     case, recorded = recorded_sensitivity(model_dir)
     tensors = cases(model_dir)[case]
     ctx = _context(model_dir, tensors)
-    blank = ForwardContext(**{**ctx.__dict__, "pixel_values": torch.zeros_like(ctx.pixel_values)})
+    blank = dataclasses.replace(ctx, pixel_values=torch.zeros_like(ctx.pixel_values))
     with torch.no_grad():
         change = model(tensors["input_ids"], ctx).logits - model(tensors["input_ids"], blank).logits
     expected = recorded["zero_vision_image_maxabs_logit_change_last_pos"]
