@@ -89,10 +89,13 @@ def test_prompts_joining_at_different_steps_reproduce_every_reference_continuati
         arrivals.setdefault(max(0, 3 * index - 3), []).append(
             (name, _request(model_dir, prompts[name]), config)
         )
+    torch._dynamo.utils.counters.clear()
     produced = _run(batch, arrivals)
     for name in names:
         assert produced[name] == records[name]["new_token_ids"], name
     assert batch.size == 0
+    # Each compiled step is whole graphs: a break costs a guard check and a trip through Python per step.
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
 
 
 def test_seeded_sampling_rows_with_their_own_settings_equal_each_prompt_alone():
