@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.models.builders import FAMILIES
+from cogvlm.models.context import ForwardContext
 from tests.golden import golden_dir, load_json, model_dirs
 
 
@@ -52,6 +53,25 @@ def cases(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
 def image_inputs(model_dir: Path) -> dict[str, torch.Tensor]:
     """The golden pixel values of a model folder."""
     return load_file(model_dir / "image_inputs.safetensors")
+
+
+def case_context(model_dir: Path, tensors: dict[str, torch.Tensor]) -> ForwardContext:
+    """The forward context of a golden case: its positions and masks, with the folder's pixels."""
+    pixels = image_inputs(model_dir)
+    return ForwardContext(
+        position_ids=tensors["position_ids"],
+        vision_token_mask=tensors["vision_expert_mask"].bool(),
+        image_embed_mask=tensors["image_embed_mask"].bool(),
+        pixel_values=pixels["pixel_values"],
+        cross_pixel_values=pixels.get("cross_pixel_values"),
+    )
+
+
+def case_logits(model, model_dir: Path, case: str | None = None) -> torch.Tensor:
+    """`model`'s logits on a golden case of `model_dir` (its first by name when `case` is None)."""
+    tensors = cases(model_dir)[case if case is not None else sorted(cases(model_dir))[0]]
+    with torch.no_grad():
+        return model(tensors["input_ids"], case_context(model_dir, tensors)).logits
 
 
 def forward_cases() -> list[tuple[Path, str]]:

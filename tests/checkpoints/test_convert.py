@@ -15,9 +15,8 @@ from cogvlm.checkpoints.convert import ConvertConfig, convert_checkpoint, parse_
 from cogvlm.checkpoints.loading import load_model, read_checkpoint_info
 from cogvlm.checkpoints.sat_format import config_from_sat, load_sat_weights, save_sat_checkpoint
 from cogvlm.errors import CheckpointError, ConfigError
-from cogvlm.models.context import ForwardContext
 from tests.golden import golden_dir, golden_splits, load_json
-from tests.golden_models import cases, checkpoint_dirs, image_inputs, require_builder
+from tests.golden_models import case_logits, cases, checkpoint_dirs, require_builder
 
 
 def _weights(directory):
@@ -93,27 +92,15 @@ def test_hf_output_has_the_published_key_names_and_config_fields(model_dir, tmp_
         assert config["architectures"] == ["CogVLMForCausalLM"]
 
 
-def _logits(model, model_dir, case):
-    tensors, pixels = cases(model_dir)[case], image_inputs(model_dir)
-    context = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=pixels["pixel_values"],
-        cross_pixel_values=pixels.get("cross_pixel_values"),
-    )
-    with torch.no_grad():
-        return model(tensors["input_ids"], context).logits
-
-
 @pytest.mark.parametrize("model_dir", checkpoint_dirs(), ids=lambda d: d.name)
 def test_converted_checkpoints_give_the_same_logits(model_dir, tmp_path):
     require_builder(model_dir)
     _round_trip(model_dir / "sat_checkpoint", tmp_path)
     case = sorted(cases(model_dir))[0]
-    original = _logits(load_model(model_dir / "sat_checkpoint")[0], model_dir, case)
+    original = case_logits(load_model(model_dir / "sat_checkpoint")[0], model_dir, case)
     for converted in ("hf", "sat"):
-        assert torch.equal(_logits(load_model(tmp_path / converted)[0], model_dir, case), original), converted
+        logits = case_logits(load_model(tmp_path / converted)[0], model_dir, case)
+        assert torch.equal(logits, original), converted
     # The reference's own logits, to 1e-4: float32 on CPU, as the golden README suggests.
     torch.testing.assert_close(original, cases(model_dir)[case]["logits"], atol=1e-4, rtol=0)
 

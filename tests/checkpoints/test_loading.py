@@ -19,22 +19,7 @@ from cogvlm.checkpoints.sat_format import (
 )
 from cogvlm.errors import CheckpointError
 from tests.golden import golden_dir, load_json
-from tests.golden_models import cases, checkpoint_dirs, image_inputs, require_builder
-
-
-def _logits(model, model_dir):
-    from cogvlm.models.context import ForwardContext
-
-    tensors, pixels = next(iter(cases(model_dir).values())), image_inputs(model_dir)
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=pixels["pixel_values"],
-        cross_pixel_values=pixels.get("cross_pixel_values"),
-    )
-    with torch.no_grad():
-        return model(tensors["input_ids"], ctx).logits
+from tests.golden_models import case_logits, checkpoint_dirs, require_builder
 
 
 def _state(path):
@@ -49,14 +34,14 @@ def test_sat_directory_and_safetensors_file_give_identical_models(model_dir):
     from_file = load_model_from_state_dict(info.config, flat, str(model_dir / "weights.safetensors"))
     for key, value in from_sat.state_dict().items():
         assert torch.equal(value, from_file.state_dict()[key]), key
-    assert torch.equal(_logits(from_sat, model_dir), _logits(from_file, model_dir))
+    assert torch.equal(case_logits(from_sat, model_dir), case_logits(from_file, model_dir))
 
 
 def test_deepspeed_training_checkpoint_loads_its_module_weights():
     model_dir = golden_dir() / "cogvlm"
     plain, _ = load_model(model_dir / "sat_checkpoint")
     trained, _ = load_model(model_dir / "sat_checkpoint_deepspeed")
-    assert torch.equal(_logits(plain, model_dir), _logits(trained, model_dir))
+    assert torch.equal(case_logits(plain, model_dir), case_logits(trained, model_dir))
 
 
 @pytest.mark.parametrize("model_dir", checkpoint_dirs(), ids=lambda d: d.name)
@@ -84,7 +69,7 @@ def test_hf_directory_loads_to_the_same_logits(model_dir, tmp_path):
     hf_model, hf_info = load_model(tmp_path / "hf")
     assert hf_info.format == "hf"
     assert hf_info.config == info.config
-    assert torch.equal(_logits(hf_model, model_dir), _logits(sat_model, model_dir))
+    assert torch.equal(case_logits(hf_model, model_dir), case_logits(sat_model, model_dir))
 
 
 def test_sharded_hf_directory_with_index_loads(tmp_path):
@@ -95,7 +80,7 @@ def test_sharded_hf_directory_with_index_loads(tmp_path):
     shards = sorted(path.name for path in (tmp_path / "hf").glob("model-*.safetensors"))
     assert len(shards) > 2 and (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     hf_model, _ = load_model(tmp_path / "hf")
-    assert torch.equal(_logits(hf_model, model_dir), _logits(sat_model, model_dir))
+    assert torch.equal(case_logits(hf_model, model_dir), case_logits(sat_model, model_dir))
     (tmp_path / "hf" / shards[1]).unlink()
     with pytest.raises(CheckpointError, match=f"lists shards that are missing.*{shards[1]}"):
         load_model(tmp_path / "hf")

@@ -24,11 +24,10 @@ from cogvlm.checkpoints.loading import (
 )
 from cogvlm.checkpoints.streaming import stream_weights
 from cogvlm.errors import CheckpointError
-from cogvlm.models.context import ForwardContext
 from cogvlm.nn.quantized import QuantConfig, is_quantized, quantize_
 from cogvlm.parallel.groups import NO_PARALLEL
 from tests.golden import golden_dir, golden_splits
-from tests.golden_models import cases, checkpoint_dirs, image_inputs, require_builder
+from tests.golden_models import case_logits, checkpoint_dirs, require_builder
 
 QUANTS = [None, QuantConfig(8), QuantConfig(4, 16)]
 
@@ -63,19 +62,6 @@ def _quantized_after_load(path, quant):
     return quantize_(model.eval(), quant.bits, quant.group_size) if quant else model.eval()
 
 
-def _logits(model, model_dir):
-    tensors, pixels = next(iter(cases(model_dir).values())), image_inputs(model_dir)
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=pixels["pixel_values"],
-        cross_pixel_values=pixels.get("cross_pixel_values"),
-    )
-    with torch.no_grad():
-        return model(tensors["input_ids"], ctx).logits
-
-
 def _assert_same_state(left, right):
     left, right = left.state_dict(), right.state_dict()
     assert list(left) == list(right)
@@ -95,7 +81,7 @@ def test_streamed_model_equals_loading_whole_then_quantizing(source, quant, tmp_
     assert sum(is_quantized(m) for m in streamed.modules()) == (
         0 if quant is None else len([m for m in reference.modules() if is_quantized(m)])
     )
-    assert torch.equal(_logits(streamed, model_dir), _logits(reference, model_dir))
+    assert torch.equal(case_logits(streamed, model_dir), case_logits(reference, model_dir))
 
 
 def _is_tensor(value) -> bool:

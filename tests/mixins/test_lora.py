@@ -23,7 +23,7 @@ from cogvlm.models.presets import preset
 from cogvlm.models.transformer import Transformer
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from tests.golden import golden_dir
-from tests.golden_models import cases, golden_model, image_inputs
+from tests.golden_models import case_context, case_logits, cases, golden_model
 
 COGVLM_DIR = golden_dir() / "cogvlm"
 
@@ -35,19 +35,11 @@ def _fresh_model():
 
 def _inputs():
     tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=image_inputs(COGVLM_DIR)["pixel_values"],
-    )
-    return tensors["input_ids"], ctx
+    return tensors["input_ids"], case_context(COGVLM_DIR, tensors)
 
 
 def _logits(model) -> torch.Tensor:
-    input_ids, ctx = _inputs()
-    with torch.no_grad():
-        return model(input_ids, ctx).logits
+    return case_logits(model, COGVLM_DIR)
 
 
 def _randomise_b(model, seed: int = 0) -> None:

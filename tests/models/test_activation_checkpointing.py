@@ -6,9 +6,8 @@ import torch
 import torch.utils.checkpoint
 
 from cogvlm.checkpoints.loading import load_model
-from cogvlm.models.context import ForwardContext
 from tests.golden import golden_dir
-from tests.golden_models import cases, image_inputs
+from tests.golden_models import case_context, cases
 
 COGVLM_DIR = golden_dir() / "cogvlm"
 
@@ -19,12 +18,7 @@ def _loss_and_gradients(llm: bool, vision: bool):
     model.checkpoint_activations = llm
     model.mixins["eva"].vit_model.checkpoint_activations = vision
     tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=image_inputs(COGVLM_DIR)["pixel_values"],
-    )
+    ctx = case_context(COGVLM_DIR, tensors)
     loss = model(tensors["input_ids"], ctx).logits.float().pow(2).mean()
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -48,12 +42,7 @@ def test_checkpointing_is_inactive_in_eval_mode_and_without_gradients(monkeypatc
     model, _ = load_model(COGVLM_DIR / "sat_checkpoint")
     model.checkpoint_activations = True
     tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=image_inputs(COGVLM_DIR)["pixel_values"],
-    )
+    ctx = case_context(COGVLM_DIR, tensors)
     logits = model(tensors["input_ids"], ctx).logits  # eval mode, gradients enabled
     model.train()
     with torch.no_grad():

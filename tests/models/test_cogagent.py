@@ -16,7 +16,14 @@ from cogvlm.models.eva_large import rope_2d_tables, rotate_pairs
 from cogvlm.models.presets import preset
 from cogvlm.text_processors import LlamaTokenizer, build_inference_inputs
 from tests.golden import golden_dir, greedy_cases, prompts
-from tests.golden_models import cases, golden_model, image_inputs, recorded_sensitivity, tokenizer_file
+from tests.golden_models import (
+    case_context,
+    cases,
+    golden_model,
+    image_inputs,
+    recorded_sensitivity,
+    tokenizer_file,
+)
 
 MODEL_DIR = golden_dir() / "cogagent"
 ROPE = "mixins.encoder.vit.model.rope."
@@ -34,15 +41,7 @@ def _first_case() -> dict[str, torch.Tensor]:
 
 
 def _context(tensors, **overrides) -> ForwardContext:
-    pixels = image_inputs(MODEL_DIR)
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=pixels["pixel_values"],
-        cross_pixel_values=pixels["cross_pixel_values"],
-    )
-    return replace(ctx, **overrides)
+    return replace(case_context(MODEL_DIR, tensors), **overrides)
 
 
 def _logits(model, tensors, **overrides) -> torch.Tensor:

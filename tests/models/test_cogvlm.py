@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cogvlm.models.builders import build_model
-from cogvlm.models.context import ForwardContext
 from tests.golden import load_json
 from tests.golden_models import (
+    case_context,
     cases,
     checkpoint_dirs,
     forward_case_id,
@@ -48,24 +48,13 @@ def test_parameter_count_equals_the_reference(model_dir):
     )
 
 
-def _context(model_dir, tensors) -> ForwardContext:
-    pixels = image_inputs(model_dir)
-    return ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=pixels["pixel_values"],
-        cross_pixel_values=pixels.get("cross_pixel_values"),
-    )
-
-
 @pytest.mark.parametrize("item", forward_cases(), ids=forward_case_id)
 def test_logits_and_hidden_states_match_the_reference(item):
     model_dir, case = item
     require_builder(model_dir)
     model, tensors = golden_model(model_dir), cases(model_dir)[case]
     with torch.no_grad():
-        output = model(tensors["input_ids"], _context(model_dir, tensors), output_hidden_states=True)
+        output = model(tensors["input_ids"], case_context(model_dir, tensors), output_hidden_states=True)
     torch.testing.assert_close(output.logits, tensors["logits"], **LOGIT_TOLERANCE)
     for index, hidden in enumerate(output.hidden_states):
         torch.testing.assert_close(hidden, tensors[f"hidden_states.{index}"], **LOGIT_TOLERANCE)
@@ -97,7 +86,7 @@ def test_zeroing_the_image_changes_the_logits_as_much_as_in_the_reference(model_
     model = golden_model(model_dir)
     case, recorded = recorded_sensitivity(model_dir)
     tensors = cases(model_dir)[case]
-    ctx = _context(model_dir, tensors)
+    ctx = case_context(model_dir, tensors)
     blank = dataclasses.replace(ctx, pixel_values=torch.zeros_like(ctx.pixel_values))
     with torch.no_grad():
         change = model(tensors["input_ids"], ctx).logits - model(tensors["input_ids"], blank).logits

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from cogvlm import api
 from cogvlm.checkpoints.loading import load_model, load_model_from_state_dict
 from cogvlm.inference.generate import GenerationConfig
-from cogvlm.models.context import ForwardContext
 from cogvlm.nn.quantized import (
     QuantConfig,
     QuantizedColumnParallelLinear,
@@ -31,7 +30,7 @@ from cogvlm.parallel.groups import TensorParallel
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.parallel.sharding import collect_shard_rules, shard_state_dict
 from tests.golden import golden_dir, greedy_cases, prompts
-from tests.golden_models import cases, end_tokens, image_inputs
+from tests.golden_models import case_logits, cases, end_tokens
 
 MODEL_DIR = golden_dir() / "cogvlm"
 # Max |logit - reference fp32 logit| over the six golden prompts (|logit| <= 4.5), measured: int8 per row
@@ -110,17 +109,9 @@ def test_quantized_linear_weights_take_a_fraction_of_their_bf16_bytes(bits, grou
 @pytest.mark.parametrize(("bits", "group_size"), list(LOGIT_TOLERANCE), ids=["int8", "int4-g16", "int4"])
 def test_quantized_logits_stay_within_the_stated_tolerance_of_the_reference(bits, group_size):
     model = _quantized(bits, group_size)
-    pixels = image_inputs(MODEL_DIR)["pixel_values"]
     worst = 0.0
-    for tensors in cases(MODEL_DIR).values():
-        ctx = ForwardContext(
-            position_ids=tensors["position_ids"],
-            vision_token_mask=tensors["vision_expert_mask"].bool(),
-            image_embed_mask=tensors["image_embed_mask"].bool(),
-            pixel_values=pixels,
-        )
-        with torch.inference_mode():
-            logits = model(tensors["input_ids"], ctx).logits
+    for case, tensors in cases(MODEL_DIR).items():
+        logits = case_logits(model, MODEL_DIR, case)
         worst = max(worst, float((logits - tensors["logits"]).abs().max()))
     assert 0 < worst < LOGIT_TOLERANCE[(bits, group_size)]
 

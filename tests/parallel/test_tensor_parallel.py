@@ -10,13 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvlm.models.context import ForwardContext
 from tests.golden import generations, golden_splits, parallel_sizes
 from tests.golden_models import (
+    case_logits,
     cases,
     checkpoint_dirs,
     golden_model,
-    image_inputs,
     require_builder,
     tokenizer_file,
 )
@@ -44,21 +43,10 @@ def _run_id(run) -> str:
 @functools.cache
 def _mp1_logits(model_dir: Path) -> dict[str, torch.Tensor]:
     """Every case's logits from the unsharded model in this process, with the workers' one thread."""
-    model, pixels, threads = golden_model(model_dir), image_inputs(model_dir), torch.get_num_threads()
+    model, threads = golden_model(model_dir), torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        logits = {}
-        for case, tensors in cases(model_dir).items():
-            ctx = ForwardContext(
-                position_ids=tensors["position_ids"],
-                vision_token_mask=tensors["vision_expert_mask"].bool(),
-                image_embed_mask=tensors["image_embed_mask"].bool(),
-                pixel_values=pixels["pixel_values"],
-                cross_pixel_values=pixels.get("cross_pixel_values"),
-            )
-            with torch.no_grad():
-                logits[case] = model(tensors["input_ids"], ctx).logits
-        return logits
+        return {case: case_logits(model, model_dir, case) for case in cases(model_dir)}
     finally:
         torch.set_num_threads(threads)
 

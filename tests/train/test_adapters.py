@@ -11,26 +11,17 @@ from safetensors.torch import load_file
 from cogvlm.checkpoints.loading import load_model
 from cogvlm.checkpoints.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from cogvlm.mixins.lora import lora_layers
-from cogvlm.models.context import ForwardContext
 from cogvlm.train.adapters import merge_lora_checkpoint
 from cogvlm.train.checkpointing import load_finetuned_model
 from tests.golden import golden_dir
-from tests.golden_models import cases, image_inputs
+from tests.golden_models import case_logits, cases
 from tests.train.conftest import LEARNING_TARGETS, base_checkpoint, run_cli
 
 COGVLM_DIR = golden_dir() / "cogvlm"
 
 
 def _logits(model, case: str) -> torch.Tensor:
-    tensors = cases(COGVLM_DIR)[case]
-    ctx = ForwardContext(
-        position_ids=tensors["position_ids"],
-        vision_token_mask=tensors["vision_expert_mask"].bool(),
-        image_embed_mask=tensors["image_embed_mask"].bool(),
-        pixel_values=image_inputs(COGVLM_DIR)["pixel_values"],
-    )
-    with torch.no_grad():
-        return model(tensors["input_ids"], ctx).logits
+    return case_logits(model, COGVLM_DIR, case)
 
 
 @pytest.fixture(scope="module")
