@@ -23,7 +23,24 @@ MIN_SPLIT_VOCAB_SIZE = 1000
 INIT_STD = 0.02
 
 
-class ColumnParallelLinear(nn.Module):
+class _ParallelLinear(nn.Module):
+    """What both parallel linears share: SAT's initialisation and the local matmul."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) weights and zero bias, as SAT initialises linears."""
+        nn.init.normal_(self.weight, std=INIT_STD)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The local matrix product (quantized layers replace only this)."""
+        return F.linear(hidden_states, self.weight, bias)
+
+
+class ColumnParallelLinear(_ParallelLinear):
     """y = x W^T + b with W split by output rows; `parts` marks fused blocks (QKV = 3).
 
     The fused blocks are equal unless `part_weights` gives their relative sizes (see `ShardRule`).
@@ -56,16 +73,6 @@ class ColumnParallelLinear(nn.Module):
         self.shard_rules = {"weight": rule, "bias": rule}
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Normal(0, 0.02) weights and zero bias, as SAT initialises linears."""
-        nn.init.normal_(self.weight, std=INIT_STD)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The local matrix product (quantized layers replace only this)."""
-        return F.linear(hidden_states, self.weight, bias)
-
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         output = self.project(copy_to_parallel(hidden_states, self.tp), self.bias)
         return gather_from_parallel(output, self.tp) if self.gather_output else output
@@ -76,7 +83,7 @@ class ColumnParallelLinear(nn.Module):
         )
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(_ParallelLinear):
     """y = x W^T + b with W split by input columns and the partial products all-reduced.
 
     With `final_bias=False` (SAT's `row_parallel_linear_final_bias: false`, used by EVA) each rank
@@ -101,16 +108,6 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.shard_rules = {"weight": ShardRule(1), "bias": REPLICATED}
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Normal(0, 0.02) weights and zero bias, as SAT initialises linears."""
-        nn.init.normal_(self.weight, std=INIT_STD)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def project(self, hidden_states: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The local matrix product (quantized layers replace only this)."""
-        return F.linear(hidden_states, self.weight, bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self.tp.is_parallel:
