@@ -55,6 +55,11 @@ def image_inputs(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(model_dir / "image_inputs.safetensors")
 
 
+def first_case(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a folder's first golden case by name."""
+    return cases(model_dir)[min(cases(model_dir))]
+
+
 def case_context(model_dir: Path, tensors: dict[str, torch.Tensor]) -> ForwardContext:
     """The forward context of a golden case: its positions and masks, with the folder's pixels."""
     pixels = image_inputs(model_dir)
@@ -69,7 +74,7 @@ def case_context(model_dir: Path, tensors: dict[str, torch.Tensor]) -> ForwardCo
 
 def case_logits(model, model_dir: Path, case: str | None = None) -> torch.Tensor:
     """`model`'s logits on a golden case of `model_dir` (its first by name when `case` is None)."""
-    tensors = cases(model_dir)[case if case is not None else sorted(cases(model_dir))[0]]
+    tensors = first_case(model_dir) if case is None else cases(model_dir)[case]
     with torch.no_grad():
         return model(tensors["input_ids"], case_context(model_dir, tensors)).logits
 

@@ -23,7 +23,7 @@ from cogvlm.models.presets import preset
 from cogvlm.models.transformer import Transformer
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from tests.golden import golden_dir
-from tests.golden_models import case_context, case_logits, cases, golden_model
+from tests.golden_models import case_context, case_logits, first_case, golden_model
 
 COGVLM_DIR = golden_dir() / "cogvlm"
 
@@ -34,7 +34,7 @@ def _fresh_model():
 
 
 def _inputs():
-    tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
+    tensors = first_case(COGVLM_DIR)
     return tensors["input_ids"], case_context(COGVLM_DIR, tensors)
 
 

@@ -7,7 +7,7 @@ import torch.utils.checkpoint
 
 from cogvlm.checkpoints.loading import load_model
 from tests.golden import golden_dir
-from tests.golden_models import case_context, cases
+from tests.golden_models import case_context, first_case
 
 COGVLM_DIR = golden_dir() / "cogvlm"
 
@@ -17,7 +17,7 @@ def _loss_and_gradients(llm: bool, vision: bool):
     model.train()
     model.checkpoint_activations = llm
     model.mixins["eva"].vit_model.checkpoint_activations = vision
-    tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
+    tensors = first_case(COGVLM_DIR)
     ctx = case_context(COGVLM_DIR, tensors)
     loss = model(tensors["input_ids"], ctx).logits.float().pow(2).mean()
     loss.backward()
@@ -41,7 +41,7 @@ def test_checkpointing_is_inactive_in_eval_mode_and_without_gradients(monkeypatc
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", refuse)
     model, _ = load_model(COGVLM_DIR / "sat_checkpoint")
     model.checkpoint_activations = True
-    tensors = cases(COGVLM_DIR)[sorted(cases(COGVLM_DIR))[0]]
+    tensors = first_case(COGVLM_DIR)
     ctx = case_context(COGVLM_DIR, tensors)
     logits = model(tensors["input_ids"], ctx).logits  # eval mode, gradients enabled
     model.train()

@@ -19,6 +19,7 @@ from tests.golden import golden_dir, greedy_cases, prompts
 from tests.golden_models import (
     case_context,
     cases,
+    first_case,
     golden_model,
     image_inputs,
     recorded_sensitivity,
@@ -37,7 +38,7 @@ def _golden_state():
 
 
 def _first_case() -> dict[str, torch.Tensor]:
-    return cases(MODEL_DIR)[sorted(cases(MODEL_DIR))[0]]
+    return first_case(MODEL_DIR)
 
 
 def _context(tensors, **overrides) -> ForwardContext:
