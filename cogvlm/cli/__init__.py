@@ -24,7 +24,7 @@ from cogvlm.cli.checkpoints import (
     run_merge,
     run_split,
 )
-from cogvlm.cli.common import DTYPES, add_download_arguments, add_model_arguments, download_config
+from cogvlm.cli.common import add_download_arguments, add_model_arguments, download_config
 from cogvlm.cli.finetune import add_finetune_parser, finetune_config_from_args, run_finetune_command
 from cogvlm.cli.serving import add_serve_parser, add_web_parser, run_serve, run_web
 from cogvlm.cli.synthetic import (
@@ -112,7 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "DTYPES",
     "SUBCOMMANDS",
     "add_bench_parser",
     "add_chat_parser",

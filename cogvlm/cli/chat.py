@@ -134,8 +134,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def add_bench_parser(commands) -> None:
     """`cogvlm bench`."""
-    # The config names are the choices, so building the parser imports the bench module.
-    from cogvlm.frontends.bench import bench_config_names, default_asset
+    from cogvlm.frontends.bench_protocol import bench_config_names, default_asset
 
     bench = commands.add_parser("bench", help="measure speed and memory of a named config (prints JSON)")
     bench.add_argument("config", choices=bench_config_names(), help="tiny, small-* (CPU) or full size (CUDA)")

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from cogvlm.cli.common import DTYPES, QUANT_BITS, add_download_arguments, download_config, flag_dtype
+from cogvlm.cli.common import (
+    DTYPE_NAMES,
+    QUANT_BITS,
+    add_download_arguments,
+    download_config,
+    flag_dtype,
+    torch_dtype,
+)
 from cogvlm.cli.reference_flags import MERGE_INERT, add_inert_flags, inert_notes, print_notes
 from cogvlm.errors import CogVLMError
 
@@ -67,7 +74,7 @@ def run_convert(args: argparse.Namespace) -> int:
         target_format=args.to,
         max_shard_bytes=parse_byte_size(args.max_shard_size),
         overwrite=args.overwrite,
-        dtype=None if args.dtype is None else DTYPES[args.dtype],
+        dtype=None if args.dtype is None else torch_dtype(args.dtype),
         quant=_quant_config(args),
         local_tokenizer=args.local_tokenizer,
     )
@@ -103,7 +110,7 @@ def add_convert_parser(commands) -> None:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     convert.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=sorted(DTYPE_NAMES),
         default=None,
         help="cast floating-point weights (default: keep); with it, --to may name the source's own format",
     )

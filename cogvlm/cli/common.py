@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from cogvlm.errors import CogVLMError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a command runs, not here: `cogvlm --help` and parsing stay fast.
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PROMPT_VERSIONS = ["base", "chat", "chat_old", "vqa"]
 PROMPT_STYLES = ["sat", "hf"]  # text_processors.prompts.PROMPT_STYLES
 DECODE_STEPS = ["eager", "compiled", "static", "cuda_graph"]  # decode_step.DECODE_STEP_KINDS
@@ -27,13 +30,22 @@ def chosen_precision(args: argparse.Namespace, names: Sequence[str] = ("bf16", "
 def flag_dtype(args: argparse.Namespace) -> torch.dtype | None:
     """The dtype that --bf16 or --fp16 asks for; None leaves the choice to the feature."""
     precision = chosen_precision(args)
-    return None if precision is None else DTYPES[precision]
+    return None if precision is None else torch_dtype(precision)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision flag's name (`fp32`, `bf16`, `fp16`)."""
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 def flag_device(args: argparse.Namespace) -> str:
     """--device, with `auto` resolved to cuda when a GPU is visible, else cpu."""
     if args.device != "auto":
         return args.device
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cogvlm.cli.common import DTYPES, add_model_arguments, download_config, flag_dtype
+from cogvlm.cli.common import add_model_arguments, download_config, flag_dtype, torch_dtype
 from cogvlm.cli.reference_flags import EVALUATE_INERT, MODES, add_inert_flags, inert_notes, print_notes
 from cogvlm.errors import CogVLMError, ConfigError
 
@@ -18,7 +18,7 @@ def _evaluation_dtype(args: argparse.Namespace):
 
     raw = read_deepspeed_json(args.deepspeed_config)
     precision = settings_from_deepspeed_json(raw, args.deepspeed_config).get("precision")
-    return None if precision in (None, "fp32") else DTYPES[precision]
+    return None if precision in (None, "fp32") else torch_dtype(precision)
 
 
 def _evaluation_limit(args: argparse.Namespace) -> int | None:

@@ -7,8 +7,6 @@ the figures compare side by side. Full-size presets (random weights) run on CUDA
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import statistics
 import sys
@@ -22,7 +20,12 @@ from torch import nn
 
 from cogvlm.checkpoints.loading import reset_computed_buffers
 from cogvlm.checkpoints.sat_format import config_from_sat
-from cogvlm.embedded import embedded_checkpoint, example_image
+from cogvlm.frontends.bench_protocol import (
+    BENCH_CONFIGS_FILE,
+    FULL_SIZE_PRESETS,
+    bench_config_names,
+    reference_configs,
+)
 from cogvlm.image_processors import DualImageProcessor, ImageProcessor
 from cogvlm.inference.batching import GenerationRequest
 from cogvlm.inference.generate import GenerationConfig, iterate_batch, new_kv_cache
@@ -38,9 +41,6 @@ from cogvlm.nn.quantized import VISION_TOWER_PREFIXES, decode_linears, quantize_
 from cogvlm.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from cogvlm.text_processors import build_inference_inputs, build_prompt, load_tokenizer
 
-BENCH_CONFIGS_FILE = Path(__file__).with_name("bench_configs.json")
-GOLDEN_ENV = "COGVLM_GOLDEN"
-FULL_SIZE_PRESETS = ("cogvlm-17b-490", "cogagent-18b")
 FULL_SIZE_SEED = 20240620
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # `run_quant_comparison`: unquantized, int8, int4 (one scale per row, as `--quant` gives), and the
@@ -85,40 +85,11 @@ class BenchConfig:
             raise ValueError(f"new_tokens must be >= 2 to time decoding, got {self.new_tokens}")
 
 
-def _embedded_assets() -> dict[str, Path]:
-    return {"tokenizer.model": embedded_checkpoint() / "tokenizer.model", "test_image.png": example_image()}
-
-
-def default_asset(name: str) -> Path:
-    """A golden-set file (the protocol's image, tokenizer): from `$COGVLM_GOLDEN` when set, else from
-    ../shared/golden; without a golden set, the embedded model's tokenizer or example image instead
-    (the figures then differ a little from the reference's: other prompt tokens, another picture)."""
-    if os.environ.get(GOLDEN_ENV):
-        candidates = [Path(os.environ[GOLDEN_ENV])]
-    else:
-        candidates = [Path("../shared/golden"), Path(__file__).resolve().parents[3] / "shared" / "golden"]
-    for directory in candidates:
-        if (directory / name).is_file():
-            return directory / name
-    return _embedded_assets().get(name, candidates[0] / name)
-
-
-def _reference_configs() -> dict:
-    return json.loads(BENCH_CONFIGS_FILE.read_text())
-
-
-def bench_config_names() -> tuple[str, ...]:
-    """The reference's configs followed by the full-size presets."""
-    return tuple(name for name in _reference_configs() if not name.startswith(("_", "protocol"))) + (
-        FULL_SIZE_PRESETS
-    )
-
-
 def model_config(name: str) -> tuple[CogVLMConfig, int]:
     """The model config and weight seed of a named bench config."""
     if name in FULL_SIZE_PRESETS:
         return preset(name), FULL_SIZE_SEED
-    entry = _reference_configs()[name]
+    entry = reference_configs()[name]
     raw = dict(entry["sat_model_config"])
     if "cross_vision" in entry:
         cross = entry["cross_vision"]
@@ -416,7 +387,7 @@ def _progress(message: str, started: float) -> None:
 def _prepare(config: BenchConfig) -> _Prepared:
     """Build (and quantize) the model, and warm it up on one and on `batch_size` rows."""
     started = time.perf_counter()
-    protocol = _reference_configs()["protocol"]
+    protocol = reference_configs()["protocol"]
     model = build_random_model(config.name, config.device, DTYPES[config.dtype])
     _progress(f"built {config.name} with random weights", started)
     if config.quant_bits is not None:
