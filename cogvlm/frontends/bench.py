@@ -140,15 +140,17 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_ms(run: Callable[[], object], device: torch.device) -> float:
+    """ms of one call of `run`."""
+    _synchronize(device)
+    start = time.perf_counter()
+    run()
+    _synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
 def _median_ms(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(_time_ms(run, device) for _ in range(repeats))
 
 
 def _time_generation(model, requests, config: GenerationConfig, device) -> tuple[float, float]:
@@ -167,14 +169,11 @@ def _time_generation(model, requests, config: GenerationConfig, device) -> tuple
     return (first - start) * 1e3, (end - first) * 1e3 / (steps - 1)
 
 
-def _time_first_token(model, requests, config: GenerationConfig, device) -> float:
-    """ms from the start of a generation to its first token, the run stopped there."""
-    _synchronize(device)
-    start = time.perf_counter()
+def _first_token(model, requests, config: GenerationConfig) -> None:
+    """Run a generation up to its first token and stop it there."""
     for step in iterate_batch(model, requests, config):
         step.tokens.sum().item()  # wait for the first token
         break
-    return (time.perf_counter() - start) * 1e3
 
 
 def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> float:
@@ -191,7 +190,7 @@ def _time_bare_linears(model, batch_size: int, device, dtype, steps: int) -> flo
 
     with torch.inference_mode():
         one_step()
-        return _median_ms(lambda: [one_step() for _ in range(steps)], device, 1) / steps
+        return _time_ms(lambda: [one_step() for _ in range(steps)], device) / steps
 
 
 def _cross_patches(model: VisionLanguageModel) -> int:
@@ -233,8 +232,8 @@ def _prefill_linear_tokens(model: VisionLanguageModel, request: GenerationReques
     return found
 
 
-def _time_prefill_linears(model: VisionLanguageModel, request: GenerationRequest, device, dtype) -> float:
-    """ms of the prompt pass's linears, each called alone on random rows: the prefill's floor."""
+def _prefill_linears_pass(model: VisionLanguageModel, request: GenerationRequest, device, dtype):
+    """The prompt pass's linears, each called alone on random rows: the prefill's floor."""
     work = _prefill_linear_tokens(model, request)
     shapes = {(tokens, module.in_features) for module, tokens in work}
     inputs = {shape: torch.randn(1, *shape, device=device, dtype=dtype) for shape in shapes}
@@ -243,9 +242,7 @@ def _time_prefill_linears(model: VisionLanguageModel, request: GenerationRequest
         for module, tokens in work:
             module(inputs[tokens, module.in_features])
 
-    with torch.inference_mode():
-        one_pass()
-        return _median_ms(one_pass, device, 3)
+    return one_pass
 
 
 # An attention call of the prompt pass: query shape, key (and value) shape, causal.
@@ -270,8 +267,8 @@ def prefill_attention_work(model: VisionLanguageModel, request: GenerationReques
     return work
 
 
-def _time_prefill_attention(model: VisionLanguageModel, request: GenerationRequest, device, dtype) -> float:
-    """ms of the prompt pass's attention alone (SDPA on random tensors of its shapes): what the linears-only
+def _prefill_attention_pass(model: VisionLanguageModel, request: GenerationRequest, device, dtype):
+    """The prompt pass's attention alone (SDPA on random tensors of its shapes): what the linears-only
     floor leaves out."""
 
     def random(shape):
@@ -284,9 +281,7 @@ def _time_prefill_attention(model: VisionLanguageModel, request: GenerationReque
         for query, keys, causal in work:
             attention(query, keys, keys, is_causal=causal)
 
-    with torch.inference_mode():
-        one_pass()
-        return _median_ms(one_pass, device, 3)
+    return one_pass
 
 
 def _requests(model: VisionLanguageModel, config: BenchConfig, protocol: dict, rows: int):
@@ -312,17 +307,10 @@ def _encode_image(model: VisionLanguageModel, request: GenerationRequest, device
             model.encode_cross(request.cross_pixel_values.to(device))
 
 
-def _time_prefill(model: VisionLanguageModel, request: GenerationRequest, device, repeats: int) -> float:
-    """ms of the prompt's forward pass alone: no tower (image slots hold token embeddings), but CogAgent's
+def _prefill_pass(model: VisionLanguageModel, request: GenerationRequest, device) -> Callable[[], object]:
+    """The prompt's forward pass alone: no tower (image slots hold token embeddings), but CogAgent's
     cross-attention runs, on the cross tower's output encoded beforehand, its keys and values computed in
     the pass as generation does."""
-    prefill_pass = _prefill_pass(model, request, device)
-    with torch.inference_mode():
-        prefill_pass()
-        return _median_ms(prefill_pass, device, repeats)
-
-
-def _prefill_pass(model: VisionLanguageModel, request: GenerationRequest, device) -> Callable[[], object]:
     text = request.text
     inputs = {name: getattr(text, name).to(device) for name in ("input_ids", "position_ids")}
     encoded = None
@@ -407,43 +395,67 @@ def _prepare(config: BenchConfig) -> _Prepared:
     return prepared
 
 
-# The first token, image encoding and prompt pass are each the median of this many samples per repeat (one
-# sample made the first-token ratios swing by ±0.06); the first is the timed generation's own first token.
-SAMPLES = 3
+# A repeat times the first token and its floors in this many rounds. A round takes one sample of each back
+# to back (well under a second), so that its ratios compare figures taken under one load: these machines
+# change speed from second to second, and ratios of figures taken seconds apart swung by ±0.15.
+ROUNDS = 5
 
 
-def _measure_repeat(prepared: _Prepared) -> dict[str, float]:
-    """One repeat of every figure, taken back to back so they share the machine's load."""
+def _first_token_work(prepared: _Prepared) -> dict[str, Callable[[], object]]:
+    """What each first-token figure times, built once per repeat and run once before timing."""
     model, request, device = prepared.model, prepared.single[0], torch.device(prepared.config.device)
     dtype = DTYPES[prepared.config.dtype]
-    first_ms, decode_ms = _time_generation(model, prepared.single, prepared.generation, device)
-    more = [_time_first_token(model, prepared.single, prepared.generation, device) for _ in range(1, SAMPLES)]
-    first_ms = statistics.median([first_ms, *more])
+    work = {
+        "first_token_ms": lambda: _first_token(model, prepared.single, prepared.generation),
+        "image_encoding_ms": lambda: _encode_image(model, request, device),
+        "prefill_ms": _prefill_pass(model, request, device),
+        "prefill_linears_ms": _prefill_linears_pass(model, request, device, dtype),
+        "prefill_attention_ms": _prefill_attention_pass(model, request, device, dtype),
+    }
+    with torch.inference_mode():
+        for run in work.values():
+            run()
+    return work
+
+
+def _first_token_rounds(prepared: _Prepared) -> list[dict[str, float]]:
+    """`ROUNDS` rounds of the first-token figures, each with its ratios."""
+    work = _first_token_work(prepared)
+    device = torch.device(prepared.config.device)
+    rounds = []
+    with torch.inference_mode():
+        for _ in range(ROUNDS):
+            figures = {name: _time_ms(run, device) for name, run in work.items()}
+            rounds.append(figures | _first_token_ratios(figures))
+    return rounds
+
+
+def _measure_repeat(prepared: _Prepared) -> dict[str, float | list]:
+    """One repeat of every figure: a decode run with its floor, then the first-token rounds. Every figure
+    and ratio is the median of the rounds' (`rounds` lists them)."""
+    model, device = prepared.model, torch.device(prepared.config.device)
+    dtype = DTYPES[prepared.config.dtype]
+    _, decode_ms = _time_generation(model, prepared.single, prepared.generation, device)
     floor_ms = _time_bare_linears(model, 1, device, dtype, prepared.config.new_tokens)
+    rounds = _first_token_rounds(prepared)
     figures = {
-        "first_token_ms": first_ms,
         "decode_ms_per_token_batch_1": decode_ms,
         "bare_linears_ms_per_token": floor_ms,
-        "image_encoding_ms": _median_ms(lambda: _encode_image(model, request, device), device, SAMPLES),
-        "prefill_ms": _time_prefill(model, request, device, SAMPLES),
-        "prefill_linears_ms": _time_prefill_linears(model, request, device, dtype),
-        "prefill_attention_ms": _time_prefill_attention(model, request, device, dtype),
+        "decode_over_bare_linears": decode_ms / floor_ms,
     }
-    return figures | _floor_ratios(figures)
+    figures |= {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+    return figures | {"rounds": rounds}
 
 
-def _floor_ratios(figures: dict[str, float]) -> dict[str, float]:
-    """Each time over its floor, from one repeat's figures: a ratio then compares figures taken under the
-    same load, and the reported ratio is the median of the repeats' (not a ratio of medians)."""
-    # The first token's floor: the towers (measured as they run) plus the prompt's bare linears.
-    first_token_floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
+def _first_token_ratios(figures: dict[str, float]) -> dict[str, float]:
+    """The first token over its floors, from one round's figures."""
+    # The floor: the towers (measured as they run) plus the prompt's bare linears.
+    floor = figures["image_encoding_ms"] + figures["prefill_linears_ms"]
     return {
-        "decode_over_bare_linears": figures["decode_ms_per_token_batch_1"]
-        / figures["bare_linears_ms_per_token"],
-        "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / first_token_floor,
+        "first_token_over_encoding_plus_prefill_linears": figures["first_token_ms"] / floor,
         # The same with the prompt's attention added to the floor (what the linears leave out).
         "first_token_over_encoding_plus_prefill_linears_and_attention": figures["first_token_ms"]
-        / (first_token_floor + figures["prefill_attention_ms"]),
+        / (floor + figures["prefill_attention_ms"]),
     }
 
 
@@ -463,7 +475,7 @@ def _batch_figures(prepared: _Prepared, repeats: int) -> dict[str, float]:
 def _result(prepared: _Prepared, repeats: list[dict[str, float]], batch: dict[str, float]) -> dict:
     """The JSON figures of a prepared model from its batch-1 repeats (medians) and its batch-N figures."""
     config, model, device = prepared.config, prepared.model, torch.device(prepared.config.device)
-    figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0]}
+    figures = {name: statistics.median(r[name] for r in repeats) for name in repeats[0] if name != "rounds"}
     batch = dict(batch)
     batch_ms = batch.pop("batch_decode_ms")
     result = {
