@@ -21,6 +21,8 @@ from cogvlm.models.config import (
 )
 from cogvlm.models.presets import llama_config
 
+MODEL_CONFIG_FILE = "model_config.json"  # a SAT checkpoint's config
+
 _MISSING = object()
 # Upper bounds of sizes (17B models: 32 layers, 4096 wide, 32000 tokens, 63 EVA layers, 1120 px).
 MAX_LAYERS = 1024

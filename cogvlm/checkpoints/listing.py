@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cogvlm.checkpoints import sat_format
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry
+from cogvlm.checkpoints.config_fields import MODEL_CONFIG_FILE
 from cogvlm.checkpoints.download import DownloadConfig, human_bytes, verified_record
 from cogvlm.checkpoints.resolve import DOWNLOAD_DIR, STAGING_INFIX, cached_hf_repo, staging_folders
 from cogvlm.embedded import EMBEDDED_NAME, EMBEDDED_SUMMARY, embedded_checkpoint
@@ -61,7 +61,7 @@ def _tree_size(path: Path) -> int:
 def _local_format(path: Path) -> str:
     if path.is_file():
         return "zip"
-    if (path / sat_format.MODEL_CONFIG_FILE).is_file():
+    if (path / MODEL_CONFIG_FILE).is_file():
         return "sat"
     return "hf" if (path / "config.json").is_file() else "unknown"
 

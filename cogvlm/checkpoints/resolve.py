@@ -19,7 +19,6 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cogvlm.checkpoints import sat_format
 from cogvlm.checkpoints.archive import ArchiveWriteError, extract_checkpoint_archive
 from cogvlm.checkpoints.catalog import ALIASES, CATALOG, CatalogEntry, archive_url, find_entry
 from cogvlm.checkpoints.download import DownloadConfig, fetch_file, notify, record_path, verified_record
@@ -164,6 +163,8 @@ def check_sat_directory(directory: Path) -> None:
 
     The config's meaning is left to the loader, so a checkpoint this version cannot build is still kept.
     """
+    from cogvlm.checkpoints import sat_format  # torch: imported when a download is checked, not by `list`
+
     checkpoint = sat_format.open_sat_checkpoint(directory)
     for path in checkpoint.weight_files:
         # Memory-mapped, reading the pickled index only: extraction has just checked every CRC.

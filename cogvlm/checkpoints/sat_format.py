@@ -23,6 +23,7 @@ from cogvlm.checkpoints.config_fields import (
     MAX_SEQUENCE,
     MAX_VOCAB,
     MAX_WIDTH,
+    MODEL_CONFIG_FILE,
     ConfigFields,
     assemble_config,
     image_size,
@@ -42,7 +43,6 @@ from cogvlm.models.config import (
 from cogvlm.models.presets import eva_config
 from cogvlm.utils.atomic import atomic_directory
 
-MODEL_CONFIG_FILE = "model_config.json"
 LATEST_FILE = "latest"
 # EVA2-CLIP-L as CogAgent ships it; SAT's model_config.json does not describe this tower.
 DEFAULT_CROSS_VISION = dict(width=1024, num_blocks=24, head_width=64)

@@ -1,4 +1,5 @@
-"""The `cogvlm` command parses its arguments without importing torch (about a second and a half)."""
+"""The `cogvlm` command parses its arguments, and lists checkpoints, without importing torch (about a second
+and a half)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ def _modules_after(code: str) -> set[str]:
 def test_building_the_parser_of_every_subcommand_does_not_import_torch():
     modules = _modules_after("from cogvlm.cli import build_parser\nbuild_parser().parse_args(['list'])")
     assert "cogvlm.cli.synthetic" in modules  # every subcommand's module was read
+    assert "torch" not in modules
+
+
+def test_listing_the_checkpoints_does_not_import_torch(tmp_path):
+    code = (
+        "import contextlib, io\nfrom cogvlm.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['list', '--sat_home', {str(tmp_path)!r}]) == 0"
+    )
+    modules = _modules_after(code)
+    assert "cogvlm.checkpoints.listing" in modules
     assert "torch" not in modules
 
 
