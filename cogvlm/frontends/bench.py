@@ -153,10 +153,9 @@ def _median_ms(run: Callable[[], object], device: torch.device, repeats: int) ->
     return statistics.median(_time_ms(run, device) for _ in range(repeats))
 
 
-def _time_generation(model, requests, config: GenerationConfig, device) -> tuple[float, float]:
-    """(first-token ms, decode ms per step) of one run; the clock is read only at both ends."""
-    _synchronize(device)
-    start = time.perf_counter()
+def _time_decode(model, requests, config: GenerationConfig, device) -> float:
+    """ms per decoding step of one generation, from its first token to its last (the clock read at both
+    ends only)."""
     first = None
     steps = 0
     for step in iterate_batch(model, requests, config):
@@ -165,8 +164,7 @@ def _time_generation(model, requests, config: GenerationConfig, device) -> tuple
             first = time.perf_counter()
         steps += 1
     _synchronize(device)
-    end = time.perf_counter()
-    return (first - start) * 1e3, (end - first) * 1e3 / (steps - 1)
+    return (time.perf_counter() - first) * 1e3 / (steps - 1)
 
 
 def _first_token(model, requests, config: GenerationConfig) -> None:
@@ -390,7 +388,7 @@ def _prepare(config: BenchConfig) -> _Prepared:
     )
     # Warm-up: allocator, and with decode_step="compiled" the compilation of the batch-1 step (the batch-N
     # run warms up its own, after every batch-1 figure: see `_batch_figures`).
-    _time_generation(model, prepared.single, prepared.generation, torch.device(config.device))
+    _time_decode(model, prepared.single, prepared.generation, torch.device(config.device))
     _progress("warmed up", started)
     return prepared
 
@@ -435,7 +433,7 @@ def _measure_repeat(prepared: _Prepared) -> dict[str, float | list]:
     and ratio is the median of the rounds' (`rounds` lists them)."""
     model, device = prepared.model, torch.device(prepared.config.device)
     dtype = DTYPES[prepared.config.dtype]
-    _, decode_ms = _time_generation(model, prepared.single, prepared.generation, device)
+    decode_ms = _time_decode(model, prepared.single, prepared.generation, device)
     floor_ms = _time_bare_linears(model, 1, device, dtype, prepared.config.new_tokens)
     rounds = _first_token_rounds(prepared)
     figures = {
@@ -464,11 +462,8 @@ def _batch_figures(prepared: _Prepared, repeats: int) -> dict[str, float]:
     the peak memory up to here is the reference protocol's (batch 1), reported apart from the overall one."""
     device = torch.device(prepared.config.device)
     figures = {f"{name}_batch_1": value for name, value in _peak_memory(device).items()}
-    _time_generation(prepared.model, prepared.batch, prepared.generation, device)
-    runs = [
-        _time_generation(prepared.model, prepared.batch, prepared.generation, device)[1]
-        for _ in range(repeats)
-    ]
+    _time_decode(prepared.model, prepared.batch, prepared.generation, device)
+    runs = [_time_decode(prepared.model, prepared.batch, prepared.generation, device) for _ in range(repeats)]
     return {"batch_decode_ms": statistics.median(runs), **figures}
 
 
